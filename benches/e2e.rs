@@ -1,0 +1,1470 @@
+//! End-to-end benchmark of mdevreg against real components: mdevctl in a
+//! private mount namespace, a private dbus-daemon, mdevregd in a private
+//! network namespace with real kernel uevent injection. Writes `BENCHMARKS.md`
+//! and `target/bench/results.json`.
+//!
+//! Run with `cargo bench --bench e2e` as root (needs `unshare`, `mount`,
+//! `mdevctl`, `dbus-daemon`). Without `--bench` in its arguments (as under
+//! `cargo test --all-targets`) it only prints how to run it. Set
+//! `MDEVREG_BENCH_QUICK=1` for a small tree and few events (a smoke run of the
+//! harness, numbers not comparable).
+//!
+//! The process re-executes itself under `unshare --mount --net` (argument
+//! `__inside`); inside, the fake tree is bind-mounted over `/sys` so mdevctl
+//! reads it, and every injected uevent stays in the private network namespace.
+
+#[path = "../tests/common/sysfs_fixture.rs"]
+mod sysfs_fixture;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mdevreg::netlink::UeventEmitter;
+use mdevreg::uevent::Uevent;
+use serde_json::{json, Value};
+use sysfs_fixture::{FakeSysfs, ParentSpec, TypeSpec};
+use zbus::Variant;
+
+const BUS_NAME: &str = "org.mdevreg.Registry1";
+const ROOT_PATH: &str = "/org/mdevreg/Registry1";
+const MDEVREG: &str = env!("CARGO_BIN_EXE_mdevreg");
+const MDEVREGD: &str = env!("CARGO_BIN_EXE_mdevregd");
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+const INSIDE_ARG: &str = "__inside";
+/// Receive buffer asked for the daemon's uevent socket in the flood.
+const FLOOD_RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// Sizes of one run.
+#[derive(Clone, Copy, Debug)]
+struct Scale {
+    parents: u32,
+    types: u32,
+    /// Instances per type.
+    instances: u32,
+    scan_rounds: usize,
+    query_rounds: usize,
+    startup_rounds: usize,
+    latency_events: usize,
+    rate_rounds: usize,
+    rate_window: Duration,
+    flood_events: usize,
+    flood_runs: usize,
+}
+
+impl Scale {
+    fn full() -> Scale {
+        Scale {
+            parents: 1000,
+            types: 32,
+            instances: 1,
+            scan_rounds: 9,
+            query_rounds: 9,
+            startup_rounds: 5,
+            latency_events: 1000,
+            rate_rounds: 5,
+            rate_window: Duration::from_secs(1),
+            flood_events: 100_000,
+            flood_runs: 3,
+        }
+    }
+
+    fn quick() -> Scale {
+        Scale {
+            parents: 50,
+            types: 8,
+            instances: 1,
+            scan_rounds: 3,
+            query_rounds: 3,
+            startup_rounds: 2,
+            latency_events: 50,
+            rate_rounds: 2,
+            rate_window: Duration::from_millis(300),
+            flood_events: 5_000,
+            flood_runs: 1,
+        }
+    }
+}
+
+/// Whether `phase` is selected by `MDEVREG_BENCH_PHASES` (comma-separated:
+/// scan, startup, query, rate, latency, flood; all when unset).
+fn phase_enabled(phase: &str) -> bool {
+    match std::env::var("MDEVREG_BENCH_PHASES") {
+        Ok(list) => list.split(',').any(|item| item.trim() == phase),
+        Err(_) => true,
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(INSIDE_ARG) {
+        return inside(&args[2..]);
+    }
+    if !args.iter().any(|arg| arg == "--bench") {
+        println!(
+            "e2e: the end-to-end benchmark runs only under `cargo bench --bench e2e` (as root)"
+        );
+        return ExitCode::SUCCESS;
+    }
+    outside()
+}
+
+/// Checks the prerequisites and re-executes this program in private mount and
+/// network namespaces.
+fn outside() -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("e2e: needs root (mount and network namespaces, uevent injection)");
+        return ExitCode::FAILURE;
+    }
+    let mut missing = Vec::new();
+    for tool in ["unshare", "mount", "mdevctl", "dbus-daemon"] {
+        if which(tool).is_none() {
+            missing.push(tool);
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "e2e: missing {} (Debian: apt-get install util-linux mount mdevctl dbus-daemon)",
+            missing.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    for binary in [MDEVREG, MDEVREGD] {
+        if !Path::new(binary).exists() {
+            eprintln!("e2e: {binary} is missing; run `cargo build --release --bins`");
+            return ExitCode::FAILURE;
+        }
+    }
+    let Ok(me) = std::env::current_exe() else {
+        eprintln!("e2e: cannot find my own executable");
+        return ExitCode::FAILURE;
+    };
+    let status = Command::new("unshare")
+        .args(["--mount", "--net", "--propagation", "private", "--"])
+        .arg(me)
+        .arg(INSIDE_ARG)
+        .status();
+    match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("e2e: benchmark failed ({status})");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("e2e: cannot run unshare: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Everything measured; `None` where a phase failed (the reason is in
+/// `notes`).
+#[derive(Default, Debug)]
+struct Results {
+    machine: String,
+    scale: String,
+    notes: Vec<String>,
+    scan_mdevctl_ms: Vec<f64>,
+    scan_mdevreg_ms: Vec<f64>,
+    scan_outputs_equal: Option<bool>,
+    query_mdevctl_ms: Vec<f64>,
+    query_mdevreg_ms: Vec<f64>,
+    query_outputs_equal: Option<bool>,
+    startup_ms: Vec<f64>,
+    rss_mib: Option<f64>,
+    rss_mib_end: Option<f64>,
+    latency_us: Vec<f64>,
+    raw_netlink_us: Vec<f64>,
+    latency_missed: usize,
+    register_cycles_per_s: Vec<f64>,
+    register_cycles_per_s_disk: Vec<f64>,
+    echo_calls_per_s: Vec<f64>,
+    flood_runs: Vec<FloodRun>,
+    flood_receive_buffer_flag: bool,
+}
+
+#[derive(Debug)]
+struct FloodRun {
+    events: usize,
+    inject_seconds: f64,
+    converged: bool,
+    seconds: f64,
+}
+
+fn inside(_args: &[String]) -> ExitCode {
+    let scale = if std::env::var_os("MDEVREG_BENCH_QUICK").is_some() {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
+    let mut results = Results {
+        machine: machine_line(),
+        scale: format!(
+            "{} parents × {} types, {} instance(s) per type",
+            scale.parents, scale.types, scale.instances
+        ),
+        ..Results::default()
+    };
+    eprintln!("e2e: {}", results.machine);
+    eprintln!("e2e: building the tree ({})", results.scale);
+    let started = Instant::now();
+    let tree = match std::env::var_os("MDEVREG_BENCH_TREE_DIR") {
+        // Profiling aid: a kept tree, built once and reused as it is.
+        Some(dir) => {
+            let reuse = Path::new(&dir).join("class/mdev_bus").is_dir();
+            let tree = FakeSysfs::at(PathBuf::from(dir));
+            if !reuse {
+                sysfs_fixture::many_parents(&tree, scale.parents, scale.types, scale.instances);
+            }
+            tree
+        }
+        None => {
+            let tree = FakeSysfs::new();
+            sysfs_fixture::many_parents(&tree, scale.parents, scale.types, scale.instances);
+            tree
+        }
+    };
+    eprintln!("e2e: tree ready in {:.1} s", started.elapsed().as_secs_f64());
+    if let Err(err) = run_checked("mount", &["--bind", path_str(tree.root()), "/sys"]) {
+        eprintln!("e2e: cannot bind-mount the tree over /sys: {err}");
+        return ExitCode::FAILURE;
+    }
+    let work = match tempfile::Builder::new().prefix("mdevreg-bench-").tempdir() {
+        Ok(work) => work,
+        Err(err) => {
+            eprintln!("e2e: cannot create a work directory: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    if phase_enabled("scan") {
+        scan_phase(&tree, scale, &mut results);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("e2e: cannot start tokio: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(err) = runtime.block_on(daemon_phases(&tree, work.path(), scale, &mut results)) {
+        eprintln!("e2e: daemon phases stopped: {err}");
+        results.notes.push(format!("daemon phases stopped early: {err}"));
+    }
+    drop(runtime);
+    let _ = run_checked("umount", &["/sys"]);
+
+    match write_reports(&results) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("e2e: cannot write the reports: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ----- phase 1: direct scan, mdevctl vs mdevreg --sysfs-root -----
+
+fn scan_phase(tree: &FakeSysfs, scale: Scale, results: &mut Results) {
+    eprintln!("e2e: scan: mdevctl types --dumpjson vs mdevreg types --json --sysfs-root");
+    let root = path_str(tree.root()).to_owned();
+    let mdevctl = || timed_output("mdevctl", &["types", "--dumpjson"]);
+    let direct = || timed_output(MDEVREG, &["types", "--json", "--sysfs-root", &root]);
+    // Warm-up round, also the output comparison.
+    match (mdevctl(), direct()) {
+        (Ok((_, a)), Ok((_, b))) => results.scan_outputs_equal = Some(same_json(&a, &b)),
+        (Err(err), _) | (_, Err(err)) => {
+            results.notes.push(format!("scan phase: {err}"));
+            return;
+        }
+    }
+    for round in 0..scale.scan_rounds {
+        // Alternate which one goes first.
+        let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for is_mdevctl in order {
+            let sample = if is_mdevctl { mdevctl() } else { direct() };
+            match sample {
+                Ok((elapsed, _)) if is_mdevctl => results.scan_mdevctl_ms.push(ms(elapsed)),
+                Ok((elapsed, _)) => results.scan_mdevreg_ms.push(ms(elapsed)),
+                Err(err) => {
+                    results.notes.push(format!("scan phase: {err}"));
+                    return;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "e2e: scan medians: mdevctl {:.1} ms, mdevreg {:.1} ms",
+        median(&results.scan_mdevctl_ms),
+        median(&results.scan_mdevreg_ms)
+    );
+}
+
+// ----- phases 2..: the daemon -----
+
+/// A private dbus-daemon on a path socket; killed on drop.
+struct PrivateBus {
+    child: Child,
+    address: String,
+}
+
+impl PrivateBus {
+    fn start(dir: &Path) -> Result<PrivateBus, String> {
+        let socket = dir.join("bus");
+        let config = dir.join("bus.conf");
+        let text = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+            socket.display()
+        );
+        std::fs::write(&config, text).map_err(|err| format!("write bus config: {err}"))?;
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|err| format!("start dbus-daemon: {err}"))?;
+        let stdout = child.stdout.take().ok_or("dbus-daemon without stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|err| format!("read the bus address: {err}"))?;
+        let address = line.trim().to_owned();
+        if address.is_empty() {
+            let _ = child.kill();
+            return Err("dbus-daemon printed no address".into());
+        }
+        Ok(PrivateBus { child, address })
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running mdevregd; SIGTERM and wait on drop.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct DaemonSetup<'a> {
+    tree: &'a FakeSysfs,
+    bus_address: String,
+    state_dir: PathBuf,
+    log: PathBuf,
+    receive_buffer_flag: bool,
+}
+
+impl DaemonSetup<'_> {
+    fn spawn(&self, receive_buffer: Option<usize>) -> Result<Daemon, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|err| format!("open daemon log: {err}"))?;
+        // Profiling aid: `MDEVREG_BENCH_DAEMON_WRAPPER="perf record -g -o F --"`.
+        let wrapper = std::env::var("MDEVREG_BENCH_DAEMON_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(MDEVREGD);
+                command
+            }
+            None => Command::new(MDEVREGD),
+        };
+        command
+            .args(["--bus", &self.bus_address, "--sysfs-root"])
+            .arg(self.tree.root())
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let (Some(bytes), true) = (receive_buffer, self.receive_buffer_flag) {
+            command.arg(format!("--receive-buffer={bytes}"));
+        }
+        let child = command
+            .spawn()
+            .map_err(|err| format!("start mdevregd: {err}"))?;
+        Ok(Daemon { child })
+    }
+
+    /// Starts the daemon and waits until it owns the bus name; returns the
+    /// time from spawn to NameOwnerChanged.
+    async fn start_and_wait(
+        &self,
+        bus: &zbus::fdo::DBusProxy<'_>,
+        receive_buffer: Option<usize>,
+    ) -> Result<(Daemon, Duration), String> {
+        let mut owner_changes = bus
+            .receive_name_owner_changed_with_args(&[(0, BUS_NAME)])
+            .await
+            .map_err(|err| format!("subscribe NameOwnerChanged: {err}"))?;
+        let started = Instant::now();
+        let mut daemon = self.spawn(receive_buffer)?;
+        let deadline = Duration::from_secs(120);
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), owner_changes.next()).await;
+            match next {
+                Ok(Some(signal)) => {
+                    if let Ok(args) = signal.args() {
+                        if args.new_owner().is_some() {
+                            return Ok((daemon, started.elapsed()));
+                        }
+                    }
+                }
+                Ok(None) => return Err("NameOwnerChanged stream ended".into()),
+                Err(_) => {
+                    if let Ok(Some(status)) = daemon.child.try_wait() {
+                        return Err(format!(
+                            "mdevregd exited ({status}) before taking the name; log: {}",
+                            self.log.display()
+                        ));
+                    }
+                    if started.elapsed() > deadline {
+                        return Err("mdevregd did not take the name within 120 s".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the daemon and waits until its name is gone from the bus.
+    async fn stop_and_wait(&self, bus: &zbus::fdo::DBusProxy<'_>, daemon: Daemon) {
+        daemon.stop();
+        for _ in 0..1000 {
+            match bus.name_has_owner(BUS_NAME.try_into().expect("valid name")).await {
+                Ok(false) | Err(_) => return,
+                Ok(true) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+}
+
+async fn daemon_phases(
+    tree: &FakeSysfs,
+    work: &Path,
+    scale: Scale,
+    results: &mut Results,
+) -> Result<(), String> {
+    let bus = PrivateBus::start(work)?;
+    eprintln!("e2e: private bus at {}", bus.address);
+    let connection = zbus::connection::Builder::address(bus.address.as_str())
+        .build()
+        .await
+        .map_err(|err| format!("connect to the private bus: {err}"))?;
+    let dbus = zbus::fdo::DBusProxy::new(&connection)
+        .await
+        .map_err(|err| format!("DBus proxy: {err}"))?;
+    // The state directory on tmpfs, as /run/mdevreg is (owner-bound
+    // registrations live there).
+    let state_dir = work.join("state");
+    std::fs::create_dir_all(&state_dir).map_err(|err| format!("state dir: {err}"))?;
+    run_checked("mount", &["-t", "tmpfs", "mdevreg-bench-state", path_str(&state_dir)])?;
+    let receive_buffer_flag = daemon_has_flag("--receive-buffer");
+    results.flood_receive_buffer_flag = receive_buffer_flag;
+    let setup = DaemonSetup {
+        tree,
+        bus_address: bus.address.clone(),
+        state_dir,
+        log: work.join("mdevregd.log"),
+        receive_buffer_flag,
+    };
+
+    // Startup: spawn → name acquired, several times.
+    let startup_rounds = if phase_enabled("startup") {
+        scale.startup_rounds
+    } else {
+        0
+    };
+    eprintln!("e2e: startup ({startup_rounds} rounds)");
+    for _ in 0..startup_rounds {
+        let (daemon, elapsed) = setup.start_and_wait(&dbus, None).await?;
+        results.startup_ms.push(ms(elapsed));
+        setup.stop_and_wait(&dbus, daemon).await;
+    }
+    eprintln!("e2e: startup median {:.1} ms", median(&results.startup_ms));
+
+    let (daemon, _) = setup.start_and_wait(&dbus, None).await?;
+    let result = measure_with_daemon(&setup, &daemon, &connection, scale, results).await;
+    results.rss_mib_end = vm_hwm_mib(daemon.pid());
+    setup.stop_and_wait(&dbus, daemon).await;
+    result?;
+
+    if phase_enabled("rate") {
+        // The same cycles with the state directory on disk (fsync costs).
+        let disk_setup = DaemonSetup {
+            state_dir: work.join("state-disk"),
+            ..setup.clone()
+        };
+        std::fs::create_dir_all(&disk_setup.state_dir)
+            .map_err(|err| format!("state dir: {err}"))?;
+        let (daemon, _) = disk_setup.start_and_wait(&dbus, None).await?;
+        let rates = rate_rounds(&connection, 1, scale.rate_window).await;
+        setup.stop_and_wait(&dbus, daemon).await;
+        match rates {
+            Ok((register, _)) => results.register_cycles_per_s_disk = register,
+            Err(err) => results.notes.push(format!("register cycles, state on disk: {err}")),
+        }
+    }
+    if phase_enabled("flood") {
+        flood_phase(&setup, &dbus, scale, results).await;
+    }
+    drop(bus);
+    Ok(())
+}
+
+/// `mdevregd --help` mentions `flag`.
+fn daemon_has_flag(flag: &str) -> bool {
+    Command::new(MDEVREGD)
+        .arg("--help")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).contains(flag))
+        .unwrap_or(false)
+}
+
+async fn measure_with_daemon(
+    setup: &DaemonSetup<'_>,
+    daemon: &Daemon,
+    connection: &zbus::Connection,
+    scale: Scale,
+    results: &mut Results,
+) -> Result<(), String> {
+    if phase_enabled("query") {
+        query_phase(&setup.bus_address, scale, results);
+    }
+    results.rss_mib = vm_hwm_mib(daemon.pid());
+    eprintln!("e2e: daemon VmHWM {:?} MiB", results.rss_mib);
+    if phase_enabled("rate") {
+        if let Err(err) = rate_phase(connection, scale, results).await {
+            results.notes.push(format!("register/echo phase: {err}"));
+        }
+    }
+    if phase_enabled("latency") {
+        if let Err(err) = latency_phase(setup.tree, connection, scale, results).await {
+            results.notes.push(format!("latency phase: {err}"));
+        }
+    }
+    Ok(())
+}
+
+// ----- query: mdevctl vs mdevreg types --json from the daemon -----
+
+fn query_phase(bus_address: &str, scale: Scale, results: &mut Results) {
+    eprintln!("e2e: query: mdevctl types --dumpjson vs mdevreg --bus … types --json");
+    let mdevctl = || timed_output("mdevctl", &["types", "--dumpjson"]);
+    let query = || timed_output(MDEVREG, &["--bus", bus_address, "types", "--json"]);
+    match (mdevctl(), query()) {
+        (Ok((_, a)), Ok((_, b))) => results.query_outputs_equal = Some(same_json(&a, &b)),
+        (Err(err), _) | (_, Err(err)) => {
+            results.notes.push(format!("query phase: {err}"));
+            return;
+        }
+    }
+    for round in 0..scale.query_rounds {
+        let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for is_mdevctl in order {
+            let sample = if is_mdevctl { mdevctl() } else { query() };
+            match sample {
+                Ok((elapsed, _)) if is_mdevctl => results.query_mdevctl_ms.push(ms(elapsed)),
+                Ok((elapsed, _)) => results.query_mdevreg_ms.push(ms(elapsed)),
+                Err(err) => {
+                    results.notes.push(format!("query phase: {err}"));
+                    return;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "e2e: query medians: mdevctl {:.1} ms, mdevreg {:.2} ms",
+        median(&results.query_mdevctl_ms),
+        median(&results.query_mdevreg_ms)
+    );
+}
+
+// ----- register cycles vs echo calls -----
+
+async fn rate_phase(
+    connection: &zbus::Connection,
+    scale: Scale,
+    results: &mut Results,
+) -> Result<(), String> {
+    eprintln!("e2e: RegisterParent+UnregisterParent cycles vs Peer.Ping");
+    let (register, echo) = rate_rounds(connection, scale.rate_rounds, scale.rate_window).await?;
+    results.register_cycles_per_s = register;
+    results.echo_calls_per_s = echo;
+    eprintln!(
+        "e2e: register cycles {:.0}/s, echo calls {:.0}/s",
+        median(&results.register_cycles_per_s),
+        median(&results.echo_calls_per_s)
+    );
+    Ok(())
+}
+
+/// `rounds` alternating windows of register/unregister cycles and of
+/// Peer.Ping calls to mdevregd; the rates of each window.
+async fn rate_rounds(
+    connection: &zbus::Connection,
+    rounds: usize,
+    window: Duration,
+) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let registry = zbus::Proxy::new(connection, BUS_NAME, ROOT_PATH, "org.mdevreg.Registry1")
+        .await
+        .map_err(|err| format!("registry proxy: {err}"))?;
+    let peer = zbus::fdo::PeerProxy::builder(connection)
+        .destination(BUS_NAME)
+        .path(ROOT_PATH)
+        .build()
+        .await
+        .map_err(|err| format!("peer proxy: {err}"))?;
+    let types = vec![HashMap::from([
+        ("Id", Variant::from("bench-1")),
+        ("DeviceApi", Variant::from("vfio-pci")),
+        ("AvailableInstances", Variant::from(4u32)),
+    ])];
+    let options: HashMap<&str, Variant<'_>> = HashMap::new();
+    let name = "bench-cycle";
+    let (mut register_rates, mut echo_rates) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let mut cycles = 0u64;
+        while started.elapsed() < window {
+            let _: zbus::OwnedObjectPath = registry
+                .call("RegisterParent", &(name, &options, &types))
+                .await
+                .map_err(|err| format!("RegisterParent: {err}"))?;
+            let () = registry
+                .call("UnregisterParent", &(name,))
+                .await
+                .map_err(|err| format!("UnregisterParent: {err}"))?;
+            cycles += 1;
+        }
+        register_rates.push(cycles as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let mut calls = 0u64;
+        while started.elapsed() < window {
+            peer.ping().await.map_err(|err| format!("Peer.Ping: {err}"))?;
+            calls += 1;
+        }
+        echo_rates.push(calls as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok((register_rates, echo_rates))
+}
+
+// ----- latency: injected MDEV_STATE=registered → ParentRegistered -----
+
+/// A plain group-1 listener on its own thread, timestamping each datagram by
+/// the devpath in its header.
+struct RawListener {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    arrivals: std_mpsc::Receiver<(String, Instant)>,
+}
+
+impl RawListener {
+    fn start() -> Result<RawListener, String> {
+        use nix::sys::socket::{
+            bind, setsockopt, socket, sockopt, AddressFamily, NetlinkAddr, SockFlag,
+            SockProtocol, SockType,
+        };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkKObjectUEvent,
+        )
+        .map_err(|err| format!("raw listener socket: {err}"))?;
+        let _ = setsockopt(&fd, sockopt::RcvBufForce, &(16 * 1024 * 1024));
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )
+        .map_err(|err| format!("raw listener timeout: {err}"))?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1))
+            .map_err(|err| format!("raw listener bind: {err}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sender, arrivals) = std_mpsc::channel();
+        let stop_flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 8192];
+            while !stop_flag.load(Ordering::Relaxed) {
+                match nix::sys::socket::recv(
+                    fd.as_raw_fd(),
+                    &mut buffer,
+                    nix::sys::socket::MsgFlags::empty(),
+                ) {
+                    Ok(len) => {
+                        let now = Instant::now();
+                        let header_end = buffer[..len].iter().position(|&b| b == 0).unwrap_or(len);
+                        let header = String::from_utf8_lossy(&buffer[..header_end]);
+                        if let Some((_, devpath)) = header.split_once('@') {
+                            let _ = sender.send((devpath.to_owned(), now));
+                        }
+                    }
+                    Err(_) => continue,
+                }
+            }
+        });
+        Ok(RawListener {
+            stop,
+            thread: Some(thread),
+            arrivals,
+        })
+    }
+}
+
+impl Drop for RawListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Forwards `(name, arrival)` of ParentRegistered / ParentUnregistered.
+async fn watch_signal(
+    connection: &zbus::Connection,
+    signal: &'static str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>, String> {
+    let registry = zbus::Proxy::new(connection, BUS_NAME, ROOT_PATH, "org.mdevreg.Registry1")
+        .await
+        .map_err(|err| format!("registry proxy: {err}"))?;
+    let mut stream = registry
+        .receive_signal(signal)
+        .await
+        .map_err(|err| format!("subscribe {signal}: {err}"))?;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _registry = registry;
+        while let Some(message) = stream.next().await {
+            let now = Instant::now();
+            let body = message.body();
+            if let Ok((_, name, _, _)) =
+                body.deserialize::<(zbus::ObjectPath<'_>, String, String, u64)>()
+            {
+                if sender.send((name, now)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(receiver)
+}
+
+/// Waits for `name` on `receiver`, skipping other names.
+async fn wait_for_name(
+    receiver: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    name: &str,
+    timeout: Duration,
+) -> Option<Instant> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Some((got, at))) if got == name => return Some(at),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// A parent outside the big tree (PCI domain 0001) for latency event `index`.
+fn latency_parent(index: usize) -> ParentSpec {
+    let pci_name = format!(
+        "0001:{:02x}:{:02x}.{}",
+        (index >> 8) & 0xff,
+        (index >> 3) & 0x1f,
+        index & 7
+    );
+    let mut spec = ParentSpec::pci(&pci_name, "nvidia");
+    for type_index in 0..4 {
+        spec = spec.with_type(
+            TypeSpec::new(&format!("nvidia-{}", 100 + type_index), "vfio-pci", 16)
+                .name(&format!("GRID T4-{type_index}Q")),
+        );
+    }
+    spec
+}
+
+fn state_event(spec: &ParentSpec, state: &str) -> Uevent {
+    Uevent::new("change", spec.devpath.as_str())
+        .with("SUBSYSTEM", "pci")
+        .with("DRIVER", "nvidia")
+        .with("MDEV_STATE", state)
+}
+
+async fn latency_phase(
+    tree: &FakeSysfs,
+    connection: &zbus::Connection,
+    scale: Scale,
+    results: &mut Results,
+) -> Result<(), String> {
+    eprintln!("e2e: latency ({} injected events)", scale.latency_events);
+    let mut registered = watch_signal(connection, "ParentRegistered").await?;
+    let mut unregistered = watch_signal(connection, "ParentUnregistered").await?;
+    let raw = RawListener::start()?;
+    let mut emitter = UeventEmitter::open().map_err(|err| format!("emitter: {err}"))?;
+    let mut injected: Vec<(String, Instant)> = Vec::new();
+    let timeout = Duration::from_secs(2);
+    for index in 0..scale.latency_events {
+        let spec = latency_parent(index);
+        tree.add_parent(&spec);
+        let event = state_event(&spec, "registered");
+        let sent = Instant::now();
+        emitter
+            .inject(&event)
+            .map_err(|err| format!("inject: {err}"))?;
+        injected.push((spec.devpath.clone(), sent));
+        match wait_for_name(&mut registered, spec.name(), timeout).await {
+            Some(at) => results.latency_us.push(us(at - sent)),
+            None => results.latency_missed += 1,
+        }
+        // Take it away again, as the kernel does, so the registry stays small.
+        tree.remove_parent(spec.name());
+        emitter
+            .inject(&state_event(&spec, "unregistered"))
+            .map_err(|err| format!("inject: {err}"))?;
+        let _ = wait_for_name(&mut unregistered, spec.name(), timeout).await;
+    }
+    // Let the raw listener drain, then match its arrivals to the injections.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut first_arrival: HashMap<String, Instant> = HashMap::new();
+    while let Ok((devpath, at)) = raw.arrivals.try_recv() {
+        first_arrival.entry(devpath).or_insert(at);
+    }
+    for (devpath, sent) in &injected {
+        if let Some(at) = first_arrival.get(devpath) {
+            results.raw_netlink_us.push(us(*at - *sent));
+        }
+    }
+    drop(raw);
+    eprintln!(
+        "e2e: latency p50 {:.0} µs p99 {:.0} µs (missed {}), raw netlink p50 {:.0} µs",
+        median(&results.latency_us),
+        percentile(&results.latency_us, 0.99),
+        results.latency_missed,
+        median(&results.raw_netlink_us)
+    );
+    Ok(())
+}
+
+// ----- flood: many events, small receive buffer, convergence -----
+
+fn pci_name(index: u32) -> String {
+    format!(
+        "0000:{:02x}:{:02x}.{}",
+        (index >> 8) & 0xff,
+        (index >> 3) & 0x1f,
+        index & 7
+    )
+}
+
+async fn flood_phase(
+    setup: &DaemonSetup<'_>,
+    dbus: &zbus::fdo::DBusProxy<'_>,
+    scale: Scale,
+    results: &mut Results,
+) {
+    if !setup.receive_buffer_flag {
+        results.notes.push(
+            "flood: mdevregd has no --receive-buffer flag; it ran with its default buffer".into(),
+        );
+    }
+    for run in 0..scale.flood_runs {
+        eprintln!(
+            "e2e: flood run {} ({} events over {} parents)",
+            run + 1,
+            scale.flood_events,
+            scale.parents
+        );
+        match flood_run(setup, dbus, scale, run).await {
+            Ok(flood) => {
+                eprintln!(
+                    "e2e: flood: injected in {:.2} s, converged {} after {:.2} s",
+                    flood.inject_seconds, flood.converged, flood.seconds
+                );
+                results.flood_runs.push(flood);
+            }
+            Err(err) => {
+                results.notes.push(format!("flood run {}: {err}", run + 1));
+                results.flood_runs.push(FloodRun {
+                    events: 0,
+                    inject_seconds: 0.0,
+                    converged: false,
+                    seconds: 0.0,
+                });
+            }
+        }
+    }
+}
+
+async fn flood_run(
+    setup: &DaemonSetup<'_>,
+    dbus: &zbus::fdo::DBusProxy<'_>,
+    scale: Scale,
+    run: usize,
+) -> Result<FloodRun, String> {
+    let (daemon, _) = setup
+        .start_and_wait(dbus, Some(FLOOD_RECEIVE_BUFFER))
+        .await?;
+    let tree = setup.tree;
+    let mut emitter = UeventEmitter::open().map_err(|err| format!("emitter: {err}"))?;
+    let parents = scale.parents as usize;
+    // A few parents leave during each run (distinct per run).
+    let leaving: Vec<u32> = (0..10u32)
+        .map(|k| (k * 97 + run as u32 * 13 + 5) % scale.parents)
+        .collect();
+    let started = Instant::now();
+    for event_index in 0..scale.flood_events {
+        let parent_index = (event_index % parents) as u32;
+        let name = pci_name(parent_index);
+        let devpath = format!("/devices/pci0000:00/{name}");
+        let round = event_index / parents;
+        if leaving.contains(&parent_index) && round == 1 {
+            if tree.parent_dir_exists(&name) {
+                tree.remove_parent(&name);
+            }
+            let event = Uevent::new("change", devpath.as_str())
+                .with("SUBSYSTEM", "pci")
+                .with("DRIVER", "nvidia")
+                .with("MDEV_STATE", "unregistered");
+            emitter.inject(&event).map_err(|err| format!("inject: {err}"))?;
+            continue;
+        }
+        if !tree.parent_dir_exists(&name) {
+            // Gone in this or an earlier run: a hint about nothing.
+            let event = Uevent::new("change", devpath.as_str()).with("SUBSYSTEM", "pci");
+            emitter.inject(&event).map_err(|err| format!("inject: {err}"))?;
+            continue;
+        }
+        let type_id = format!("nvidia-{}", 100 + (round as u32 % scale.types));
+        let available = ((event_index * 7 + run) % 17) as u32;
+        tree.set_available_instances(&name, &type_id, available);
+        let event = Uevent::new("change", devpath.as_str())
+            .with("SUBSYSTEM", "pci")
+            .with("DRIVER", "nvidia");
+        emitter.inject(&event).map_err(|err| format!("inject: {err}"))?;
+    }
+    let inject_seconds = started.elapsed().as_secs_f64();
+    // Converged when the daemon's answer equals a direct scan.
+    let root = path_str(tree.root()).to_owned();
+    let (_, truth) = timed_output(MDEVREG, &["types", "--json", "--sysfs-root", &root])?;
+    let deadline = Duration::from_secs(120);
+    let mut converged = false;
+    let mut seconds = 0.0;
+    while started.elapsed() < deadline {
+        if let Ok((_, answer)) =
+            timed_output(MDEVREG, &["--bus", &setup.bus_address, "types", "--json"])
+        {
+            if same_json(&truth, &answer) {
+                converged = true;
+                seconds = started.elapsed().as_secs_f64();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !converged {
+        seconds = started.elapsed().as_secs_f64();
+    }
+    setup.stop_and_wait(dbus, daemon).await;
+    Ok(FloodRun {
+        events: scale.flood_events,
+        inject_seconds,
+        converged,
+        seconds,
+    })
+}
+
+trait TreeExt {
+    fn parent_dir_exists(&self, name: &str) -> bool;
+}
+
+impl TreeExt for FakeSysfs {
+    /// The parent is registered in sysfs (its `class/mdev_bus` link exists).
+    fn parent_dir_exists(&self, name: &str) -> bool {
+        std::fs::symlink_metadata(self.path("class/mdev_bus").join(name)).is_ok()
+    }
+}
+
+// ----- helpers -----
+
+/// Runs `program args`, returns its wall time and stdout; fails on a non-zero
+/// exit.
+fn timed_output(program: &str, args: &[&str]) -> Result<(Duration, Vec<u8>), String> {
+    let started = Instant::now();
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("run {program}: {err}"))?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        return Err(format!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok((elapsed, output.stdout))
+}
+
+fn run_checked(program: &str, args: &[&str]) -> Result<(), String> {
+    timed_output(program, args).map(|_| ())
+}
+
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    match (
+        serde_json::from_slice::<Value>(a),
+        serde_json::from_slice::<Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn us(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1_000_000.0
+}
+
+fn sorted(samples: &[f64]) -> Vec<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+}
+
+fn median(samples: &[f64]) -> f64 {
+    percentile(samples, 0.5)
+}
+
+/// Nearest-rank percentile; NaN for no samples.
+fn percentile(samples: &[f64], fraction: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let sorted = sorted(samples);
+    let rank = ((fraction * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn vm_hwm_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn machine_line() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, model)| model.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?.to_owned();
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!(", {:.1} GiB RAM", kib / 1024.0 / 1024.0))
+        })
+        .unwrap_or_default();
+    format!("Linux {kernel}, {model}, {cores} cores{memory}")
+}
+
+// ----- reports -----
+
+/// A number for JSON: `null` when not measured.
+fn number(value: f64) -> Value {
+    if value.is_finite() {
+        json!((value * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        f64::NAN
+    }
+}
+
+struct Summary {
+    scan_ratio: f64,
+    query_ratio: f64,
+    latency_p50: f64,
+    latency_p99: f64,
+    raw_p50: f64,
+    register_rate: f64,
+    echo_rate: f64,
+    flood_converged: bool,
+    flood_seconds: f64,
+    flood_events: usize,
+    rss: f64,
+    startup: f64,
+}
+
+fn summarize(results: &Results) -> Summary {
+    let flood_ok = !results.flood_runs.is_empty()
+        && results.flood_runs.iter().all(|run| run.converged);
+    Summary {
+        scan_ratio: ratio(
+            median(&results.scan_mdevctl_ms),
+            median(&results.scan_mdevreg_ms),
+        ),
+        query_ratio: ratio(
+            median(&results.query_mdevctl_ms),
+            median(&results.query_mdevreg_ms),
+        ),
+        latency_p50: median(&results.latency_us),
+        latency_p99: percentile(&results.latency_us, 0.99),
+        raw_p50: median(&results.raw_netlink_us),
+        register_rate: median(&results.register_cycles_per_s),
+        echo_rate: median(&results.echo_calls_per_s),
+        flood_converged: flood_ok,
+        flood_seconds: results
+            .flood_runs
+            .iter()
+            .map(|run| run.seconds)
+            .fold(f64::NAN, f64::max),
+        flood_events: results.flood_runs.first().map(|run| run.events).unwrap_or(0),
+        rss: results.rss_mib.unwrap_or(f64::NAN),
+        startup: median(&results.startup_ms),
+    }
+}
+
+fn write_reports(results: &Results) -> Result<(), String> {
+    let summary = summarize(results);
+    let samples: BTreeMap<&str, &Vec<f64>> = BTreeMap::from([
+        ("scan_mdevctl_ms", &results.scan_mdevctl_ms),
+        ("scan_mdevreg_ms", &results.scan_mdevreg_ms),
+        ("query_mdevctl_ms", &results.query_mdevctl_ms),
+        ("query_mdevreg_ms", &results.query_mdevreg_ms),
+        ("startup_ms", &results.startup_ms),
+        ("register_cycles_per_s", &results.register_cycles_per_s),
+        ("bus_echo_calls_per_s", &results.echo_calls_per_s),
+        ("register_cycles_per_s_state_on_disk", &results.register_cycles_per_s_disk),
+    ]);
+    let document = json!({
+        "machine": results.machine,
+        "scan_ratio_vs_mdevctl": number(summary.scan_ratio),
+        "query_ratio_vs_mdevctl": number(summary.query_ratio),
+        "latency_p50_us": number(summary.latency_p50),
+        "latency_p99_us": number(summary.latency_p99),
+        "raw_netlink_p50_us": number(summary.raw_p50),
+        "register_cycles_per_s": number(summary.register_rate),
+        "bus_echo_calls_per_s": number(summary.echo_rate),
+        "flood_events": summary.flood_events,
+        "flood_converged": summary.flood_converged,
+        "flood_seconds": number(summary.flood_seconds),
+        "rss_mib_1000x32": number(summary.rss),
+        "startup_ms_1000x32": number(summary.startup),
+        "samples": samples,
+        "scale": results.scale,
+        "notes": results.notes,
+    });
+    let target = Path::new(MANIFEST_DIR).join("target/bench");
+    std::fs::create_dir_all(&target).map_err(|err| format!("{}: {err}", target.display()))?;
+    let json_path = target.join("results.json");
+    let text = serde_json::to_string_pretty(&document).map_err(|err| err.to_string())?;
+    std::fs::write(&json_path, text + "\n")
+        .map_err(|err| format!("{}: {err}", json_path.display()))?;
+    let markdown_path = Path::new(MANIFEST_DIR).join("BENCHMARKS.md");
+    std::fs::write(&markdown_path, markdown(results, &summary))
+        .map_err(|err| format!("{}: {err}", markdown_path.display()))?;
+    eprintln!(
+        "e2e: wrote {} and {}",
+        json_path.display(),
+        markdown_path.display()
+    );
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+fn fmt(value: f64, decimals: usize) -> String {
+    if value.is_finite() {
+        format!("{value:.decimals$}")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn markdown(results: &Results, s: &Summary) -> String {
+    let scan_ms = median(&results.scan_mdevreg_ms);
+    let mut text = String::new();
+    let _ = writeln!(text, "# Benchmarks\n");
+    let _ = writeln!(
+        text,
+        "Generated by `cargo bench --bench e2e` (as root); do not edit by hand.\n"
+    );
+    let _ = writeln!(text, "Machine: {}  ", results.machine);
+    let _ = writeln!(text, "Tree: {}\n", results.scale);
+    let _ = writeln!(text, "| measure | result | target | |");
+    let _ = writeln!(text, "| --- | --- | --- | --- |");
+    let mut row = |name: &str, value: String, target: &str, met: bool| {
+        let _ = writeln!(text, "| {name} | {value} | {target} | {} |", verdict(met));
+    };
+    row(
+        "scan ratio (mdevctl `types --dumpjson` / `mdevreg types --json --sysfs-root`)",
+        format!(
+            "{}× ({} ms / {} ms)",
+            fmt(s.scan_ratio, 1),
+            fmt(median(&results.scan_mdevctl_ms), 1),
+            fmt(scan_ms, 1)
+        ),
+        "≥ 3",
+        s.scan_ratio >= 3.0,
+    );
+    row(
+        "query ratio (mdevctl / `mdevreg types --json` from the daemon)",
+        format!(
+            "{}× ({} ms / {} ms)",
+            fmt(s.query_ratio, 1),
+            fmt(median(&results.query_mdevctl_ms), 1),
+            fmt(median(&results.query_mdevreg_ms), 2)
+        ),
+        "≥ 20",
+        s.query_ratio >= 20.0,
+    );
+    row(
+        "latency p50, injected `MDEV_STATE=registered` → ParentRegistered",
+        format!("{} µs", fmt(s.latency_p50, 0)),
+        "≤ 10× raw netlink p50",
+        s.latency_p50 <= 10.0 * s.raw_p50,
+    );
+    row(
+        "latency p99",
+        format!(
+            "{} µs ({} events, {} missed)",
+            fmt(s.latency_p99, 0),
+            results.latency_us.len() + results.latency_missed,
+            results.latency_missed
+        ),
+        "≤ 2000 µs",
+        s.latency_p99 <= 2000.0 && results.latency_missed == 0,
+    );
+    row(
+        "raw netlink p50 (injection → plain group-1 listener)",
+        format!("{} µs", fmt(s.raw_p50, 0)),
+        "reference",
+        true,
+    );
+    row(
+        "RegisterParent+UnregisterParent cycles/s (one client)",
+        format!(
+            "{} ({}% of echo)",
+            fmt(s.register_rate, 0),
+            fmt(100.0 * ratio(s.register_rate, s.echo_rate), 0)
+        ),
+        "≥ 40% of echo calls",
+        s.register_rate >= 0.4 * s.echo_rate,
+    );
+    row(
+        "… the same with `--state-dir` on disk (fsync)",
+        fmt(median(&results.register_cycles_per_s_disk), 0),
+        "information",
+        true,
+    );
+    row(
+        "bus echo calls/s (Peer.Ping to mdevregd)",
+        fmt(s.echo_rate, 0),
+        "reference",
+        true,
+    );
+    let flood_detail = results
+        .flood_runs
+        .iter()
+        .map(|run| {
+            format!(
+                "{} in {} s",
+                if run.converged { "converged" } else { "NOT converged" },
+                fmt(run.seconds, 2)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    row(
+        "flood: events over all parents, small receive buffer",
+        format!("{} events × {} runs: {}", s.flood_events, results.flood_runs.len(), flood_detail),
+        "converges every time",
+        s.flood_converged,
+    );
+    row(
+        "daemon peak RSS (VmHWM) holding the tree",
+        format!("{} MiB", fmt(s.rss, 1)),
+        "≤ 32 MiB",
+        s.rss <= 32.0,
+    );
+    row(
+        "daemon startup (spawn → name acquired)",
+        format!("{} ms (direct scan {} ms)", fmt(s.startup, 0), fmt(scan_ms, 0)),
+        "≤ 2× direct scan",
+        s.startup <= 2.0 * scan_ms,
+    );
+    let _ = writeln!(text);
+    let _ = writeln!(text, "## Method\n");
+    let _ = writeln!(
+        text,
+        "- One run, one machine: each pair is measured alternately (which one goes first \
+         alternates by round), and medians are compared; every command is a spawned process \
+         timed from spawn to exit, output captured through a pipe."
+    );
+    let _ = writeln!(
+        text,
+        "- The fake tree is built by `tests/common/sysfs_fixture.rs` (`many_parents`) in a \
+         temporary directory and bind-mounted over `/sys` in a private mount namespace, where \
+         Debian's mdevctl 1.2.0 reads it; mdevreg reads the same directory with `--sysfs-root`. \
+         Outputs compared as JSON: scan {}, query {}.",
+        match results.scan_outputs_equal {
+            Some(true) => "identical",
+            Some(false) => "**different**",
+            None => "not compared",
+        },
+        match results.query_outputs_equal {
+            Some(true) => "identical",
+            Some(false) => "**different**",
+            None => "not compared",
+        }
+    );
+    let _ = writeln!(
+        text,
+        "- A private dbus-daemon on a path socket; mdevregd (release build, default `--emit auto`) \
+         and the benchmark run in a private network namespace, so kernel uevent injection \
+         (`UeventEmitter::inject`) reaches only them. Latency: for each event a new parent tree is \
+         created, `change` with `MDEV_STATE=registered` injected, and the time to the \
+         ParentRegistered signal at a zbus client measured; the parent is then removed and \
+         `unregistered` injected (not timed). The raw figure is the same injections seen by a \
+         plain group-1 socket on its own thread."
+    );
+    let _ = writeln!(
+        text,
+        "- Register cycles: sequential RegisterParent + UnregisterParent (owner lifetime, one \
+         type) from one connection for {} windows, alternating with windows of \
+         `org.freedesktop.DBus.Peer.Ping` to mdevregd; medians of the per-window rates. \
+         `--state-dir` is a tmpfs (as `/run/mdevreg` is); one more window runs with it on disk.",
+        results.register_cycles_per_s.len()
+    );
+    let _ = writeln!(
+        text,
+        "- Flood: mdevregd restarted with {}; events change `available_instances` of one type of \
+         each parent in turn (a few parents unregister), each followed by an injected `change`; \
+         converged when `mdevreg types --json` from the daemon equals a direct scan (polled); \
+         the time counts from the first injection.",
+        if results.flood_receive_buffer_flag {
+            format!("`--receive-buffer={FLOOD_RECEIVE_BUFFER}`")
+        } else {
+            "its default receive buffer (no `--receive-buffer` flag)".to_owned()
+        }
+    );
+    let _ = writeln!(
+        text,
+        "- RSS: VmHWM of mdevregd after startup and the query rounds{}.",
+        match results.rss_mib_end {
+            Some(end) => format!(" ({end:.1} MiB at the end of the latency phase)"),
+            None => String::new(),
+        }
+    );
+    if !results.notes.is_empty() {
+        let _ = writeln!(text, "\n## Notes\n");
+        for note in &results.notes {
+            let _ = writeln!(text, "- {note}");
+        }
+    }
+    text
+}

@@ -1,0 +1,33 @@
+//! Drives the sysfs reader (`scan`, `read_parent`) over generated trees: the
+//! input is read as up to 32 mutations (files, directories, symlinks with
+//! any target, loops, special files, big and garbage contents, non-UTF-8
+//! names) of a small valid tree, and the reader must neither panic nor hang
+//! nor break its invariants (see `tests/reliability/tree_ops.rs`, shared
+//! with the property test in `tests/hostile_sysfs.rs`).
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/reliability/tree_ops.rs"]
+mod tree_ops;
+
+/// One scratch tree per fuzzing process, on tmpfs when there is one.
+fn scratch() -> &'static tree_ops::Scratch {
+    static SCRATCH: OnceLock<tree_ops::Scratch> = OnceLock::new();
+    SCRATCH.get_or_init(|| {
+        let shm = PathBuf::from("/dev/shm");
+        let base = if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        };
+        tree_ops::Scratch::new(&base, &format!("mdevreg-fuzz-sysfs-{}", std::process::id()))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    tree_ops::check_reader(scratch().tree(data));
+});

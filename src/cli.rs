@@ -1,0 +1,137 @@
+//! Command-line definitions of both binaries (clap types only), shared with the
+//! man page and completion generator.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Query and drive the mdev parent registry.
+#[derive(Parser, Debug)]
+#[command(name = "mdevreg", version, about, long_about = None)]
+pub struct MdevregCli {
+    /// Bus to reach mdevregd on: `system`, `session` or a D-Bus address
+    /// such as `unix:path=/run/x`.
+    #[arg(long, global = true, env = "MDEVREG_BUS", default_value = "system")]
+    pub bus: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List mdev types per parent (the shape of `mdevctl types`).
+    Types {
+        /// Only this parent.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Print the `mdevctl types --dumpjson` document.
+        #[arg(long)]
+        json: bool,
+        /// Scan this sysfs root directly instead of asking the daemon.
+        #[arg(long, value_name = "DIR")]
+        sysfs_root: Option<PathBuf>,
+    },
+    /// List parents with their types and active mdevs.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Scan this sysfs root directly instead of asking the daemon.
+        #[arg(long, value_name = "DIR")]
+        sysfs_root: Option<PathBuf>,
+    },
+    /// Show one parent.
+    Show {
+        /// Parent name.
+        parent: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's counters (dropped uevents, rescans, ...).
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one line per registry event until interrupted.
+    Monitor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a userspace parent; owner-bound registrations last while
+    /// this command runs.
+    Register(RegisterArgs),
+    /// Unregister a userspace parent.
+    Unregister {
+        /// Parent name.
+        name: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RegisterArgs {
+    /// Parent name: 1..=255 bytes of [A-Za-z0-9:._-].
+    pub name: String,
+    /// A type: ID,API,AVAIL[,NAME[,DESC]] (repeatable).
+    #[arg(
+        long = "type",
+        value_name = "ID,API,AVAIL[,NAME[,DESC]]",
+        required = true
+    )]
+    pub types: Vec<String>,
+    /// Device path (default `/devices/virtual/mdevreg/<name>`).
+    #[arg(long)]
+    pub devpath: Option<String>,
+    /// Subsystem (default `mdevreg`).
+    #[arg(long)]
+    pub subsystem: Option<String>,
+    /// Driver name.
+    #[arg(long)]
+    pub driver: Option<String>,
+    /// Keep the registration after this command exits, until unregistered.
+    #[arg(long)]
+    pub persistent: bool,
+}
+
+/// How mdevregd tells the world about userspace transitions.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmitMode {
+    /// Injection when permitted, else libudev broadcast.
+    Auto,
+    /// Kernel uevent injection only.
+    Inject,
+    /// libudev-format broadcast on netlink group 2 only.
+    Broadcast,
+    /// No uevents (D-Bus signals only).
+    None,
+}
+
+/// The mdev parent registry service.
+#[derive(Parser, Debug)]
+#[command(name = "mdevregd", version, about, long_about = None)]
+pub struct MdevregdCli {
+    /// `system`, `session`, `embedded[=ADDRESS]` (host a private bus and
+    /// print its address) or a D-Bus address.
+    #[arg(long, default_value = "system")]
+    pub bus: String,
+    /// Root of the sysfs tree to read (and write).
+    #[arg(long, default_value = "/sys", value_name = "DIR")]
+    pub sysfs_root: PathBuf,
+    /// Keep both state files here instead of /run/mdevreg (owner-bound)
+    /// and /var/lib/mdevreg (persistent).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How to emit uevents for userspace parents.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub emit: EmitMode,
+    /// Do not listen for kernel uevents (sysfs is read at start and on Rescan).
+    #[arg(long)]
+    pub no_netlink: bool,
+    /// Receive buffer of the kernel uevent socket, in bytes (default 16 MiB).
+    /// Small values make overflows (and the rescan after them) likely: for
+    /// overflow tests and benchmarks.
+    #[arg(long, value_name = "BYTES")]
+    pub receive_buffer: Option<usize>,
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}

@@ -1,0 +1,887 @@
+//! The event loop of mdevregd: one task owns the [`Registry`] and wires the
+//! sources (sysfs scans, kernel uevent hints, D-Bus requests, owners leaving
+//! the bus) to the sinks (state files, uevents, D-Bus objects and signals).
+//!
+//! Every input goes the same way: apply to the registry → save the state
+//! files if a userspace parent changed (before replying, so an acknowledged
+//! registration survives `kill -9`) → emit one uevent per userspace
+//! (un)registration → update objects and send signals → reply. Interfaces
+//! read snapshots the loop updates; no lock is held across I/O.
+
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
+use zbus::proxy::CacheProperties;
+use zbus::{Connection, OwnedObjectPath};
+
+use crate::cli::EmitMode;
+use crate::dbus::{self, validate, Objects, Registry1, Request, RootSnapshot, Stats};
+use crate::emit::{Emitted, MdevState, UeventSink, SEQNUM_KEY};
+use crate::label::BUS_NAME;
+use crate::model::{Parent, Source};
+use crate::netlink::{RecvOutcome, SeqnumTracker, UeventListener};
+use crate::paths::SysfsRoot;
+use crate::persist::{StateStores, StoredRegistration};
+use crate::registry::{Event, EventKind, Input, Registry};
+use crate::sysfs::{self, ParentRead};
+use crate::uevent::{Reject, Uevent};
+
+/// Depth of the request and source channels. A full source channel stalls
+/// the netlink reader; the kernel then drops events and the listener reports
+/// an overflow, which triggers a rescan.
+const CHANNEL_DEPTH: usize = 1024;
+/// Injected events whose echo is awaited, at most; older ones are forgotten.
+const MAX_PENDING_ECHOES: usize = 4096;
+
+/// Names of the counters in the `Stats` property.
+pub mod counters {
+    /// Kernel uevents that passed the trust check.
+    pub const UEVENTS: &str = "uevents_received";
+    /// Own injected events seen again (recognised by MDEVREG_SEQNUM).
+    pub const OWN_EVENTS: &str = "uevents_own";
+    /// Events about devices that are not (and are not under) an mdev parent.
+    pub const IGNORED: &str = "uevents_ignored";
+    /// Messages dropped by the trust check (all reasons).
+    pub const REJECTED: &str = "uevents_rejected";
+    /// Prefix of the per-reason rejection counters.
+    pub const REJECTED_PREFIX: &str = "uevents_rejected_";
+    /// Receive buffer overflows (ENOBUFS).
+    pub const OVERFLOWS: &str = "netlink_overflows";
+    /// Gaps in the kernel SEQNUM sequence.
+    pub const SEQNUM_GAPS: &str = "seqnum_gaps";
+    /// Full sysfs rescans (overflow, gap, Rescan()).
+    pub const RESCANS: &str = "rescans";
+    /// Uevents emitted by injection / broadcast, and failures.
+    pub const INJECTED: &str = "uevents_injected";
+    pub const BROADCAST: &str = "uevents_broadcast";
+    pub const EMIT_FAILURES: &str = "uevent_emit_failures";
+    /// State file saves that failed.
+    pub const SAVE_FAILURES: &str = "state_save_failures";
+
+    /// Every fixed counter, shown as 0 until bumped.
+    pub const ALL: [&str; 12] = [
+        UEVENTS,
+        OWN_EVENTS,
+        IGNORED,
+        REJECTED,
+        OVERFLOWS,
+        SEQNUM_GAPS,
+        RESCANS,
+        INJECTED,
+        BROADCAST,
+        EMIT_FAILURES,
+        SAVE_FAILURES,
+        "parents_restored",
+    ];
+}
+
+/// What the daemon runs on.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub sysfs_root: SysfsRoot,
+    pub stores: StateStores,
+    pub emit: EmitMode,
+    /// Listen for kernel uevents (off: sysfs is read at start and on Rescan).
+    pub netlink: bool,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("the name {BUS_NAME} is already owned on this bus")]
+    NameTaken,
+    #[error("uevent emission: {0}")]
+    Emit(io::Error),
+    #[error("kernel uevent listener: {0}")]
+    Listener(io::Error),
+    #[error("the bus connection was lost")]
+    BusLost,
+}
+
+/// Where to connect, from `--bus`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusChoice {
+    System,
+    Session,
+    /// Host a bus in-process, on this address or a fresh socket.
+    Embedded(Option<String>),
+    /// A D-Bus address such as `unix:path=/run/x`.
+    Address(String),
+}
+
+impl BusChoice {
+    /// Parses `system`, `session`, `embedded`, `embedded=ADDRESS` or an
+    /// address.
+    pub fn parse(text: &str) -> BusChoice {
+        match text {
+            "system" => BusChoice::System,
+            "session" => BusChoice::Session,
+            "embedded" => BusChoice::Embedded(None),
+            other => match other.strip_prefix("embedded=") {
+                Some(address) if !address.is_empty() => {
+                    BusChoice::Embedded(Some(address.to_owned()))
+                }
+                Some(_) => BusChoice::Embedded(None),
+                None => BusChoice::Address(other.to_owned()),
+            },
+        }
+    }
+
+    /// Connects to the bus (for `Embedded`, the caller passes the started
+    /// bus's address as `Address` instead).
+    pub async fn connect(&self) -> zbus::Result<Connection> {
+        match self {
+            BusChoice::System => Connection::system().await,
+            BusChoice::Session => Connection::session().await,
+            BusChoice::Address(address) | BusChoice::Embedded(Some(address)) => {
+                zbus::connection::Builder::address(address.as_str())
+                    .build()
+                    .await
+            }
+            BusChoice::Embedded(None) => Err(zbus::Error::Address(
+                "an embedded bus must be started before connecting".into(),
+            )),
+        }
+    }
+}
+
+/// A message from a source other than a D-Bus request.
+#[derive(Debug)]
+enum SourceMessage {
+    /// A trusted kernel uevent: a hint to re-read its devpath.
+    Uevent(Uevent),
+    /// Events may have been lost: rescan everything.
+    Resync(&'static str),
+    /// A unique bus name left the bus.
+    OwnerGone(String),
+}
+
+/// Runs the daemon on `connection` until `shutdown` completes (returns
+/// `Ok`) or the bus connection is lost (returns [`DaemonError::BusLost`]).
+/// State is saved and the name released on the way out.
+pub async fn run(
+    connection: Connection,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let stats = Arc::new(Stats::default());
+    for key in counters::ALL {
+        stats.add(key, 0);
+    }
+
+    // The injection probe costs every listener one SEQNUM: probe first.
+    let sink = UeventSink::open(config.emit).map_err(DaemonError::Emit)?;
+    log::info!("{}", sink.describe());
+    let listener = if config.netlink {
+        Some(UeventListener::open().map_err(DaemonError::Listener)?)
+    } else {
+        log::info!("not listening for kernel uevents (--no-netlink)");
+        None
+    };
+
+    let registry = restore(&config.stores, &stats);
+    let (requests_tx, requests_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (sources_tx, sources_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let bus = DBusProxy::builder(&connection)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let root = Arc::new(Mutex::new(RootSnapshot::default()));
+    let registry1 = Registry1::new(
+        Arc::clone(&root),
+        Arc::clone(&stats),
+        requests_tx,
+        bus.clone(),
+    );
+
+    let mut daemon = Daemon {
+        registry,
+        objects: None,
+        sink,
+        stats: Arc::clone(&stats),
+        sysfs_root: config.sysfs_root.clone(),
+        stores: config.stores.clone(),
+        bus: bus.clone(),
+        sources_tx: sources_tx.clone(),
+        pending_echoes: PendingEchoes::default(),
+    };
+    // Sysfs first, so the tree served below is complete.
+    daemon.initial_scan();
+    daemon.objects = Some(Objects::serve(&connection, registry1, root, &daemon.registry).await?);
+    daemon.save_state();
+
+    // Watch owners leave before checking the restored ones, so none is missed.
+    let owner_watch = spawn_owner_watch(&bus, sources_tx.clone()).await?;
+    match connection
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await?
+    {
+        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => {}
+        RequestNameReply::Exists | RequestNameReply::InQueue => return Err(DaemonError::NameTaken),
+    }
+    log::info!(
+        "serving {BUS_NAME} as {} with {} parents (last event {})",
+        connection
+            .unique_name()
+            .map(|name| name.to_string())
+            .unwrap_or_default(),
+        daemon.registry.len(),
+        daemon.registry.seqnum()
+    );
+    daemon.check_restored_owners().await;
+    let netlink_task = listener.map(|listener| {
+        tokio::spawn(read_uevents(
+            listener,
+            sources_tx.clone(),
+            Arc::clone(&stats),
+        ))
+    });
+    drop(sources_tx);
+
+    let result = daemon
+        .run_loop(&connection, requests_rx, sources_rx, shutdown)
+        .await;
+
+    owner_watch.abort();
+    if let Some(task) = netlink_task {
+        task.abort();
+    }
+    daemon.save_state();
+    if result.is_ok() {
+        if let Err(err) = connection.release_name(BUS_NAME).await {
+            log::warn!("cannot release {BUS_NAME}: {err}");
+        }
+        log::info!("stopped");
+    }
+    result
+}
+
+/// Loads both state files and rebuilds the registry without events.
+fn restore(stores: &StateStores, stats: &Stats) -> Registry {
+    let mut parents = Vec::new();
+    let mut last_seqnum = 0;
+    for store in [&stores.owner, &stores.persistent] {
+        let outcome = store.load();
+        for warning in &outcome.warnings {
+            log::warn!("{warning}");
+        }
+        last_seqnum = last_seqnum.max(outcome.last_seqnum);
+        parents.extend(outcome.records.into_iter().map(|record| record.parent));
+    }
+    let (registry, rejected) = Registry::restore(parents, last_seqnum);
+    for parent in rejected {
+        log::warn!(
+            "state: dropped a second registration of {} ({})",
+            validate::quoted(parent.name()),
+            parent.lifetime.as_str()
+        );
+    }
+    if !registry.is_empty() {
+        log::info!(
+            "restored {} userspace registrations from the state files",
+            registry.len()
+        );
+    }
+    stats.add("parents_restored", registry.len() as u64);
+    registry
+}
+
+/// Forwards `NameOwnerChanged` of unique names leaving the bus.
+async fn spawn_owner_watch(
+    bus: &DBusProxy<'static>,
+    sources: mpsc::Sender<SourceMessage>,
+) -> zbus::Result<tokio::task::JoinHandle<()>> {
+    // arg2 (new owner) empty: a name lost its owner.
+    let mut stream = bus.receive_name_owner_changed_with_args(&[(2, "")]).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(signal) = stream.next().await {
+            let Ok(args) = signal.args() else {
+                continue;
+            };
+            let name = args.name().to_string();
+            if !name.starts_with(':') || args.new_owner().is_some() {
+                continue;
+            }
+            if sources.send(SourceMessage::OwnerGone(name)).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// Reads the uevent listener and forwards hints, gaps and overflows.
+async fn read_uevents(
+    mut listener: UeventListener,
+    sources: mpsc::Sender<SourceMessage>,
+    stats: Arc<Stats>,
+) {
+    let mut tracker = SeqnumTracker::new();
+    loop {
+        let message = match listener.recv().await {
+            Ok(RecvOutcome::Event(event)) => {
+                stats.bump(counters::UEVENTS);
+                if let Some(gap) = event.seqnum().and_then(|seqnum| tracker.observe(seqnum)) {
+                    stats.bump(counters::SEQNUM_GAPS);
+                    log::debug!(
+                        "uevent SEQNUM gap: expected {}, got {}; rescanning",
+                        gap.expected,
+                        gap.got
+                    );
+                    if sources
+                        .send(SourceMessage::Resync("SEQNUM gap"))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                SourceMessage::Uevent(event)
+            }
+            Ok(RecvOutcome::Rejected(reject)) => {
+                stats.bump(counters::REJECTED);
+                stats.bump(&format!(
+                    "{}{}",
+                    counters::REJECTED_PREFIX,
+                    reject_key(&reject)
+                ));
+                log::debug!("dropped a netlink message: {reject}");
+                continue;
+            }
+            Ok(RecvOutcome::Overflow) => {
+                stats.bump(counters::OVERFLOWS);
+                tracker.reset();
+                log::info!("uevent receive buffer overflowed; rescanning");
+                SourceMessage::Resync("receive buffer overflow")
+            }
+            Err(err) => {
+                log::error!("uevent listener: {err}; rescanning");
+                tracker.reset();
+                // Do not spin on a persistent error.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                SourceMessage::Resync("listener error")
+            }
+        };
+        if sources.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Short stable name of a rejection reason, for counters.
+pub fn reject_key(reject: &Reject) -> &'static str {
+    match reject {
+        Reject::Truncated => "truncated",
+        Reject::NotKernelGroup { .. } => "not_kernel_group",
+        Reject::NotFromKernelPort { .. } => "not_kernel_port",
+        Reject::NoCredentials => "no_credentials",
+        Reject::NonRootSender { .. } => "non_root_sender",
+        Reject::LibudevFormat => "libudev_format",
+        Reject::Malformed(_) => "malformed",
+    }
+}
+
+/// Registry sequence numbers of injected events not yet seen again.
+#[derive(Debug, Default)]
+struct PendingEchoes {
+    seqnums: BTreeSet<u64>,
+}
+
+impl PendingEchoes {
+    fn insert(&mut self, seqnum: u64) {
+        self.seqnums.insert(seqnum);
+        while self.seqnums.len() > MAX_PENDING_ECHOES {
+            self.seqnums.pop_first();
+        }
+    }
+
+    /// Whether `event` is one of ours coming back (and forgets it).
+    fn take(&mut self, event: &Uevent) -> bool {
+        event
+            .get(SEQNUM_KEY)
+            .and_then(|value| value.parse::<u64>().ok())
+            .is_some_and(|seqnum| self.seqnums.remove(&seqnum))
+    }
+}
+
+struct Daemon {
+    registry: Registry,
+    /// Set once the tree is served.
+    objects: Option<Objects>,
+    sink: UeventSink,
+    stats: Arc<Stats>,
+    sysfs_root: SysfsRoot,
+    stores: StateStores,
+    bus: DBusProxy<'static>,
+    sources_tx: mpsc::Sender<SourceMessage>,
+    pending_echoes: PendingEchoes,
+}
+
+impl Daemon {
+    async fn run_loop(
+        &mut self,
+        connection: &Connection,
+        mut requests: mpsc::Receiver<Request>,
+        mut sources: mpsc::Receiver<SourceMessage>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut closed = std::pin::pin!(connection.closed());
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                () = &mut closed => return Err(DaemonError::BusLost),
+                Some(request) = requests.recv() => self.handle_request(request).await,
+                Some(first) = sources.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(next) = sources.try_recv() {
+                        batch.push(next);
+                    }
+                    self.handle_sources(batch).await;
+                }
+            }
+        }
+    }
+
+    async fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Register {
+                registration,
+                owner,
+                reply,
+            } => {
+                let result = self.register(registration, owner).await;
+                // The caller may have gone; nothing to tell then.
+                let _ = reply.send(result);
+            }
+            Request::Unregister {
+                name,
+                caller,
+                reply,
+            } => {
+                let result = self.unregister(name, caller).await;
+                let _ = reply.send(result);
+            }
+            Request::Rescan { reply } => {
+                self.rescan("Rescan()").await;
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    async fn register(
+        &mut self,
+        registration: validate::Registration,
+        owner: String,
+    ) -> Result<OwnedObjectPath, dbus::Error> {
+        let name = registration.info.name.clone();
+        let lifetime = registration.lifetime;
+        let input = Input::Register {
+            info: registration.info,
+            owner: owner.clone(),
+            lifetime,
+        };
+        let events = self.registry.apply(input).map_err(|err| {
+            log::info!("RegisterParent from {owner} refused: {err}");
+            dbus::Error::from(err)
+        })?;
+        if let Err(err) = self.try_save_state() {
+            // Not acknowledged unless it would survive a restart: undo.
+            log::error!("cannot save state, refusing registration of {name:?}: {err}");
+            let _ = self.registry.apply(Input::Unregister {
+                name: name.clone(),
+                caller: owner,
+            });
+            return Err(dbus::Error::failed(format!("cannot save state: {err}")));
+        }
+        self.publish(&events).await;
+        log::info!(
+            "registered userspace parent {name:?} for {owner} (lifetime {})",
+            lifetime.as_str()
+        );
+        self.check_owner_still_there(owner);
+        Ok(dbus::parent_object_path(&name))
+    }
+
+    async fn unregister(&mut self, name: String, caller: String) -> Result<(), dbus::Error> {
+        let events = self
+            .registry
+            .apply(Input::Unregister {
+                name: name.clone(),
+                caller: caller.clone(),
+            })
+            .map_err(|err| {
+                log::info!("UnregisterParent from {caller} refused: {err}");
+                dbus::Error::from(err)
+            })?;
+        self.save_if_userspace(&events);
+        self.publish(&events).await;
+        log::info!("unregistered userspace parent {name:?} at the request of {caller}");
+        Ok(())
+    }
+
+    /// A registrant may leave between its call and the registration: if
+    /// the bus no longer knows it, treat it as gone (the NameOwnerChanged
+    /// may have been handled before the registration).
+    fn check_owner_still_there(&self, owner: String) {
+        let bus = self.bus.clone();
+        let sources = self.sources_tx.clone();
+        tokio::spawn(async move {
+            let present = match zbus::names::BusName::try_from(owner.as_str()) {
+                Ok(name) => bus.name_has_owner(name).await.unwrap_or(true),
+                Err(_) => false,
+            };
+            if !present {
+                let _ = sources.send(SourceMessage::OwnerGone(owner)).await;
+            }
+        });
+    }
+
+    /// Re-adopts restored registrations whose owner is still connected;
+    /// the others go through the normal "owner gone" path.
+    async fn check_restored_owners(&mut self) {
+        let owners: BTreeSet<String> = self
+            .registry
+            .parents()
+            .filter(|parent| parent.source == Source::Userspace && !parent.owner.is_empty())
+            .map(|parent| parent.owner.clone())
+            .collect();
+        for owner in owners {
+            let present = match zbus::names::BusName::try_from(owner.as_str()) {
+                Ok(name) => match self.bus.name_has_owner(name).await {
+                    Ok(present) => present,
+                    Err(err) => {
+                        log::warn!("cannot ask the bus about {owner}: {err}; keeping it");
+                        true
+                    }
+                },
+                Err(_) => false,
+            };
+            if present {
+                log::info!("re-adopted the registrations of {owner}, still on the bus");
+            } else {
+                log::info!("owner {owner} of restored registrations has left the bus");
+                self.owner_gone(owner).await;
+            }
+        }
+    }
+
+    async fn owner_gone(&mut self, owner: String) {
+        let Ok(events) = self.registry.apply(Input::OwnerGone {
+            owner: owner.clone(),
+        }) else {
+            return;
+        };
+        if events.is_empty() {
+            return;
+        }
+        self.save_if_userspace(&events);
+        self.publish(&events).await;
+        let count = |unregistered: bool| {
+            events
+                .iter()
+                .filter(|event| match event.kind {
+                    EventKind::ParentUnregistered { .. } => unregistered,
+                    EventKind::ParentUpdated { .. } => !unregistered,
+                    _ => false,
+                })
+                .count()
+        };
+        log::info!(
+            "{owner} left the bus: {} owner-bound parents unregistered, {} persistent ones kept",
+            count(true),
+            count(false)
+        );
+    }
+
+    async fn handle_sources(&mut self, batch: Vec<SourceMessage>) {
+        let mut devpaths = BTreeSet::new();
+        let mut resync = None;
+        for message in batch {
+            match message {
+                SourceMessage::Uevent(event) => {
+                    if self.pending_echoes.take(&event) {
+                        self.stats.bump(counters::OWN_EVENTS);
+                        log::debug!("own uevent for {} seen again", event.devpath);
+                        continue;
+                    }
+                    devpaths.insert(event.devpath);
+                }
+                SourceMessage::Resync(reason) => resync = Some(reason),
+                SourceMessage::OwnerGone(owner) => self.owner_gone(owner).await,
+            }
+        }
+        if let Some(reason) = resync {
+            self.rescan(reason).await;
+            return;
+        }
+        let mut inputs = Vec::new();
+        let mut seen = HashSet::new();
+        for devpath in devpaths {
+            match self.kernel_input(&devpath) {
+                Some(input) => {
+                    let key = match &input {
+                        Input::KernelParent { devpath, .. } => devpath.clone(),
+                        _ => String::new(),
+                    };
+                    if seen.insert(key) {
+                        inputs.push(input);
+                    }
+                }
+                None => self.stats.bump(counters::IGNORED),
+            }
+        }
+        let mut events = Vec::new();
+        for input in inputs {
+            if let Ok(more) = self.registry.apply(input) {
+                events.extend(more);
+            }
+        }
+        self.save_if_userspace(&events);
+        self.publish(&events).await;
+    }
+
+    /// The re-read a uevent on `devpath` calls for: the known kernel parent
+    /// at or above it, else the device itself or its parent directory (an
+    /// mdev instance below a parent) if that is an mdev parent.
+    fn kernel_input(&self, devpath: &str) -> Option<Input> {
+        if let Some(parent_devpath) = self.registry.kernel_devpath_owner(devpath) {
+            let parent_devpath = parent_devpath.to_owned();
+            return match sysfs::read_parent(&self.sysfs_root, &parent_devpath) {
+                ParentRead::Parent(info, warnings) => {
+                    log_warnings(&warnings);
+                    Some(Input::KernelParent {
+                        devpath: parent_devpath,
+                        info: Some(info),
+                    })
+                }
+                ParentRead::NotAParent => Some(Input::KernelParent {
+                    devpath: parent_devpath,
+                    info: None,
+                }),
+                // Unreadable is not gone: keep what is known.
+                ParentRead::Bad(warning) => {
+                    log::warn!("cannot re-read parent: {warning}");
+                    None
+                }
+            };
+        }
+        let above = devpath.rsplit_once('/').map(|(dir, _)| dir);
+        for candidate in std::iter::once(devpath).chain(above) {
+            if let ParentRead::Parent(info, warnings) =
+                sysfs::read_parent(&self.sysfs_root, candidate)
+            {
+                log_warnings(&warnings);
+                return Some(Input::KernelParent {
+                    devpath: candidate.to_owned(),
+                    info: Some(info),
+                });
+            }
+        }
+        None
+    }
+
+    fn initial_scan(&mut self) {
+        let scan = sysfs::scan(&self.sysfs_root);
+        log_warnings(&scan.warnings);
+        let found = scan.parents.len();
+        // Before serving: the tree is built from the result, no signals.
+        let _ = self.registry.apply(Input::KernelScan(scan.parents));
+        log::info!(
+            "found {found} kernel mdev parents under {}",
+            self.sysfs_root.path().display()
+        );
+    }
+
+    async fn rescan(&mut self, reason: &str) {
+        self.stats.bump(counters::RESCANS);
+        log::info!("rescanning sysfs ({reason})");
+        let scan = sysfs::scan(&self.sysfs_root);
+        log_warnings(&scan.warnings);
+        let events = self
+            .registry
+            .apply(Input::KernelScan(scan.parents))
+            .unwrap_or_default();
+        self.save_if_userspace(&events);
+        self.publish(&events).await;
+    }
+
+    /// Emits uevents for userspace transitions, then shows the events on
+    /// the bus.
+    async fn publish(&mut self, events: &[Event]) {
+        for event in events {
+            let (parent, state) = match &event.kind {
+                EventKind::ParentRegistered { parent } => (parent, MdevState::Registered),
+                EventKind::ParentUnregistered { parent } => (parent, MdevState::Unregistered),
+                _ => continue,
+            };
+            log::info!(
+                "event {}: {} parent {:?} {}",
+                event.seqnum,
+                parent.source.as_str(),
+                parent.name(),
+                state.as_str()
+            );
+            self.emit_uevent(parent, state, event.seqnum);
+        }
+        if let Some(objects) = self.objects.as_mut() {
+            objects.apply(events).await;
+        }
+    }
+
+    fn emit_uevent(&mut self, parent: &Parent, state: MdevState, seqnum: u64) {
+        match self.sink.emit(parent, state, seqnum) {
+            Ok(Emitted::Injected) => {
+                self.stats.bump(counters::INJECTED);
+                self.pending_echoes.insert(seqnum);
+            }
+            Ok(Emitted::Broadcast) => self.stats.bump(counters::BROADCAST),
+            Ok(Emitted::Nothing) => {}
+            Err(err) => {
+                self.stats.bump(counters::EMIT_FAILURES);
+                log::warn!(
+                    "cannot emit the {} uevent of {:?}: {err}",
+                    state.as_str(),
+                    parent.name()
+                );
+            }
+        }
+    }
+
+    fn save_if_userspace(&mut self, events: &[Event]) {
+        if events.iter().any(touches_userspace) {
+            self.save_state();
+        }
+    }
+
+    fn save_state(&mut self) {
+        if let Err(err) = self.try_save_state() {
+            self.stats.bump(counters::SAVE_FAILURES);
+            log::error!("cannot save state: {err}");
+        }
+    }
+
+    /// Writes both state files from the registry.
+    fn try_save_state(&self) -> io::Result<()> {
+        for store in [&self.stores.owner, &self.stores.persistent] {
+            let records: Vec<StoredRegistration> = self
+                .registry
+                .parents()
+                .filter(|parent| {
+                    parent.source == Source::Userspace && parent.lifetime == store.lifetime()
+                })
+                .map(|parent| StoredRegistration {
+                    parent: parent.clone(),
+                })
+                .collect();
+            store
+                .save(self.registry.seqnum(), &records)
+                .map_err(|err| {
+                    io::Error::new(err.kind(), format!("{}: {err}", store.path().display()))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `event` changes what the state files hold.
+fn touches_userspace(event: &Event) -> bool {
+    match &event.kind {
+        EventKind::ParentRegistered { parent } | EventKind::ParentUnregistered { parent } => {
+            parent.source == Source::Userspace
+        }
+        EventKind::ParentUpdated { after, .. } => after.source == Source::Userspace,
+        _ => false,
+    }
+}
+
+fn log_warnings(warnings: &[sysfs::Warning]) {
+    for warning in warnings {
+        log::warn!("sysfs: {warning}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_choices() {
+        assert_eq!(BusChoice::parse("system"), BusChoice::System);
+        assert_eq!(BusChoice::parse("session"), BusChoice::Session);
+        assert_eq!(BusChoice::parse("embedded"), BusChoice::Embedded(None));
+        assert_eq!(BusChoice::parse("embedded="), BusChoice::Embedded(None));
+        assert_eq!(
+            BusChoice::parse("embedded=unix:path=/run/x"),
+            BusChoice::Embedded(Some("unix:path=/run/x".into()))
+        );
+        assert_eq!(
+            BusChoice::parse("unix:path=/run/x"),
+            BusChoice::Address("unix:path=/run/x".into())
+        );
+    }
+
+    #[test]
+    fn echoes_are_recognised_once() {
+        let mut pending = PendingEchoes::default();
+        pending.insert(5);
+        let ours = Uevent::new("change", "/devices/virtual/mdevreg/a").with(SEQNUM_KEY, "5");
+        let other = Uevent::new("change", "/devices/virtual/mdevreg/a").with(SEQNUM_KEY, "6");
+        let plain = Uevent::new("change", "/devices/virtual/mdevreg/a");
+        assert!(!pending.take(&other));
+        assert!(!pending.take(&plain));
+        assert!(pending.take(&ours));
+        assert!(!pending.take(&ours));
+        for seqnum in 0..(MAX_PENDING_ECHOES as u64 + 10) {
+            pending.insert(seqnum);
+        }
+        assert_eq!(pending.seqnums.len(), MAX_PENDING_ECHOES);
+        assert_eq!(pending.seqnums.first(), Some(&10));
+    }
+
+    #[test]
+    fn reject_keys_are_distinct() {
+        use crate::uevent::DecodeError;
+        let rejects = [
+            Reject::Truncated,
+            Reject::NotKernelGroup { groups: 2 },
+            Reject::NotFromKernelPort { port: 9 },
+            Reject::NoCredentials,
+            Reject::NonRootSender { uid: 1 },
+            Reject::LibudevFormat,
+            Reject::Malformed(DecodeError::Header),
+        ];
+        let keys: HashSet<&str> = rejects.iter().map(reject_key).collect();
+        assert_eq!(keys.len(), rejects.len());
+    }
+
+    #[test]
+    fn userspace_events_trigger_saves() {
+        use crate::model::{Lifetime, ParentInfo};
+        let parent = |source| Parent {
+            info: ParentInfo {
+                name: "p".into(),
+                ..ParentInfo::default()
+            },
+            source,
+            owner: String::new(),
+            lifetime: Lifetime::Persistent,
+            registered_seqnum: 1,
+        };
+        let registered = |source| Event {
+            seqnum: 1,
+            kind: EventKind::ParentRegistered {
+                parent: parent(source),
+            },
+        };
+        assert!(touches_userspace(&registered(Source::Userspace)));
+        assert!(!touches_userspace(&registered(Source::Kernel)));
+    }
+}

@@ -1,0 +1,23 @@
+//! mdevreg: a registry of Linux mediated-device (mdev) parent devices.
+//!
+//! Data path: sources (`sysfs`, `netlink` + `uevent`, D-Bus requests) feed
+//! the pure `registry`; its events go to the sinks (D-Bus signals and objects
+//! in `dbus`, uevent emission in `emit`, the state files in `persist`).
+
+pub mod bus_host;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod dbus;
+pub mod emit;
+pub mod label;
+pub mod logging;
+pub mod mdevctl_json;
+pub mod model;
+pub mod netlink;
+pub mod paths;
+pub mod persist;
+pub mod registry;
+pub mod report;
+pub mod sysfs;
+pub mod uevent;

@@ -1,0 +1,120 @@
+//! Plain data describing mdev parents, their types and instances, as read from
+//! sysfs or registered over D-Bus. No I/O here.
+
+use serde::{Deserialize, Serialize};
+
+/// One mdev type of a parent (`<parent>/mdev_supported_types/<id>/`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdevType {
+    /// Type id, the directory name, e.g. `i915-GVTg_V5_4`.
+    pub id: String,
+    /// Contents of `name` (trimmed), empty when absent.
+    pub name: String,
+    /// Contents of `description` (trimmed), empty when absent.
+    pub description: String,
+    /// Contents of `device_api`, e.g. `vfio-pci`.
+    pub device_api: String,
+    /// Contents of `available_instances`.
+    pub available_instances: u32,
+    /// UUIDs of the mdev instances of this type, sorted.
+    pub devices: Vec<String>,
+}
+
+/// A parent device as seen by a source (sysfs or a userspace registrant).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentInfo {
+    /// Parent name: the device's kernel name (`0000:00:02.0`) or the registered name.
+    pub name: String,
+    /// Device path below the sysfs root, starting with `/devices/`.
+    pub devpath: String,
+    /// Subsystem of the parent device (`pci`, `css`, `mdevreg`, ...), empty if unknown.
+    pub subsystem: String,
+    /// Bound driver name, empty if none.
+    pub driver: String,
+    /// Supported types, sorted by id, ids unique.
+    pub types: Vec<MdevType>,
+}
+
+impl ParentInfo {
+    /// Sorts types by id and each type's device list, the canonical form the
+    /// registry compares.
+    pub fn normalize(&mut self) {
+        self.types.sort_by(|a, b| a.id.cmp(&b.id));
+        for t in &mut self.types {
+            t.devices.sort();
+        }
+    }
+
+    pub fn get_type(&self, id: &str) -> Option<&MdevType> {
+        self.types.iter().find(|t| t.id == id)
+    }
+}
+
+/// Where a parent comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Found in sysfs under `class/mdev_bus`.
+    Kernel,
+    /// Registered over D-Bus by a userspace provider.
+    Userspace,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Kernel => "kernel",
+            Source::Userspace => "userspace",
+        }
+    }
+}
+
+/// How long a registration lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifetime {
+    /// A kernel parent: lives as long as its sysfs tree.
+    Kernel,
+    /// Userspace, unregistered when the owning bus connection leaves.
+    Owner,
+    /// Userspace, kept (across daemon restarts too) until unregistered.
+    Persistent,
+}
+
+impl Lifetime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifetime::Kernel => "kernel",
+            Lifetime::Owner => "owner",
+            Lifetime::Persistent => "persistent",
+        }
+    }
+
+    /// Parses the D-Bus `Lifetime` option (`owner` or `persistent`).
+    pub fn parse_option(s: &str) -> Option<Lifetime> {
+        match s {
+            "owner" => Some(Lifetime::Owner),
+            "persistent" => Some(Lifetime::Persistent),
+            _ => None,
+        }
+    }
+}
+
+/// A registered parent: what the registry holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    pub info: ParentInfo,
+    pub source: Source,
+    /// Unique bus name of the registrant; empty for kernel parents and for
+    /// persistent parents whose registrant has left.
+    pub owner: String,
+    pub lifetime: Lifetime,
+    /// Registry sequence number of the `ParentRegistered` event.
+    pub registered_seqnum: u64,
+}
+
+impl Parent {
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+}

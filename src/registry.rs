@@ -1,0 +1,451 @@
+//! The registry state machine: pure, no I/O, no async.
+//!
+//! Inputs are sysfs snapshots (all parents, or one re-read devpath), userspace
+//! register/unregister requests and "owner left the bus"; every accepted input
+//! returns the [`Event`]s it caused, each with its own strictly increasing
+//! sequence number. Adapters turn events into D-Bus signals, uevents and state
+//! files; nothing here knows about them.
+//!
+//! Name collisions between sources follow one rule: **first come, first
+//! served**. A userspace registration of a name held by any parent fails with
+//! [`Error::AlreadyRegistered`]. A kernel parent that appears in sysfs under a
+//! name a userspace parent holds is kept *waiting* (not registered, no events)
+//! and is registered as soon as the userspace parent goes.
+//!
+//! Unregistering: kernel parents only leave with their sysfs tree
+//! ([`Error::NotOwner`] over D-Bus); owner-bound parents only by their owner
+//! connection (or when it leaves the bus); persistent parents by any caller
+//! the adapter let through (the D-Bus layer requires uid 0).
+
+use std::collections::BTreeMap;
+
+use crate::model::{Lifetime, MdevType, Parent, ParentInfo, Source};
+
+/// At most this many userspace parents per owner connection.
+pub const MAX_PARENTS_PER_OWNER: usize = 256;
+
+/// Something that happened outside the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A full sysfs scan: every kernel parent present now.
+    KernelScan(Vec<ParentInfo>),
+    /// A re-read of one devpath: `Some` if a parent is there, `None` if not.
+    KernelParent {
+        devpath: String,
+        info: Option<ParentInfo>,
+    },
+    /// A userspace registration by bus connection `owner`.
+    Register {
+        info: ParentInfo,
+        owner: String,
+        lifetime: Lifetime,
+    },
+    /// A userspace unregistration requested by bus connection `caller`.
+    Unregister { name: String, caller: String },
+    /// Bus connection `owner` left the bus.
+    OwnerGone { owner: String },
+}
+
+/// What changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    ParentRegistered {
+        parent: Parent,
+    },
+    ParentUnregistered {
+        parent: Parent,
+    },
+    /// Devpath, subsystem, driver or owner changed (types unchanged).
+    ParentUpdated {
+        before: Parent,
+        after: Parent,
+    },
+    TypeAdded {
+        parent: String,
+        mdev_type: MdevType,
+    },
+    TypeRemoved {
+        parent: String,
+        mdev_type: MdevType,
+    },
+    /// Any attribute of a type changed: availability, instances, name, ...
+    TypeUpdated {
+        parent: String,
+        before: MdevType,
+        after: MdevType,
+    },
+}
+
+/// A registry event with its sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub seqnum: u64,
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// Name of the parent the event is about.
+    pub fn parent_name(&self) -> &str {
+        match &self.kind {
+            EventKind::ParentRegistered { parent } | EventKind::ParentUnregistered { parent } => {
+                parent.name()
+            }
+            EventKind::ParentUpdated { after, .. } => after.name(),
+            EventKind::TypeAdded { parent, .. }
+            | EventKind::TypeRemoved { parent, .. }
+            | EventKind::TypeUpdated { parent, .. } => parent,
+        }
+    }
+}
+
+/// A request the registry refuses. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("parent {0:?} is already registered")]
+    AlreadyRegistered(String),
+    #[error("parent {0:?} is not registered")]
+    NotRegistered(String),
+    #[error("parent {0:?} is not owned by the caller")]
+    NotOwner(String),
+    #[error("owner {0:?} already holds {MAX_PARENTS_PER_OWNER} parents")]
+    LimitExceeded(String),
+}
+
+/// The registry: registered parents by name, waiting kernel parents, and the
+/// last sequence number handed out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registry {
+    parents: BTreeMap<String, Parent>,
+    /// Kernel parents whose name a userspace parent holds.
+    waiting: BTreeMap<String, ParentInfo>,
+    seqnum: u64,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry holding `parents` (restored from state files) without
+    /// emitting events; numbering continues above `last_seqnum` and above
+    /// every restored `registered_seqnum`. Later duplicates of a name are
+    /// returned, not restored.
+    pub fn restore(parents: Vec<Parent>, last_seqnum: u64) -> (Self, Vec<Parent>) {
+        let mut registry = Self {
+            seqnum: last_seqnum,
+            ..Self::default()
+        };
+        let mut rejected = Vec::new();
+        for mut parent in parents {
+            parent.info.normalize();
+            registry.seqnum = registry.seqnum.max(parent.registered_seqnum);
+            if registry.parents.contains_key(parent.name()) {
+                rejected.push(parent);
+            } else {
+                registry.parents.insert(parent.name().to_owned(), parent);
+            }
+        }
+        (registry, rejected)
+    }
+
+    /// Sequence number of the last event (0 before any).
+    pub fn seqnum(&self) -> u64 {
+        self.seqnum
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Parent> {
+        self.parents.get(name)
+    }
+
+    /// Registered parents, sorted by name.
+    pub fn parents(&self) -> impl Iterator<Item = &Parent> {
+        self.parents.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.parents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parents.is_empty()
+    }
+
+    /// Kernel parents waiting for their name to be freed.
+    pub fn waiting(&self) -> impl Iterator<Item = &ParentInfo> {
+        self.waiting.values()
+    }
+
+    /// The kernel parent (registered or waiting) whose devpath is `devpath`
+    /// or an ancestor of it (an mdev instance below the parent, say).
+    pub fn kernel_devpath_owner(&self, devpath: &str) -> Option<&str> {
+        let registered = self
+            .parents
+            .values()
+            .filter(|p| p.source == Source::Kernel)
+            .map(|p| &p.info);
+        registered
+            .chain(self.waiting.values())
+            .find(|info| is_same_or_below(devpath, &info.devpath))
+            .map(|info| info.devpath.as_str())
+    }
+
+    /// Applies one input; returns the events it caused, or why it was refused.
+    pub fn apply(&mut self, input: Input) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::new();
+        match input {
+            Input::KernelScan(infos) => self.kernel_scan(infos, &mut events),
+            Input::KernelParent { devpath, info } => match info {
+                Some(info) => self.kernel_present(info, &mut events),
+                None => self.kernel_absent(&devpath, &mut events),
+            },
+            Input::Register {
+                info,
+                owner,
+                lifetime,
+            } => self.register(info, owner, lifetime, &mut events)?,
+            Input::Unregister { name, caller } => self.unregister(&name, &caller, &mut events)?,
+            Input::OwnerGone { owner } => self.owner_gone(&owner, &mut events),
+        }
+        Ok(events)
+    }
+
+    fn push(&mut self, events: &mut Vec<Event>, kind: EventKind) {
+        self.seqnum += 1;
+        events.push(Event {
+            seqnum: self.seqnum,
+            kind,
+        });
+    }
+
+    fn kernel_scan(&mut self, infos: Vec<ParentInfo>, events: &mut Vec<Event>) {
+        let mut seen = BTreeMap::new();
+        for mut info in infos {
+            info.normalize();
+            seen.entry(info.name.clone()).or_insert(info);
+        }
+        let gone: Vec<String> = self
+            .parents
+            .values()
+            .filter(|p| p.source == Source::Kernel && !seen.contains_key(p.name()))
+            .map(|p| p.name().to_owned())
+            .collect();
+        for name in gone {
+            self.remove(&name, events);
+        }
+        self.waiting.retain(|name, _| seen.contains_key(name));
+        for info in seen.into_values() {
+            self.kernel_present(info, events);
+        }
+    }
+
+    fn kernel_present(&mut self, mut info: ParentInfo, events: &mut Vec<Event>) {
+        info.normalize();
+        // A kernel parent that moved to another name at the same devpath is
+        // not possible (the name is the devpath's last component), but a stale
+        // entry at the same devpath under another name must not linger.
+        self.kernel_absent_except(&info.devpath, &info.name, events);
+        match self.parents.get(&info.name) {
+            None => {
+                let parent = Parent {
+                    info,
+                    source: Source::Kernel,
+                    owner: String::new(),
+                    lifetime: Lifetime::Kernel,
+                    registered_seqnum: self.seqnum + 1,
+                };
+                self.insert(parent, events);
+            }
+            Some(existing) if existing.source == Source::Userspace => {
+                self.waiting.insert(info.name.clone(), info);
+            }
+            Some(existing) => {
+                let before = existing.clone();
+                self.update_kernel(before, info, events);
+            }
+        }
+    }
+
+    fn kernel_absent(&mut self, devpath: &str, events: &mut Vec<Event>) {
+        self.kernel_absent_except(devpath, "", events);
+    }
+
+    /// Drops kernel parents (registered or waiting) at `devpath`, except the
+    /// one called `keep`.
+    fn kernel_absent_except(&mut self, devpath: &str, keep: &str, events: &mut Vec<Event>) {
+        self.waiting
+            .retain(|name, info| name == keep || info.devpath != devpath);
+        let gone: Vec<String> = self
+            .parents
+            .values()
+            .filter(|p| p.source == Source::Kernel && p.info.devpath == devpath && p.name() != keep)
+            .map(|p| p.name().to_owned())
+            .collect();
+        for name in gone {
+            self.remove(&name, events);
+        }
+    }
+
+    fn update_kernel(&mut self, before: Parent, info: ParentInfo, events: &mut Vec<Event>) {
+        let name = before.name().to_owned();
+        let attrs_changed = before.info.devpath != info.devpath
+            || before.info.subsystem != info.subsystem
+            || before.info.driver != info.driver;
+        let mut kinds = Vec::new();
+        diff_types(&name, &before.info.types, &info.types, &mut kinds);
+        if !attrs_changed && kinds.is_empty() {
+            return;
+        }
+        let mut after = before.clone();
+        after.info = info;
+        self.parents.insert(name, after.clone());
+        if attrs_changed {
+            self.push(events, EventKind::ParentUpdated { before, after });
+        }
+        for kind in kinds {
+            self.push(events, kind);
+        }
+    }
+
+    fn register(
+        &mut self,
+        mut info: ParentInfo,
+        owner: String,
+        lifetime: Lifetime,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        if self.parents.contains_key(&info.name) {
+            return Err(Error::AlreadyRegistered(info.name));
+        }
+        let held = self.parents.values().filter(|p| p.owner == owner).count();
+        if held >= MAX_PARENTS_PER_OWNER {
+            return Err(Error::LimitExceeded(owner));
+        }
+        info.normalize();
+        let parent = Parent {
+            info,
+            source: Source::Userspace,
+            owner,
+            lifetime: match lifetime {
+                Lifetime::Kernel => Lifetime::Owner,
+                other => other,
+            },
+            registered_seqnum: self.seqnum + 1,
+        };
+        self.insert(parent, events);
+        Ok(())
+    }
+
+    fn unregister(
+        &mut self,
+        name: &str,
+        caller: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let parent = self
+            .parents
+            .get(name)
+            .ok_or_else(|| Error::NotRegistered(name.to_owned()))?;
+        let allowed = match parent.lifetime {
+            Lifetime::Kernel => false,
+            Lifetime::Owner => parent.owner == caller,
+            Lifetime::Persistent => true,
+        };
+        if !allowed {
+            return Err(Error::NotOwner(name.to_owned()));
+        }
+        self.remove(name, events);
+        Ok(())
+    }
+
+    fn owner_gone(&mut self, owner: &str, events: &mut Vec<Event>) {
+        if owner.is_empty() {
+            return;
+        }
+        let held: Vec<(String, Lifetime)> = self
+            .parents
+            .values()
+            .filter(|p| p.owner == owner)
+            .map(|p| (p.name().to_owned(), p.lifetime))
+            .collect();
+        for (name, lifetime) in held {
+            if lifetime == Lifetime::Owner {
+                self.remove(&name, events);
+            } else if let Some(before) = self.parents.get(&name).cloned() {
+                let mut after = before.clone();
+                after.owner.clear();
+                self.parents.insert(name, after.clone());
+                self.push(events, EventKind::ParentUpdated { before, after });
+            }
+        }
+    }
+
+    fn insert(&mut self, mut parent: Parent, events: &mut Vec<Event>) {
+        parent.registered_seqnum = self.seqnum + 1;
+        self.parents
+            .insert(parent.name().to_owned(), parent.clone());
+        self.push(events, EventKind::ParentRegistered { parent });
+    }
+
+    /// Removes a registered parent; a kernel parent waiting for the name
+    /// takes it.
+    fn remove(&mut self, name: &str, events: &mut Vec<Event>) {
+        let Some(parent) = self.parents.remove(name) else {
+            return;
+        };
+        let was_userspace = parent.source == Source::Userspace;
+        self.push(events, EventKind::ParentUnregistered { parent });
+        if was_userspace {
+            if let Some(info) = self.waiting.remove(name) {
+                self.kernel_present(info, events);
+            }
+        }
+    }
+}
+
+/// Whether `devpath` is `ancestor` or lies below it.
+fn is_same_or_below(devpath: &str, ancestor: &str) -> bool {
+    devpath == ancestor
+        || (devpath.starts_with(ancestor) && devpath.as_bytes().get(ancestor.len()) == Some(&b'/'))
+}
+
+/// Type events turning `before` into `after` (both sorted by id).
+fn diff_types(parent: &str, before: &[MdevType], after: &[MdevType], out: &mut Vec<EventKind>) {
+    let (mut i, mut j) = (0, 0);
+    while i < before.len() || j < after.len() {
+        let order = match (before.get(i), after.get(j)) {
+            (Some(b), Some(a)) => b.id.cmp(&a.id),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                out.push(EventKind::TypeRemoved {
+                    parent: parent.to_owned(),
+                    mdev_type: before[i].clone(),
+                });
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(EventKind::TypeAdded {
+                    parent: parent.to_owned(),
+                    mdev_type: after[j].clone(),
+                });
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if before[i] != after[j] {
+                    out.push(EventKind::TypeUpdated {
+                        parent: parent.to_owned(),
+                        before: before[i].clone(),
+                        after: after[j].clone(),
+                    });
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

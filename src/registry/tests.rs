@@ -1,0 +1,486 @@
+//! Unit and property tests of the registry state machine.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn mtype(id: &str, avail: u32) -> MdevType {
+    MdevType {
+        id: id.to_owned(),
+        name: format!("name of {id}"),
+        description: String::new(),
+        device_api: "vfio-pci".to_owned(),
+        available_instances: avail,
+        devices: Vec::new(),
+    }
+}
+
+fn kinfo(name: &str, avail: u32) -> ParentInfo {
+    ParentInfo {
+        name: name.to_owned(),
+        devpath: format!("/devices/pci0000:00/{name}"),
+        subsystem: "pci".to_owned(),
+        driver: "i915".to_owned(),
+        types: vec![mtype("i915-GVTg_V5_4", avail), mtype("i915-GVTg_V5_8", 1)],
+    }
+}
+
+fn uinfo(name: &str) -> ParentInfo {
+    ParentInfo {
+        name: name.to_owned(),
+        devpath: format!("/devices/virtual/mdevreg/{name}"),
+        subsystem: "mdevreg".to_owned(),
+        driver: String::new(),
+        types: vec![mtype("test-1", 4)],
+    }
+}
+
+fn register(name: &str, owner: &str, lifetime: Lifetime) -> Input {
+    Input::Register {
+        info: uinfo(name),
+        owner: owner.to_owned(),
+        lifetime,
+    }
+}
+
+fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events
+        .iter()
+        .map(|e| match e.kind {
+            EventKind::ParentRegistered { .. } => "registered",
+            EventKind::ParentUnregistered { .. } => "unregistered",
+            EventKind::ParentUpdated { .. } => "updated",
+            EventKind::TypeAdded { .. } => "type-added",
+            EventKind::TypeRemoved { .. } => "type-removed",
+            EventKind::TypeUpdated { .. } => "type-updated",
+        })
+        .collect()
+}
+
+#[test]
+fn kernel_scan_registers_then_is_idempotent() {
+    let mut r = Registry::new();
+    let ev = r
+        .apply(Input::KernelScan(vec![kinfo("b", 1), kinfo("a", 2)]))
+        .unwrap();
+    assert_eq!(kinds(&ev), ["registered", "registered"]);
+    assert_eq!(ev[0].parent_name(), "a");
+    assert_eq!((ev[0].seqnum, ev[1].seqnum), (1, 2));
+    assert_eq!(r.get("a").unwrap().registered_seqnum, 1);
+    assert_eq!(r.get("a").unwrap().source, Source::Kernel);
+    let again = r
+        .apply(Input::KernelScan(vec![kinfo("a", 2), kinfo("b", 1)]))
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(r.seqnum(), 2);
+}
+
+#[test]
+fn kernel_scan_diffs_types_and_removes_gone_parents() {
+    let mut r = Registry::new();
+    r.apply(Input::KernelScan(vec![kinfo("a", 2), kinfo("b", 1)]))
+        .unwrap();
+    let mut a = kinfo("a", 1);
+    a.types[1]
+        .devices
+        .push("1a2b3c4d-0000-0000-0000-000000000000".into());
+    a.types.push(mtype("i915-GVTg_V5_2", 1));
+    let ev = r.apply(Input::KernelScan(vec![a])).unwrap();
+    assert_eq!(
+        kinds(&ev),
+        ["unregistered", "type-added", "type-updated", "type-updated"]
+    );
+    assert_eq!(ev[0].parent_name(), "b");
+    match &ev[2].kind {
+        EventKind::TypeUpdated { before, after, .. } => {
+            assert_eq!(
+                (before.available_instances, after.available_instances),
+                (2, 1)
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(r.get("b").is_none());
+}
+
+#[test]
+fn kernel_parent_hint_adds_updates_and_removes() {
+    let mut r = Registry::new();
+    let ev = r
+        .apply(Input::KernelParent {
+            devpath: kinfo("a", 1).devpath,
+            info: Some(kinfo("a", 1)),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["registered"]);
+    let mut moved = kinfo("a", 1);
+    moved.driver = "other".into();
+    let ev = r
+        .apply(Input::KernelParent {
+            devpath: moved.devpath.clone(),
+            info: Some(moved),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["updated"]);
+    let ev = r
+        .apply(Input::KernelParent {
+            devpath: kinfo("a", 1).devpath,
+            info: None,
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["unregistered"]);
+    assert!(r.is_empty());
+}
+
+#[test]
+fn devpath_owner_matches_parent_and_children_only() {
+    let mut r = Registry::new();
+    r.apply(Input::KernelScan(vec![kinfo("0000:00:02.0", 1)]))
+        .unwrap();
+    let dp = "/devices/pci0000:00/0000:00:02.0";
+    assert_eq!(r.kernel_devpath_owner(dp), Some(dp));
+    assert_eq!(
+        r.kernel_devpath_owner(&format!("{dp}/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001")),
+        Some(dp)
+    );
+    assert_eq!(r.kernel_devpath_owner(&format!("{dp}1")), None);
+    assert_eq!(r.kernel_devpath_owner("/devices/pci0000:00"), None);
+}
+
+#[test]
+fn userspace_register_unregister_and_errors() {
+    let mut r = Registry::new();
+    let ev = r.apply(register("u", ":1.5", Lifetime::Owner)).unwrap();
+    assert_eq!(kinds(&ev), ["registered"]);
+    let p = r.get("u").unwrap();
+    assert_eq!(
+        (p.source, p.lifetime, p.owner.as_str()),
+        (Source::Userspace, Lifetime::Owner, ":1.5")
+    );
+    assert_eq!(
+        r.apply(register("u", ":1.6", Lifetime::Owner)),
+        Err(Error::AlreadyRegistered("u".into()))
+    );
+    assert_eq!(
+        r.apply(Input::Unregister {
+            name: "u".into(),
+            caller: ":1.6".into()
+        }),
+        Err(Error::NotOwner("u".into()))
+    );
+    assert_eq!(
+        r.apply(Input::Unregister {
+            name: "x".into(),
+            caller: ":1.5".into()
+        }),
+        Err(Error::NotRegistered("x".into()))
+    );
+    let ev = r
+        .apply(Input::Unregister {
+            name: "u".into(),
+            caller: ":1.5".into(),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["unregistered"]);
+    assert_eq!(r.seqnum(), 2);
+}
+
+#[test]
+fn kernel_parents_cannot_be_unregistered_by_request() {
+    let mut r = Registry::new();
+    r.apply(Input::KernelScan(vec![kinfo("k", 1)])).unwrap();
+    assert_eq!(
+        r.apply(Input::Unregister {
+            name: "k".into(),
+            caller: ":1.1".into()
+        }),
+        Err(Error::NotOwner("k".into()))
+    );
+    assert_eq!(
+        r.apply(register("k", ":1.1", Lifetime::Owner)),
+        Err(Error::AlreadyRegistered("k".into()))
+    );
+}
+
+#[test]
+fn owner_gone_drops_owner_bound_and_orphans_persistent() {
+    let mut r = Registry::new();
+    r.apply(register("a", ":1.1", Lifetime::Owner)).unwrap();
+    r.apply(register("p", ":1.1", Lifetime::Persistent))
+        .unwrap();
+    r.apply(register("b", ":1.2", Lifetime::Owner)).unwrap();
+    let ev = r
+        .apply(Input::OwnerGone {
+            owner: ":1.1".into(),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["unregistered", "updated"]);
+    assert!(r.get("a").is_none());
+    assert_eq!(r.get("p").unwrap().owner, "");
+    assert!(r.get("b").is_some());
+    // A persistent parent can be unregistered by another caller.
+    let ev = r
+        .apply(Input::Unregister {
+            name: "p".into(),
+            caller: ":1.9".into(),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["unregistered"]);
+    // Gone twice, or an empty owner, changes nothing.
+    assert!(r
+        .apply(Input::OwnerGone {
+            owner: ":1.1".into()
+        })
+        .unwrap()
+        .is_empty());
+    assert!(r
+        .apply(Input::OwnerGone {
+            owner: String::new()
+        })
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn kernel_parent_waits_for_name_held_by_userspace() {
+    let mut r = Registry::new();
+    r.apply(register("clash", ":1.1", Lifetime::Owner)).unwrap();
+    let ev = r.apply(Input::KernelScan(vec![kinfo("clash", 3)])).unwrap();
+    assert!(ev.is_empty());
+    assert_eq!(r.waiting().count(), 1);
+    assert_eq!(r.get("clash").unwrap().source, Source::Userspace);
+    let ev = r
+        .apply(Input::OwnerGone {
+            owner: ":1.1".into(),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["unregistered", "registered"]);
+    assert_eq!(r.get("clash").unwrap().source, Source::Kernel);
+    assert_eq!(r.waiting().count(), 0);
+}
+
+#[test]
+fn waiting_kernel_parent_that_vanishes_is_forgotten() {
+    let mut r = Registry::new();
+    r.apply(register("clash", ":1.1", Lifetime::Owner)).unwrap();
+    r.apply(Input::KernelScan(vec![kinfo("clash", 3)])).unwrap();
+    r.apply(Input::KernelParent {
+        devpath: kinfo("clash", 3).devpath,
+        info: None,
+    })
+    .unwrap();
+    assert_eq!(r.waiting().count(), 0);
+    let ev = r
+        .apply(Input::OwnerGone {
+            owner: ":1.1".into(),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["unregistered"]);
+    assert!(r.is_empty());
+}
+
+#[test]
+fn per_owner_limit() {
+    let mut r = Registry::new();
+    for i in 0..MAX_PARENTS_PER_OWNER {
+        r.apply(register(&format!("p{i}"), ":1.1", Lifetime::Owner))
+            .unwrap();
+    }
+    let before = r.clone();
+    assert_eq!(
+        r.apply(register("one-more", ":1.1", Lifetime::Owner)),
+        Err(Error::LimitExceeded(":1.1".into()))
+    );
+    assert_eq!(r, before);
+    r.apply(register("other", ":1.2", Lifetime::Owner)).unwrap();
+}
+
+#[test]
+fn restore_continues_numbering_and_rejects_duplicates() {
+    let p = Parent {
+        info: uinfo("kept"),
+        source: Source::Userspace,
+        owner: ":1.4".into(),
+        lifetime: Lifetime::Persistent,
+        registered_seqnum: 41,
+    };
+    let (mut r, rejected) = Registry::restore(vec![p.clone(), p.clone()], 7);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(r.seqnum(), 41);
+    assert_eq!(r.get("kept").unwrap().registered_seqnum, 41);
+    let ev = r.apply(register("new", ":1.5", Lifetime::Owner)).unwrap();
+    assert_eq!(ev[0].seqnum, 42);
+}
+
+// ---- property tests ----
+
+const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+const OWNERS: [&str; 3] = [":1.1", ":1.2", ":1.3"];
+
+fn arb_kinfo() -> impl Strategy<Value = ParentInfo> {
+    (0..NAMES.len(), 0u32..3, any::<bool>()).prop_map(|(n, avail, extra)| {
+        let mut info = kinfo(NAMES[n], avail);
+        if extra {
+            info.types.push(mtype("extra", avail));
+        }
+        info
+    })
+}
+
+fn arb_input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        prop::collection::vec(arb_kinfo(), 0..5).prop_map(Input::KernelScan),
+        (arb_kinfo(), any::<bool>()).prop_map(|(info, present)| Input::KernelParent {
+            devpath: info.devpath.clone(),
+            info: present.then_some(info),
+        }),
+        (0..NAMES.len(), 0..OWNERS.len(), any::<bool>()).prop_map(|(n, o, persistent)| {
+            register(
+                NAMES[n],
+                OWNERS[o],
+                if persistent {
+                    Lifetime::Persistent
+                } else {
+                    Lifetime::Owner
+                },
+            )
+        }),
+        (0..NAMES.len(), 0..OWNERS.len()).prop_map(|(n, o)| Input::Unregister {
+            name: NAMES[n].into(),
+            caller: OWNERS[o].into(),
+        }),
+        (0..OWNERS.len()).prop_map(|o| Input::OwnerGone {
+            owner: OWNERS[o].into()
+        }),
+    ]
+}
+
+/// What sysfs holds according to the inputs so far: the model the registry's
+/// kernel side must agree with.
+fn update_sysfs_model(model: &mut BTreeMap<String, ParentInfo>, input: &Input) {
+    match input {
+        Input::KernelScan(infos) => {
+            model.clear();
+            for info in infos {
+                let mut info = info.clone();
+                info.normalize();
+                model.entry(info.name.clone()).or_insert(info);
+            }
+        }
+        Input::KernelParent { devpath, info } => {
+            model.retain(|_, i| &i.devpath != devpath);
+            if let Some(info) = info {
+                let mut info = info.clone();
+                info.normalize();
+                model.insert(info.name.clone(), info);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_invariants(r: &Registry, sysfs: &BTreeMap<String, ParentInfo>) {
+    for (name, p) in &r.parents {
+        assert_eq!(name, p.name());
+        assert!(p.registered_seqnum <= r.seqnum);
+        match p.source {
+            Source::Kernel => assert_eq!(Some(&p.info), sysfs.get(name)),
+            Source::Userspace => assert_ne!(p.lifetime, Lifetime::Kernel),
+        }
+    }
+    for (name, info) in &r.waiting {
+        assert_eq!(
+            r.parents[name].source,
+            Source::Userspace,
+            "waiting {name} not shadowed"
+        );
+        assert_eq!(Some(info), sysfs.get(name));
+    }
+    // Every parent sysfs holds is registered or waiting.
+    for name in sysfs.keys() {
+        let p = &r.parents[name];
+        assert!(p.source == Source::Kernel || r.waiting.contains_key(name));
+    }
+    for owner in OWNERS {
+        assert!(r.parents.values().filter(|p| p.owner == owner).count() <= MAX_PARENTS_PER_OWNER);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn any_sequence_keeps_invariants(inputs in prop::collection::vec(arb_input(), 0..40)) {
+        let mut r = Registry::new();
+        let mut sysfs = BTreeMap::new();
+        for input in inputs {
+            let before = r.clone();
+            let last = r.seqnum();
+            match r.apply(input.clone()) {
+                Ok(events) => {
+                    update_sysfs_model(&mut sysfs, &input);
+                    let mut prev = last;
+                    for e in &events {
+                        prop_assert!(e.seqnum == prev + 1, "seqnum not strictly consecutive");
+                        prev = e.seqnum;
+                    }
+                    prop_assert_eq!(r.seqnum(), prev);
+                }
+                Err(_) => prop_assert_eq!(&r, &before, "refused input changed the registry"),
+            }
+            check_invariants(&r, &sysfs);
+        }
+    }
+
+    #[test]
+    fn snapshot_applied_twice_yields_nothing(
+        prefix in prop::collection::vec(arb_input(), 0..20),
+        scan in prop::collection::vec(arb_kinfo(), 0..5),
+    ) {
+        let mut r = Registry::new();
+        for input in prefix {
+            let _ = r.apply(input);
+        }
+        r.apply(Input::KernelScan(scan.clone())).unwrap();
+        let again = r.apply(Input::KernelScan(scan.clone())).unwrap();
+        prop_assert!(again.is_empty());
+        // Re-reading each parent the scan kept, one by one, finds nothing new.
+        let mut kept = BTreeMap::new();
+        for info in scan {
+            kept.entry(info.name.clone()).or_insert(info);
+        }
+        for info in kept.into_values() {
+            let ev = r
+                .apply(Input::KernelParent { devpath: info.devpath.clone(), info: Some(info) })
+                .unwrap();
+            prop_assert!(ev.is_empty(), "re-read after scan changed the registry: {:?}", ev);
+        }
+        let state = r.clone();
+        let ev = r.apply(Input::KernelScan(Vec::new())).unwrap();
+        let ev2 = r.apply(Input::KernelScan(Vec::new())).unwrap();
+        prop_assert!(ev2.is_empty());
+        prop_assert!(ev.len() <= state.len());
+    }
+
+    #[test]
+    fn register_then_unregister_returns_to_start(
+        prefix in prop::collection::vec(arb_input(), 0..20),
+        persistent in any::<bool>(),
+    ) {
+        let mut r = Registry::new();
+        for input in prefix {
+            let _ = r.apply(input);
+        }
+        let start = r.clone();
+        let lifetime = if persistent { Lifetime::Persistent } else { Lifetime::Owner };
+        let reg = r.apply(register("fresh", ":1.77", lifetime)).unwrap();
+        prop_assert_eq!(kinds(&reg), ["registered"]);
+        let unreg = r.apply(Input::Unregister { name: "fresh".into(), caller: ":1.77".into() }).unwrap();
+        prop_assert_eq!(kinds(&unreg), ["unregistered"]);
+        prop_assert_eq!(&r.parents, &start.parents);
+        prop_assert_eq!(&r.waiting, &start.waiting);
+        prop_assert_eq!(r.seqnum(), start.seqnum() + 2);
+    }
+}

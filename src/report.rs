@@ -1,0 +1,97 @@
+//! The direct (no daemon) mode of the `types` and `list` commands: scan a
+//! sysfs root, print warnings, render with [`crate::mdevctl_json`].
+//!
+//! Output goes to the writers passed in, so tests and the D-Bus client can
+//! reuse the same code and capture what is printed.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use crate::mdevctl_json::{kernel_parent, list_document, list_text, types_json_pretty, types_text};
+use crate::model::Parent;
+use crate::paths::SysfsRoot;
+use crate::sysfs::{self, Warning};
+
+/// Why a direct command failed (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The sysfs root is not a readable directory.
+    #[error("cannot read sysfs root {}: {source}", path.display())]
+    Root { path: PathBuf, source: io::Error },
+    /// Writing the output failed (e.g. a closed pipe).
+    #[error("cannot write output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Scans `root` after checking it is a directory we can list: a missing
+/// root is an error, problems inside it are warnings.
+pub fn scan_root(root: &SysfsRoot) -> Result<sysfs::Scan, ReportError> {
+    if let Err(source) = std::fs::read_dir(root.path()) {
+        return Err(ReportError::Root {
+            path: root.path().to_path_buf(),
+            source,
+        });
+    }
+    Ok(sysfs::scan(root))
+}
+
+/// Writes each warning as one `mdevreg: warning: <path>: <message>` line.
+pub fn print_warnings(warnings: &[Warning], err: &mut dyn Write) -> io::Result<()> {
+    for warning in warnings {
+        writeln!(err, "mdevreg: warning: {warning}")?;
+    }
+    Ok(())
+}
+
+/// `types [--parent P] [--json]` for already-fetched parents.
+pub fn write_types(
+    parents: &[crate::model::ParentInfo],
+    only_parent: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    if json {
+        writeln!(out, "{}", types_json_pretty(parents, only_parent))
+    } else {
+        out.write_all(types_text(parents, only_parent).as_bytes())
+    }
+}
+
+/// `list [--json]` for already-fetched parents.
+pub fn write_list(parents: &[Parent], json: bool, out: &mut dyn Write) -> io::Result<()> {
+    if json {
+        let text =
+            serde_json::to_string_pretty(&list_document(parents)).map_err(io::Error::other)?;
+        writeln!(out, "{text}")
+    } else {
+        out.write_all(list_text(parents).as_bytes())
+    }
+}
+
+/// `types --sysfs-root DIR [--parent P] [--json]`.
+pub fn types_direct(
+    root: &SysfsRoot,
+    only_parent: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), ReportError> {
+    let scan = scan_root(root)?;
+    print_warnings(&scan.warnings, err)?;
+    write_types(&scan.parents, only_parent, json, out)?;
+    Ok(out.flush()?)
+}
+
+/// `list --sysfs-root DIR [--json]`: every parent is a kernel parent.
+pub fn list_direct(
+    root: &SysfsRoot,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), ReportError> {
+    let scan = scan_root(root)?;
+    print_warnings(&scan.warnings, err)?;
+    let parents: Vec<Parent> = scan.parents.into_iter().map(kernel_parent).collect();
+    write_list(&parents, json, out)?;
+    Ok(out.flush()?)
+}

@@ -1,0 +1,705 @@
+//! Reads mdev parents, their types and instances from a sysfs tree into plain
+//! [`ParentInfo`] data, with plain `std::fs`.
+//!
+//! What is read (all below a [`SysfsRoot`]):
+//! - `class/mdev_bus/<name>`: a symlink per parent, resolved to its devpath;
+//!   the parent's name is the devpath's last component (the kernel names
+//!   the link after the device, so the two agree);
+//! - `<parent>/subsystem` and `<parent>/driver`: symlinks, basename taken
+//!   (empty when absent);
+//! - `<parent>/mdev_supported_types/<id>/`: `device_api`, `available_instances`
+//!   (required), `name`, `description` (optional), `devices/<uuid>`;
+//! - `bus/mdev/devices/<uuid>` (by [`scan`] only): links to `<parent>/<uuid>`
+//!   whose `mdev_type` link names the type; instances found there but missing
+//!   from the type's `devices/` are merged in.
+//!
+//! Text is normalised as mdevctl 1.2.0 does (checked by running it): `name`
+//! and `device_api` have surrounding whitespace trimmed; `description` is
+//! trimmed and then every inner `\n` becomes `", "`. `available_instances` is
+//! trimmed and parsed as any `u32` (mdevctl stops at 2^31-1).
+//!
+//! Robustness policy: one bad entry never hides the good ones. Everything
+//! wrong is reported as a [`Warning`] naming the path, and
+//! - a type whose `device_api` or `available_instances` is missing,
+//!   unreadable, not UTF-8, too big or (for the number) not a `u32` is
+//!   skipped; its parent is still reported with its other types. A parent
+//!   whose types are all bad is still reported, with zero types: it is
+//!   registered with the kernel, and mdevctl itself lists a parent without
+//!   types as `"parent": []`;
+//! - a `name` or `description` that is not UTF-8 is kept with invalid bytes
+//!   replaced (U+FFFD); one that cannot be read is treated as absent;
+//! - a `class/mdev_bus` entry that is dangling, loops, points outside the
+//!   tree's `devices/`, or has no `mdev_supported_types` directory is skipped;
+//! - directory entries whose names are not UTF-8 are skipped, and so are
+//!   `devices/` entries that are not hyphenated UUIDs;
+//! - every attribute is read at most [`MAX_ATTR_BYTES`] (a larger file is an
+//!   error), opened non-blocking and accepted only if it is a regular file.
+//!
+//! All file system access goes through [`read_attr_string`], [`read_attr_u32`],
+//! [`read_link_name`] and [`list_dir`] (plus `canonicalize` for links).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::model::{MdevType, ParentInfo};
+use crate::paths::{devpath_name, supported_types_dir, type_devices_dir, SysfsRoot};
+
+/// Largest attribute file accepted (a sysfs attribute is at most one page;
+/// this leaves room for large pages).
+pub const MAX_ATTR_BYTES: usize = 64 * 1024;
+
+/// Something wrong found while reading, with the path it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl Warning {
+    pub fn new(path: impl Into<PathBuf>, message: impl Into<String>) -> Warning {
+        Warning {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// Result of a full scan: the parents that could be read, sorted by name,
+/// and everything that was skipped or odd.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub parents: Vec<ParentInfo>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Result of re-reading one parent by devpath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParentRead {
+    /// The device is an mdev parent; warnings about skipped parts.
+    Parent(ParentInfo, Vec<Warning>),
+    /// The device is gone or has no `mdev_supported_types` directory.
+    NotAParent,
+    /// The devpath is invalid or the type directory cannot be listed.
+    Bad(Warning),
+}
+
+/// Reads every parent under `class/mdev_bus` (see the module doc).
+///
+/// A tree without `class/mdev_bus` has no parents and gives no warning.
+pub fn scan(root: &SysfsRoot) -> Scan {
+    let mut warnings = Vec::new();
+    let root = match root.canonicalize() {
+        Ok(root) => root,
+        Err(err) => {
+            warnings.push(Warning::new(
+                root.path(),
+                format!("cannot open sysfs root: {}", describe_io_error(&err)),
+            ));
+            return Scan {
+                parents: Vec::new(),
+                warnings,
+            };
+        }
+    };
+    let bus_dir = root.mdev_bus_dir();
+    let link_names = match list_dir(&bus_dir, &mut warnings) {
+        Ok(names) => names.unwrap_or_default(),
+        Err(warning) => {
+            warnings.push(warning);
+            Vec::new()
+        }
+    };
+
+    let mut parents: BTreeMap<String, ParentInfo> = BTreeMap::new();
+    for link_name in link_names {
+        let link = bus_dir.join(&link_name);
+        let devpath = match resolve_devpath(&root, &link) {
+            Ok(devpath) => devpath,
+            Err(warning) => {
+                warnings.push(warning);
+                continue;
+            }
+        };
+        match read_parent(&root, &devpath) {
+            ParentRead::Parent(info, parent_warnings) => {
+                warnings.extend(parent_warnings);
+                if let Some(existing) = parents.get(&info.name) {
+                    if existing.devpath != info.devpath {
+                        warnings.push(Warning::new(
+                            link,
+                            format!(
+                                "parent name {:?} already used by {}; skipped",
+                                info.name, existing.devpath
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                parents.insert(info.name.clone(), info);
+            }
+            ParentRead::NotAParent => warnings.push(Warning::new(
+                link,
+                "device has no mdev_supported_types directory; skipped",
+            )),
+            ParentRead::Bad(warning) => warnings.push(warning),
+        }
+    }
+
+    merge_bus_instances(&root, &mut parents, &mut warnings);
+    Scan {
+        parents: parents.into_values().collect(),
+        warnings,
+    }
+}
+
+/// Re-reads the parent at `devpath` (`/devices/...`); its name is the last
+/// component. Instances come from each type's `devices/` directory only.
+pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
+    let Some(device_dir) = root.devpath_to_path(devpath) else {
+        return ParentRead::Bad(Warning::new(devpath, "not a valid device path"));
+    };
+    let types_dir = supported_types_dir(&device_dir);
+    match fs::symlink_metadata(&types_dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return ParentRead::NotAParent,
+        Err(err) if is_missing(&err) => return ParentRead::NotAParent,
+        Err(err) => return ParentRead::Bad(Warning::new(types_dir, describe_io_error(&err))),
+    }
+
+    let mut warnings = Vec::new();
+    let type_ids = match list_dir(&types_dir, &mut warnings) {
+        Ok(Some(ids)) => ids,
+        // Vanished between the two calls.
+        Ok(None) => return ParentRead::NotAParent,
+        Err(warning) => return ParentRead::Bad(warning),
+    };
+    let subsystem = link_name_or_empty(&device_dir.join("subsystem"), &mut warnings);
+    let driver = link_name_or_empty(&device_dir.join("driver"), &mut warnings);
+
+    let mut types = Vec::with_capacity(type_ids.len());
+    for id in type_ids {
+        let type_dir = types_dir.join(&id);
+        // Only directories are types; mdevctl ignores other entries too.
+        match fs::symlink_metadata(&type_dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => continue,
+            Err(err) if is_missing(&err) => continue,
+            Err(err) => {
+                warnings.push(Warning::new(type_dir, describe_io_error(&err)));
+                continue;
+            }
+        }
+        match read_type(&type_dir, id, &mut warnings) {
+            Ok(mdev_type) => types.push(mdev_type),
+            Err(warning) => warnings.push(warning),
+        }
+    }
+
+    let mut info = ParentInfo {
+        name: devpath_name(devpath).to_string(),
+        devpath: devpath.to_string(),
+        subsystem,
+        driver,
+        types,
+    };
+    info.normalize();
+    ParentRead::Parent(info, warnings)
+}
+
+/// Reads one type directory; `Err` when a required attribute is bad (the
+/// type is then skipped), non-fatal problems go to `warnings`.
+fn read_type(
+    type_dir: &Path,
+    id: String,
+    warnings: &mut Vec<Warning>,
+) -> Result<MdevType, Warning> {
+    let device_api_path = type_dir.join("device_api");
+    let device_api = read_attr_string(&device_api_path)?
+        .ok_or_else(|| Warning::new(&device_api_path, "missing; type skipped"))?;
+    let avail_path = type_dir.join("available_instances");
+    let available_instances = read_attr_u32(&avail_path)?
+        .ok_or_else(|| Warning::new(&avail_path, "missing; type skipped"))?;
+    let name = read_optional_text(&type_dir.join("name"), warnings);
+    let description = read_optional_text(&type_dir.join("description"), warnings);
+    let devices = read_type_devices(type_dir, warnings);
+    Ok(MdevType {
+        id,
+        name: normalize_name(&name),
+        description: normalize_description(&description),
+        device_api: device_api.trim().to_string(),
+        available_instances,
+        devices,
+    })
+}
+
+/// `name` or `description`: absent or unreadable gives "", non-UTF-8 is
+/// converted lossily; both with a warning except plain absence.
+fn read_optional_text(path: &Path, warnings: &mut Vec<Warning>) -> String {
+    match read_attr_bytes(path) {
+        Ok(None) => String::new(),
+        Ok(Some(bytes)) => match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(err) => {
+                warnings.push(Warning::new(
+                    path,
+                    "not valid UTF-8; invalid bytes replaced",
+                ));
+                String::from_utf8_lossy(err.as_bytes()).into_owned()
+            }
+        },
+        Err(warning) => {
+            warnings.push(Warning::new(
+                warning.path,
+                format!("{}; treated as absent", warning.message),
+            ));
+            String::new()
+        }
+    }
+}
+
+/// UUIDs in `<type>/devices/`, sorted; missing directory gives none.
+fn read_type_devices(type_dir: &Path, warnings: &mut Vec<Warning>) -> Vec<String> {
+    let devices_dir = type_devices_dir(type_dir);
+    let names = match list_dir(&devices_dir, warnings) {
+        Ok(names) => names.unwrap_or_default(),
+        Err(warning) => {
+            warnings.push(warning);
+            return Vec::new();
+        }
+    };
+    let mut devices = Vec::with_capacity(names.len());
+    for name in names {
+        if is_instance_name(&name) {
+            devices.push(name);
+        } else {
+            warnings.push(Warning::new(
+                devices_dir.join(&name),
+                "not a UUID; instance skipped",
+            ));
+        }
+    }
+    devices
+}
+
+/// Adds instances listed in `bus/mdev/devices` that their type's `devices/`
+/// directory lacks. Instances of unknown parents or types are ignored (they
+/// appear while a parent is being registered or removed).
+fn merge_bus_instances(
+    root: &SysfsRoot,
+    parents: &mut BTreeMap<String, ParentInfo>,
+    warnings: &mut Vec<Warning>,
+) {
+    let bus_devices = root.mdev_devices_dir();
+    let names = match list_dir(&bus_devices, warnings) {
+        Ok(names) => names.unwrap_or_default(),
+        Err(warning) => {
+            warnings.push(warning);
+            return;
+        }
+    };
+    for uuid in names {
+        let link = bus_devices.join(&uuid);
+        if !is_instance_name(&uuid) {
+            warnings.push(Warning::new(link, "not a UUID; instance skipped"));
+            continue;
+        }
+        let instance_dir = match fs::canonicalize(&link) {
+            Ok(dir) => dir,
+            Err(err) => {
+                warnings.push(Warning::new(link, describe_link_error(&err)));
+                continue;
+            }
+        };
+        let Some(parent_devpath) = instance_dir
+            .parent()
+            .and_then(|parent| root.path_to_devpath(parent))
+        else {
+            warnings.push(Warning::new(link, "does not point below devices/"));
+            continue;
+        };
+        let type_id = match read_link_name(&instance_dir.join("mdev_type")) {
+            Ok(Some(type_id)) => type_id,
+            Ok(None) => continue,
+            Err(warning) => {
+                warnings.push(warning);
+                continue;
+            }
+        };
+        let Some(parent) = parents.get_mut(devpath_name(&parent_devpath)) else {
+            continue;
+        };
+        if parent.devpath != parent_devpath {
+            continue;
+        }
+        if let Some(mdev_type) = parent.types.iter_mut().find(|t| t.id == type_id) {
+            if let Err(pos) = mdev_type.devices.binary_search(&uuid) {
+                mdev_type.devices.insert(pos, uuid);
+            }
+        }
+    }
+}
+
+/// Resolves a `class/mdev_bus` link to the devpath it points to.
+fn resolve_devpath(canonical_root: &SysfsRoot, link: &Path) -> Result<String, Warning> {
+    let target =
+        fs::canonicalize(link).map_err(|err| Warning::new(link, describe_link_error(&err)))?;
+    canonical_root.path_to_devpath(&target).ok_or_else(|| {
+        Warning::new(
+            link,
+            format!(
+                "points to {}, not below devices/; skipped",
+                target.display()
+            ),
+        )
+    })
+}
+
+fn link_name_or_empty(path: &Path, warnings: &mut Vec<Warning>) -> String {
+    match read_link_name(path) {
+        Ok(name) => name.unwrap_or_default(),
+        Err(warning) => {
+            warnings.push(warning);
+            String::new()
+        }
+    }
+}
+
+/// `name` as mdevctl shows it: surrounding whitespace trimmed.
+pub fn normalize_name(raw: &str) -> String {
+    raw.trim().to_string()
+}
+
+/// `description` as mdevctl shows it: trimmed, inner newlines as `", "`.
+pub fn normalize_description(raw: &str) -> String {
+    raw.trim().replace('\n', ", ")
+}
+
+/// Whether a directory entry name is an mdev instance name (hyphenated UUID).
+pub fn is_instance_name(name: &str) -> bool {
+    name.len() == 36 && uuid::Uuid::try_parse(name).is_ok()
+}
+
+/// Reads at most [`MAX_ATTR_BYTES`] of a regular file; `Ok(None)` when it
+/// does not exist.
+fn read_attr_bytes(path: &Path) -> Result<Option<Vec<u8>>, Warning> {
+    // Non-blocking so a FIFO planted in the tree cannot hang the reader.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path);
+    let file = match file {
+        Ok(file) => file,
+        Err(err) if is_missing(&err) => return Ok(None),
+        Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|err| Warning::new(path, describe_io_error(&err)))?;
+    if !meta.is_file() {
+        return Err(Warning::new(path, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_ATTR_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| Warning::new(path, describe_io_error(&err)))?;
+    if bytes.len() > MAX_ATTR_BYTES {
+        return Err(Warning::new(
+            path,
+            format!("larger than {MAX_ATTR_BYTES} bytes"),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads an attribute as UTF-8 text, untrimmed; `Ok(None)` when absent.
+pub fn read_attr_string(path: &Path) -> Result<Option<String>, Warning> {
+    match read_attr_bytes(path)? {
+        None => Ok(None),
+        Some(bytes) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| Warning::new(path, "not valid UTF-8")),
+    }
+}
+
+/// Reads an attribute holding one unsigned 32-bit number (surrounding
+/// whitespace allowed); `Ok(None)` when absent.
+pub fn read_attr_u32(path: &Path) -> Result<Option<u32>, Warning> {
+    let Some(text) = read_attr_string(path)? else {
+        return Ok(None);
+    };
+    let trimmed = text.trim();
+    trimmed.parse::<u32>().map(Some).map_err(|_| {
+        let shown: String = trimmed.chars().take(40).collect();
+        Warning::new(path, format!("not a number in 0..={}: {shown:?}", u32::MAX))
+    })
+}
+
+/// The last component of a symlink's target (`driver -> ../drivers/i915`
+/// gives `i915`); `Ok(None)` when the link does not exist.
+pub fn read_link_name(path: &Path) -> Result<Option<String>, Warning> {
+    let target = match fs::read_link(path) {
+        Ok(target) => target,
+        Err(err) if is_missing(&err) => return Ok(None),
+        Err(err) if err.kind() == io::ErrorKind::InvalidInput => {
+            return Err(Warning::new(path, "not a symlink"))
+        }
+        Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+    };
+    let name = target.file_name().ok_or_else(|| {
+        Warning::new(
+            path,
+            format!("link target {} has no name", target.display()),
+        )
+    })?;
+    name.to_str()
+        .map(|name| Some(name.to_string()))
+        .ok_or_else(|| Warning::new(path, "link target name is not valid UTF-8"))
+}
+
+/// Names in a directory, sorted; `Ok(None)` when it does not exist. Entries
+/// whose names are not UTF-8 are left out with a warning.
+pub fn list_dir(path: &Path, warnings: &mut Vec<Warning>) -> Result<Option<Vec<String>>, Warning> {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(err) if is_missing(&err) => return Ok(None),
+        Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                warnings.push(Warning::new(path, describe_io_error(&err)));
+                continue;
+            }
+        };
+        match entry.file_name().into_string() {
+            Ok(name) => names.push(name),
+            Err(raw) => warnings.push(Warning::new(
+                path.join(raw),
+                "name is not valid UTF-8; skipped",
+            )),
+        }
+    }
+    names.sort();
+    Ok(Some(names))
+}
+
+/// Not there: missing, or a path component is not a directory.
+fn is_missing(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+fn is_symlink_loop(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32)
+}
+
+fn describe_io_error(err: &io::Error) -> String {
+    if is_symlink_loop(err) {
+        "symlink loop".to_string()
+    } else {
+        err.to_string()
+    }
+}
+
+fn describe_link_error(err: &io::Error) -> String {
+    if is_missing(err) {
+        "dangling link; skipped".to_string()
+    } else {
+        format!("{}; skipped", describe_io_error(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn normalises_like_mdevctl() {
+        assert_eq!(normalize_name("  GVTg_V5_4 \n"), "GVTg_V5_4");
+        assert_eq!(normalize_name("na\nme"), "na\nme");
+        assert_eq!(
+            normalize_description("low_gm_size: 128MB\nfence: 4\n\n"),
+            "low_gm_size: 128MB, fence: 4"
+        );
+        assert_eq!(
+            normalize_description("\n\nfoo\r\n\tbar\n\n"),
+            "foo\r, \tbar"
+        );
+        assert_eq!(normalize_description("a\n\nb"), "a, , b");
+        assert_eq!(normalize_description(" \n \n"), "");
+    }
+
+    #[test]
+    fn instance_names_are_hyphenated_uuids() {
+        assert!(is_instance_name("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"));
+        assert!(!is_instance_name("83b8f4f2509f382f3c1ee6bfe0fa1001"));
+        assert!(!is_instance_name(
+            "urn:uuid:83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"
+        ));
+        assert!(!is_instance_name(".gitkeep"));
+    }
+
+    #[test]
+    fn read_attr_u32_accepts_any_u32() {
+        let dir = tmp();
+        let path = dir.path().join("n");
+        for (text, want) in [
+            ("0\n", 0),
+            (" 7 \n", 7),
+            ("+3", 3),
+            ("4294967295\n", u32::MAX),
+        ] {
+            fs::write(&path, text).unwrap();
+            assert_eq!(read_attr_u32(&path), Ok(Some(want)), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn read_attr_u32_rejects_garbage() {
+        let dir = tmp();
+        let path = dir.path().join("n");
+        for text in ["", "abc", "-1", "4294967296", "1 2", "0x10"] {
+            fs::write(&path, text).unwrap();
+            let warning = read_attr_u32(&path).unwrap_err();
+            assert_eq!(warning.path, path);
+            assert!(warning.message.contains("not a number"), "{warning}");
+        }
+        fs::write(&path, b"\xff1").unwrap();
+        assert!(read_attr_u32(&path).unwrap_err().message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn read_attr_missing_is_none() {
+        let dir = tmp();
+        assert_eq!(read_attr_string(&dir.path().join("nope")), Ok(None));
+        // A path component that is a file, not a directory.
+        fs::write(dir.path().join("f"), "x").unwrap();
+        assert_eq!(read_attr_string(&dir.path().join("f/nope")), Ok(None));
+    }
+
+    #[test]
+    fn read_attr_caps_size() {
+        let dir = tmp();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![b'a'; MAX_ATTR_BYTES]).unwrap();
+        assert_eq!(
+            read_attr_string(&path).unwrap().unwrap().len(),
+            MAX_ATTR_BYTES
+        );
+        fs::write(&path, vec![b'a'; MAX_ATTR_BYTES + 1]).unwrap();
+        assert!(read_attr_string(&path)
+            .unwrap_err()
+            .message
+            .contains("larger"));
+    }
+
+    #[test]
+    fn read_attr_refuses_directories_fifos_and_loops() {
+        let dir = tmp();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        assert!(read_attr_string(&dir.path().join("d")).is_err());
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(
+            read_attr_string(&fifo).unwrap_err().message,
+            "not a regular file"
+        );
+        let looped = dir.path().join("loop");
+        symlink("loop", &looped).unwrap();
+        assert_eq!(
+            read_attr_string(&looped).unwrap_err().message,
+            "symlink loop"
+        );
+    }
+
+    #[test]
+    fn read_link_name_takes_basename() {
+        let dir = tmp();
+        let link = dir.path().join("driver");
+        symlink("../../../bus/pci/drivers/i915", &link).unwrap();
+        assert_eq!(read_link_name(&link), Ok(Some("i915".to_string())));
+        assert_eq!(read_link_name(&dir.path().join("none")), Ok(None));
+        fs::write(dir.path().join("file"), "").unwrap();
+        assert!(read_link_name(&dir.path().join("file")).is_err());
+        let odd = dir.path().join("odd");
+        symlink("..", &odd).unwrap();
+        assert!(read_link_name(&odd).is_err());
+        let raw = dir.path().join("raw");
+        symlink(std::ffi::OsStr::from_bytes(b"x/\xff"), &raw).unwrap();
+        assert!(read_link_name(&raw).unwrap_err().message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn list_dir_sorts_and_skips_non_utf8() {
+        let dir = tmp();
+        for name in ["b", "a", "c"] {
+            fs::write(dir.path().join(name), "").unwrap();
+        }
+        fs::write(dir.path().join(std::ffi::OsStr::from_bytes(b"\xffx")), "").unwrap();
+        let mut warnings = Vec::new();
+        assert_eq!(
+            list_dir(dir.path(), &mut warnings),
+            Ok(Some(vec![
+                "a".to_string(),
+                "b".to_string(),
+                "c".to_string()
+            ]))
+        );
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].to_string().contains("not valid UTF-8"));
+        assert_eq!(list_dir(&dir.path().join("none"), &mut warnings), Ok(None));
+    }
+
+    #[test]
+    fn warning_display_names_path() {
+        let warning = Warning::new("/x/y", "bad");
+        assert_eq!(warning.to_string(), "/x/y: bad");
+    }
+
+    #[test]
+    fn read_parent_rejects_bad_devpath_and_reports_non_parents() {
+        let dir = tmp();
+        let root = SysfsRoot::new(dir.path());
+        assert!(matches!(
+            read_parent(&root, "/devices/../x"),
+            ParentRead::Bad(_)
+        ));
+        assert_eq!(read_parent(&root, "/devices/none"), ParentRead::NotAParent);
+        fs::create_dir_all(dir.path().join("devices/plain")).unwrap();
+        assert_eq!(read_parent(&root, "/devices/plain"), ParentRead::NotAParent);
+    }
+
+    #[test]
+    fn scan_of_missing_root_warns() {
+        let dir = tmp();
+        let scan = scan(&SysfsRoot::new(dir.path().join("none")));
+        assert!(scan.parents.is_empty());
+        assert_eq!(scan.warnings.len(), 1);
+    }
+
+    #[test]
+    fn scan_of_tree_without_mdev_bus_is_empty_and_quiet() {
+        let dir = tmp();
+        assert_eq!(scan(&SysfsRoot::new(dir.path())), Scan::default());
+    }
+}

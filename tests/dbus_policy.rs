@@ -1,0 +1,319 @@
+//! Acceptance test of the shipped bus policy `dbus/org.mdevreg.Registry1.conf`
+//! on a real dbus-daemon whose configuration is shaped like the system bus
+//! (default deny) and includes the policy file: root's mdevregd owns the name
+//! and root may call RegisterParent; uid 65534 (through `setpriv`) may read
+//! (GetManagedObjects, ListParents, GetParent, Properties, Introspect, Peer)
+//! but the bus itself rejects its mutating calls and its claim on the name.
+//! Clients are `gdbus`, not our code. Without root or a tool the test is
+//! skipped, or fails when `CI` is set.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::bus::DbusDaemon;
+use common::netns::missing_prerequisite;
+
+const BUS_NAME: &str = "org.mdevreg.Registry1";
+const ROOT_PATH: &str = "/org/mdevreg/Registry1";
+const IFACE: &str = "org.mdevreg.Registry1";
+const NOBODY: &str = "65534";
+const PARENT: &str = "policy0";
+const PARENT_PATH: &str = "/org/mdevreg/Registry1/parent/policy0";
+/// What dbus-daemon answers when its policy rejects a message.
+const BUS_DENIAL: &str = "org.freedesktop.DBus.Error.AccessDenied";
+
+fn have_tool(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
+    })
+}
+
+fn shipped_policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.mdevreg.Registry1.conf")
+}
+
+/// `mdevregd` on `address` with an empty fake sysfs, no netlink, no uevents.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(address: &str, work: &Path) -> Daemon {
+        let sysfs = work.join("sysfs");
+        let state = work.join("state");
+        for dir in ["sysfs/devices", "sysfs/class/mdev_bus", "sysfs/bus/mdev/devices", "state"] {
+            std::fs::create_dir_all(work.join(dir)).expect("create work dirs");
+        }
+        let log = work.join("mdevregd.log");
+        let log_file = std::fs::File::create(&log).expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_mdevregd"))
+            .arg("--bus")
+            .arg(address)
+            .arg("--sysfs-root")
+            .arg(&sysfs)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--emit", "none", "--no-netlink", "-v"])
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn mdevregd");
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait mdevregd")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `gdbus call` on `address`, as root or (with `as_nobody`) as uid 65534.
+fn gdbus_call(address: &str, as_nobody: bool, dest: &str, path: &str, method: &str, args: &[&str]) -> Output {
+    let mut command = if as_nobody {
+        let mut command = Command::new("setpriv");
+        command.args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "gdbus",
+        ]);
+        command
+    } else {
+        Command::new("gdbus")
+    };
+    command
+        .args(["call", "--address", address, "--dest", dest, "--object-path", path])
+        .args(["--method", method])
+        .args(args)
+        .env("HOME", "/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gdbus")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}; stdout: {}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout).trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )
+}
+
+fn call_ok(address: &str, as_nobody: bool, path: &str, method: &str, args: &[&str]) -> String {
+    let output = gdbus_call(address, as_nobody, BUS_NAME, path, method, args);
+    assert!(
+        output.status.success(),
+        "{method} as {} failed: {}",
+        if as_nobody { "uid 65534" } else { "root" },
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts the bus (not mdevregd) rejected the call: the bus's AccessDenied
+/// with its "Rejected send message" wording.
+fn assert_denied_by_bus(output: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains(BUS_DENIAL)
+            && stderr.contains("Rejected send message"),
+        "{what} by uid 65534 should be rejected by the bus policy: {}",
+        text(output)
+    );
+}
+
+fn name_has_owner(address: &str) -> bool {
+    let output = gdbus_call(
+        address,
+        false,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.NameHasOwner",
+        &[BUS_NAME],
+    );
+    String::from_utf8_lossy(&output.stdout).contains("true")
+}
+
+fn prerequisites_present(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        missing_prerequisite::<()>(test, "needs root (setpriv to uid 65534)");
+        return false;
+    }
+    for tool in ["dbus-daemon", "gdbus", "setpriv"] {
+        if !have_tool(tool) {
+            missing_prerequisite::<()>(test, &format!("{tool} not found in PATH"));
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn policy_lets_root_own_and_mutate_and_everyone_read() {
+    if !prerequisites_present("policy_lets_root_own_and_mutate_and_everyone_read") {
+        return;
+    }
+    let bus = DbusDaemon::start_system_like(&[shipped_policy()]);
+    let address = bus.address().to_owned();
+
+    // Only root may own the name.
+    let claim = gdbus_call(
+        &address,
+        true,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.RequestName",
+        &[BUS_NAME, "0"],
+    );
+    assert!(
+        !claim.status.success() && String::from_utf8_lossy(&claim.stderr).contains(BUS_DENIAL),
+        "uid 65534 must not own {BUS_NAME}: {}",
+        text(&claim)
+    );
+
+    let work = tempfile::tempdir().expect("work dir");
+    let mut daemon = Daemon::start(&address, work.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !name_has_owner(&address) {
+        if let Some(status) = daemon.exited() {
+            panic!("mdevregd exited ({status}) before owning {BUS_NAME}; log:\n{}", daemon.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mdevregd did not own {BUS_NAME}; log:\n{}",
+            daemon.log()
+        );
+        sleep(Duration::from_millis(50));
+    }
+
+    // Root registers a parent (persistent: gdbus leaves the bus right away).
+    let registered = call_ok(
+        &address,
+        false,
+        ROOT_PATH,
+        &format!("{IFACE}.RegisterParent"),
+        &[
+            PARENT,
+            "{'Lifetime': <'persistent'>}",
+            "[{'Id': <'policy-1'>, 'DeviceApi': <'vfio-pci'>, 'AvailableInstances': <uint32 2>}]",
+        ],
+    );
+    assert!(registered.contains(PARENT_PATH), "RegisterParent returned {registered}");
+
+    // Everyone reads.
+    let managed = call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        "org.freedesktop.DBus.ObjectManager.GetManagedObjects",
+        &[],
+    );
+    assert!(
+        managed.contains(PARENT_PATH) && managed.contains("org.mdevreg.Parent1"),
+        "GetManagedObjects as uid 65534: {managed}"
+    );
+    let parents = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.ListParents"), &[]);
+    assert!(parents.contains(PARENT_PATH), "ListParents: {parents}");
+    let parent = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.GetParent"), &[PARENT]);
+    assert!(parent.contains(PARENT_PATH), "GetParent: {parent}");
+    let name = call_ok(
+        &address,
+        true,
+        PARENT_PATH,
+        "org.freedesktop.DBus.Properties.Get",
+        &["org.mdevreg.Parent1", "Name"],
+    );
+    assert!(name.contains(PARENT), "Parent1.Name: {name}");
+    call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        "org.freedesktop.DBus.Properties.GetAll",
+        &[IFACE],
+    );
+    let xml = call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        "org.freedesktop.DBus.Introspectable.Introspect",
+        &[],
+    );
+    assert!(xml.contains(IFACE), "Introspect: {xml}");
+    call_ok(&address, true, ROOT_PATH, "org.freedesktop.DBus.Peer.Ping", &[]);
+
+    // The bus rejects uid 65534's mutating calls before mdevregd sees them.
+    let register = gdbus_call(
+        &address,
+        true,
+        BUS_NAME,
+        ROOT_PATH,
+        &format!("{IFACE}.RegisterParent"),
+        &[
+            "policy1",
+            "@a{sv} {}",
+            "[{'Id': <'policy-1'>, 'DeviceApi': <'vfio-pci'>}]",
+        ],
+    );
+    assert_denied_by_bus(&register, "RegisterParent");
+    let unregister = gdbus_call(
+        &address,
+        true,
+        BUS_NAME,
+        ROOT_PATH,
+        &format!("{IFACE}.UnregisterParent"),
+        &[PARENT],
+    );
+    assert_denied_by_bus(&unregister, "UnregisterParent");
+    let rescan = gdbus_call(&address, true, BUS_NAME, ROOT_PATH, &format!("{IFACE}.Rescan"), &[]);
+    assert_denied_by_bus(&rescan, "Rescan");
+    let after = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.ListParents"), &[]);
+    assert!(after.contains(PARENT_PATH) && !after.contains("policy1"), "{after}");
+
+    // Root's mutating calls pass.
+    call_ok(&address, false, ROOT_PATH, &format!("{IFACE}.Rescan"), &[]);
+    call_ok(&address, false, ROOT_PATH, &format!("{IFACE}.UnregisterParent"), &[PARENT]);
+    let empty = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.ListParents"), &[]);
+    assert!(!empty.contains(PARENT_PATH), "after UnregisterParent: {empty}");
+    assert!(daemon.exited().is_none(), "mdevregd died; log:\n{}", daemon.log());
+}
+
+/// Control: on the same system-like bus without our policy file, not even
+/// root's mdevregd gets the name, so the policy file is what grants it.
+#[test]
+fn without_the_policy_root_cannot_own_the_name() {
+    if !prerequisites_present("without_the_policy_root_cannot_own_the_name") {
+        return;
+    }
+    let bus = DbusDaemon::start_system_like(&[]);
+    let work = tempfile::tempdir().expect("work dir");
+    let mut daemon = Daemon::start(bus.address(), work.path());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && daemon.exited().is_none() {
+        assert!(
+            !name_has_owner(bus.address()),
+            "mdevregd owned {BUS_NAME} without the policy file; log:\n{}",
+            daemon.log()
+        );
+        sleep(Duration::from_millis(100));
+    }
+    assert!(!name_has_owner(bus.address()));
+}

@@ -1,0 +1,407 @@
+//! Packaging checks with the real tools: `make install` stages exactly the
+//! shipped file set (binaries, udev rules and hook runner, D-Bus files,
+//! systemd unit, man pages, completions, hook directory and example), the
+//! Debian package from `make deb` (cargo-deb) lists the same files in
+//! `dpkg-deb -c`, the RPM spec's %files names them too, and the systemd unit
+//! passes `systemd-analyze verify` and agrees with the D-Bus activation file.
+//!
+//! Needs make, cargo-deb (`cargo install cargo-deb --locked`), dpkg-deb and
+//! systemd-analyze; without one the test is skipped, or fails when `CI` is set.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::netns::missing_prerequisite;
+
+/// Every file a package installs, with its mode (Debian layout for zsh).
+const SHIPPED: &[(&str, u32)] = &[
+    ("/usr/bin/mdevregd", 0o755),
+    ("/usr/bin/mdevreg", 0o755),
+    ("/usr/lib/udev/rules.d/70-mdevreg.rules", 0o644),
+    ("/usr/lib/udev/mdevreg-run-hooks", 0o755),
+    ("/usr/share/dbus-1/system.d/org.mdevreg.Registry1.conf", 0o644),
+    ("/usr/share/dbus-1/system-services/org.mdevreg.Registry1.service", 0o644),
+    ("/usr/share/dbus-1/interfaces/org.mdevreg.Registry1.xml", 0o644),
+    ("/usr/lib/systemd/system/mdevregd.service", 0o644),
+    ("/etc/mdevreg/hooks.d/README", 0o644),
+    ("/usr/share/doc/mdevreg/examples/hooks.d/50-log-transition", 0o755),
+    ("/usr/share/man/man1/mdevreg.1.gz", 0o644),
+    ("/usr/share/man/man8/mdevregd.8.gz", 0o644),
+    ("/usr/share/bash-completion/completions/mdevreg", 0o644),
+    ("/usr/share/bash-completion/completions/mdevregd", 0o644),
+    ("/usr/share/zsh/vendor-completions/_mdevreg", 0o644),
+    ("/usr/share/zsh/vendor-completions/_mdevregd", 0o644),
+    ("/usr/share/fish/vendor_completions.d/mdevreg.fish", 0o644),
+    ("/usr/share/fish/vendor_completions.d/mdevregd.fish", 0o644),
+];
+const DEBIAN_ZSH_DIR: &str = "/usr/share/zsh/vendor-completions";
+const RPM_ZSH_DIR: &str = "/usr/share/zsh/site-functions";
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have_tool(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
+    })
+}
+
+fn tools_present(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        if !have_tool(tool) {
+            let hint = if *tool == "cargo-deb" {
+                " (cargo install cargo-deb --locked)"
+            } else {
+                ""
+            };
+            missing_prerequisite::<()>(test, &format!("{tool} not found in PATH{hint}"));
+            return false;
+        }
+    }
+    true
+}
+
+/// The cargo target dir and profile directory name this test was built in
+/// (`<target>/<profile>/deps/packaging-<hash>`), so `make` reuses the build.
+fn target_and_profile() -> (PathBuf, String) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>/deps");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|name| name.to_str())
+        .expect("profile dir name")
+        .to_owned();
+    let target = profile_dir.parent().expect("target dir").to_path_buf();
+    (target, profile)
+}
+
+fn checked(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs `make TARGET` in the crate with the build of this test.
+fn make(target: &str, vars: &[(&str, String)]) -> Output {
+    let (target_dir, profile) = target_and_profile();
+    let mut command = Command::new("make");
+    command
+        .current_dir(manifest_dir())
+        .arg(target)
+        .arg(format!("TARGET_DIR={}", target_dir.display()))
+        .arg(format!("PROFILE={profile}"));
+    for (name, value) in vars {
+        command.arg(format!("{name}={value}"));
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("run make");
+    checked(output, &format!("make {target}"))
+}
+
+/// Regular files under `root` as absolute paths in the installed system,
+/// with their permission bits.
+fn staged_files(root: &Path) -> BTreeMap<String, u32> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).expect("read staging dir") {
+            let entry = entry.expect("dir entry");
+            let meta = fs::symlink_metadata(entry.path()).expect("stat");
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                let relative = entry.path().strip_prefix(root).expect("under root").to_owned();
+                files.insert(
+                    format!("/{}", relative.display()),
+                    meta.permissions().mode() & 0o7777,
+                );
+            }
+        }
+    }
+    files
+}
+
+fn expected(zsh_dir: &str) -> BTreeMap<String, u32> {
+    SHIPPED
+        .iter()
+        .map(|(path, mode)| (path.replace(DEBIAN_ZSH_DIR, zsh_dir), *mode))
+        .collect()
+}
+
+/// Parses `dpkg-deb -c` (`-rwxr-xr-x 0/0 SIZE DATE TIME ./path`): files only.
+fn deb_files(listing: &str) -> BTreeMap<String, u32> {
+    let mut files = BTreeMap::new();
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(perms), Some(path)) = (fields.first(), fields.get(5)) else {
+            continue;
+        };
+        if perms.starts_with('d') {
+            continue;
+        }
+        let mode = perms[1..]
+            .chars()
+            .fold(0u32, |mode, c| (mode << 1) | u32::from(c != '-'));
+        files.insert(path.trim_start_matches('.').to_owned(), mode);
+    }
+    files
+}
+
+/// The %files list of the RPM spec with the Fedora values of its macros;
+/// `%dir` lines are skipped, `%config(...)` prefixes dropped, a trailing `*`
+/// (compressed man page) kept as written.
+fn rpm_files(spec: &str) -> Vec<String> {
+    let macros = [
+        ("%{_bindir}", "/usr/bin"),
+        ("%{_udevrulesdir}", "/usr/lib/udev/rules.d"),
+        ("%{_unitdir}", "/usr/lib/systemd/system"),
+        ("%{_sysconfdir}", "/etc"),
+        ("%{_docdir}", "/usr/share/doc"),
+        ("%{_mandir}", "/usr/share/man"),
+        ("%{_datadir}", "/usr/share"),
+        ("%{_prefix}", "/usr"),
+    ];
+    let mut in_files = false;
+    let mut files = Vec::new();
+    for line in spec.lines() {
+        let line = line.trim();
+        if line.starts_with('%') && !line.starts_with("%{") {
+            let section = line.split_whitespace().next().unwrap_or_default();
+            match section {
+                "%files" => {
+                    in_files = true;
+                    continue;
+                }
+                "%dir" | "%config(noreplace)" | "%config" | "%doc" | "%license" => {}
+                _ => {
+                    in_files = false;
+                    continue;
+                }
+            }
+        }
+        if !in_files || line.is_empty() || line.starts_with('#') || line.starts_with("%dir") {
+            continue;
+        }
+        let mut path = line
+            .trim_start_matches("%config(noreplace)")
+            .trim_start_matches("%config")
+            .trim()
+            .to_owned();
+        for (name, value) in macros {
+            path = path.replace(name, value);
+        }
+        assert!(!path.contains('%'), "unexpanded macro in %files: {line}");
+        files.push(path);
+    }
+    files
+}
+
+#[test]
+fn make_install_deb_and_rpm_ship_the_same_files() {
+    const TEST: &str = "make_install_deb_and_rpm_ship_the_same_files";
+    if !tools_present(TEST, &["make", "cargo", "cargo-deb", "dpkg-deb", "gzip"]) {
+        return;
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    let assets = work.path().join("assets");
+    let stage = work.path().join("stage");
+    let debs = work.path().join("debs");
+    fs::create_dir_all(&debs).expect("deb output dir");
+
+    // make install (builds the binaries and the generated assets first).
+    make(
+        "install",
+        &[
+            ("DESTDIR", stage.display().to_string()),
+            ("ASSETS_DIR", assets.display().to_string()),
+            ("ZSHCOMPDIR", DEBIAN_ZSH_DIR.to_owned()),
+        ],
+    );
+    assert_eq!(staged_files(&stage), expected(DEBIAN_ZSH_DIR), "make install");
+    let man = fs::read(stage.join("usr/share/man/man8/mdevregd.8.gz")).expect("man page");
+    assert_eq!(&man[..2], &[0x1f, 0x8b], "man pages are gzip files");
+    let unit = fs::read_to_string(stage.join("usr/lib/systemd/system/mdevregd.service"))
+        .expect("staged unit");
+    assert!(unit.contains("ExecStart=/usr/bin/mdevregd --bus system"), "{unit}");
+
+    // The Debian package (the dev profile: this checks packaging, not codegen).
+    // cargo-deb reads the assets from target/assets, as `make deb` makes them.
+    make(
+        "deb",
+        &[(
+            "CARGO_DEB_FLAGS",
+            format!("--profile dev --no-strip --output {}", debs.display()),
+        )],
+    );
+    let deb = fs::read_dir(&debs)
+        .expect("read deb dir")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .unwrap_or_else(|| panic!("no .deb in {}", debs.display()));
+    let listing = checked(
+        Command::new("dpkg-deb").arg("-c").arg(&deb).output().expect("dpkg-deb -c"),
+        "dpkg-deb -c",
+    );
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let mut in_deb = deb_files(&listing);
+    // cargo-deb writes the Debian copyright file itself.
+    assert!(in_deb.remove("/usr/share/doc/mdevreg/copyright").is_some(), "{listing}");
+    assert_eq!(in_deb, expected(DEBIAN_ZSH_DIR), "dpkg-deb -c {}", deb.display());
+
+    let control = work.path().join("control");
+    checked(
+        Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control).output().expect("dpkg-deb -e"),
+        "dpkg-deb -e",
+    );
+    let conffiles = fs::read_to_string(control.join("conffiles")).unwrap_or_default();
+    assert!(conffiles.contains("/etc/mdevreg/hooks.d/README"), "conffiles: {conffiles}");
+    let postinst = fs::read_to_string(control.join("postinst")).unwrap_or_default();
+    assert!(
+        postinst.contains("mdevregd.service") && postinst.contains("deb-systemd-helper"),
+        "postinst enables the unit: {postinst}"
+    );
+    assert!(manifest_dir().join("target/assets/man/mdevregd.8.gz").exists());
+
+    // The RPM spec names the same files (zsh in Fedora's directory).
+    let spec = fs::read_to_string(manifest_dir().join("packaging/rpm/mdevreg.spec"))
+        .expect("read spec");
+    let mut in_rpm = rpm_files(&spec);
+    in_rpm.sort();
+    let mut want: Vec<String> = expected(RPM_ZSH_DIR)
+        .into_keys()
+        .map(|path| {
+            if path.starts_with("/usr/share/man/") {
+                format!("{}*", path.trim_end_matches(".gz"))
+            } else {
+                path
+            }
+        })
+        .collect();
+    want.sort();
+    assert_eq!(in_rpm, want, "%files of packaging/rpm/mdevreg.spec");
+}
+
+/// `KEY=value` lines of an ini-style file, first value wins.
+fn ini_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.trim().split_once('='))
+        .find(|(name, _)| name.trim() == key)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+#[test]
+fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
+    const TEST: &str = "unit_passes_systemd_analyze_and_matches_dbus_activation";
+    if !tools_present(TEST, &["make", "cargo", "gzip", "systemd-analyze"]) {
+        return;
+    }
+    let unit_path = manifest_dir().join("packaging/systemd/mdevregd.service");
+    let unit = fs::read_to_string(&unit_path).expect("read unit");
+    let activation = fs::read_to_string(manifest_dir().join("dbus/org.mdevreg.Registry1.service"))
+        .expect("read D-Bus service file");
+
+    // The unit, the activation file and the bus name agree.
+    assert_eq!(ini_value(&unit, "Type").as_deref(), Some("dbus"));
+    assert_eq!(ini_value(&unit, "BusName").as_deref(), Some("org.mdevreg.Registry1"));
+    assert_eq!(ini_value(&activation, "Name").as_deref(), Some("org.mdevreg.Registry1"));
+    assert_eq!(
+        ini_value(&activation, "SystemdService").as_deref(),
+        Some("mdevregd.service")
+    );
+    let exec_start = ini_value(&unit, "ExecStart").expect("ExecStart");
+    assert_eq!(exec_start, "/usr/bin/mdevregd --bus system");
+    assert_eq!(ini_value(&activation, "Exec"), Some(exec_start.clone()));
+    for (key, value) in [
+        ("Restart", "on-failure"),
+        ("RuntimeDirectory", "mdevreg"),
+        ("StateDirectory", "mdevreg"),
+        ("RestrictAddressFamilies", "AF_UNIX AF_NETLINK"),
+        ("CapabilityBoundingSet", "CAP_SYS_ADMIN CAP_NET_ADMIN"),
+    ] {
+        assert_eq!(ini_value(&unit, key).as_deref(), Some(value), "{key}=");
+    }
+    // Network and user namespacing would cut the daemon off the host's uevents.
+    for key in ["PrivateNetwork", "PrivateUsers"] {
+        assert!(ini_value(&unit, key).is_none_or(|v| v == "no"), "{key}= must stay off");
+    }
+
+    // systemd-analyze verify checks ExecStart= and the man pages of
+    // Documentation=: point them at the built binary and generated pages.
+    let work = tempfile::tempdir().expect("work dir");
+    let assets = work.path().join("assets");
+    make("assets", &[("ASSETS_DIR", assets.display().to_string())]);
+    let man_root = work.path().join("man");
+    for (page, section) in [("mdevreg.1", "man1"), ("mdevregd.8", "man8")] {
+        fs::create_dir_all(man_root.join(section)).expect("man dir");
+        fs::copy(assets.join("man").join(page), man_root.join(section).join(page))
+            .expect("copy man page");
+    }
+    let unit_dir = work.path().join("units");
+    fs::create_dir_all(&unit_dir).expect("unit dir");
+    let test_unit = unit_dir.join("mdevregd.service");
+    fs::write(
+        &test_unit,
+        unit.replace("/usr/bin/mdevregd", env!("CARGO_BIN_EXE_mdevregd")),
+    )
+    .expect("write test unit");
+    let verify = |unit_file: &Path| {
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(unit_file)
+            .env("MANPATH", &man_root)
+            .env("SYSTEMD_LOG_COLOR", "0")
+            .output()
+            .expect("run systemd-analyze verify")
+    };
+    let output = verify(&test_unit);
+    let messages = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && !messages.contains("mdevregd"),
+        "systemd-analyze verify is not clean ({}):\n{messages}",
+        output.status
+    );
+
+    // Control: the same check fails for a unit whose binary is missing.
+    let broken_dir = work.path().join("broken");
+    fs::create_dir_all(&broken_dir).expect("broken dir");
+    let broken = broken_dir.join("mdevregd.service");
+    fs::write(
+        &broken,
+        unit.replace("/usr/bin/mdevregd", "/nonexistent/mdevregd"),
+    )
+    .expect("write broken unit");
+    assert!(!verify(&broken).status.success(), "verify must catch a missing ExecStart binary");
+
+    // Hardening stays at systemd's "OK" exposure or better (at most 2.5).
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=25"])
+        .arg(&test_unit)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("run systemd-analyze security");
+    assert!(
+        security.status.success(),
+        "exposure above 2.5:\n{}",
+        String::from_utf8_lossy(&security.stdout)
+    );
+}

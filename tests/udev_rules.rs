@@ -1,0 +1,441 @@
+//! Acceptance test of `udev-rules/70-mdevreg.rules` and the hook runner
+//! `packaging/udev/mdevreg-run-hooks` with a real systemd-udevd.
+//!
+//! The outer test re-runs this test binary under `unshare -n -m`: in its own
+//! network namespace, injected uevents and the synthetic uevent of that
+//! namespace's `lo` reach only the udevd started there; in its own mount
+//! namespace, tmpfs mounts over /run, /etc/udev/rules.d and /usr/lib/udev leave
+//! udevd with the shipped rules file and runner only (plus one test rule that
+//! points the hook directory at a temp dir). The inner half injects real
+//! kernel uevents, watches udevd's processed events with a libudev monitor and
+//! checks what the hooks recorded.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Env var naming the temp dir of the scenario; set only for the inner run.
+const INNER_DIR_ENV: &str = "MDEVREG_UDEV_TEST_DIR";
+/// Env var holding the outer process's namespace ids, so the inner half can
+/// refuse to run in the host's namespaces.
+const OUTER_NS_ENV: &str = "MDEVREG_UDEV_TEST_OUTER_NS";
+
+const PARENT: &str = "mdevregtest0";
+const PARENT_DEVPATH: &str = "/devices/virtual/mdevreg/mdevregtest0";
+const OTHER_DEVPATH: &str = "/devices/virtual/mdevreg/mdevregtest1";
+const SYNTH_UUID: &str = "0b5c3a8e-43a4-4f3e-9d1e-3c6c8d6f1a27";
+
+/// Skips (prints why) or, when `CI` is set, fails.
+fn missing_prerequisite(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("prerequisite missing in CI: {what}");
+    }
+    eprintln!("SKIPPED: {what}");
+}
+
+fn find_udevd() -> Option<PathBuf> {
+    [
+        "/usr/lib/systemd/systemd-udevd",
+        "/lib/systemd/systemd-udevd",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|path| path.exists())
+}
+
+fn tool_exists(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+fn namespace_ids() -> String {
+    let net = fs::read_link("/proc/self/ns/net").unwrap_or_default();
+    let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
+    format!("{} {}", net.display(), mnt.display())
+}
+
+#[test]
+fn udevd_runs_hooks_once_per_transition() {
+    if !nix::unistd::geteuid().is_root() {
+        return missing_prerequisite("root (unshare, mounts, uevent injection)");
+    }
+    if find_udevd().is_none() {
+        return missing_prerequisite("systemd-udevd (Debian package udev)");
+    }
+    for tool in ["unshare", "mount", "flock", "logger", "od"] {
+        if !tool_exists(tool) {
+            return missing_prerequisite(tool);
+        }
+    }
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("test binary path");
+    let output = Command::new("unshare")
+        .args(["--net", "--mount", "--propagation", "private", "--"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "inner_udev_scenario",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INNER_DIR_ENV, work.path())
+        .env(OUTER_NS_ENV, namespace_ids())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let udevd_log = fs::read_to_string(work.path().join("udevd.log")).unwrap_or_default();
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "inner scenario failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- udevd log (tail)\n{}",
+        output.status,
+        tail(&udevd_log, 80)
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Kills and reaps udevd when the scenario ends, however it ends.
+struct Udevd(Child);
+
+impl Drop for Udevd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+/// One processed event as udevd broadcast it to libudev monitors.
+#[derive(Debug)]
+struct Processed {
+    devpath: String,
+    seqnum: u64,
+    properties: Vec<(String, String)>,
+}
+
+impl Processed {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A libudev monitor on udevd's processed events; events not asked for yet
+/// are kept for the next call.
+struct Monitor {
+    socket: udev::MonitorSocket,
+    pending: Vec<Processed>,
+}
+
+impl Monitor {
+    fn new() -> Self {
+        let socket = udev::MonitorBuilder::new()
+            .expect("libudev monitor")
+            .listen()
+            .expect("listen on the udev monitor group");
+        Monitor {
+            socket,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Returns the next `count` processed events for `devpath`.
+    fn wait_for(&mut self, devpath: &str, count: usize, timeout: Duration) -> Vec<Processed> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for event in self.socket.iter() {
+                let device = event.device();
+                let properties = device
+                    .properties()
+                    .map(|entry| {
+                        (
+                            entry.name().to_string_lossy().into_owned(),
+                            entry.value().to_string_lossy().into_owned(),
+                        )
+                    })
+                    .collect();
+                self.pending.push(Processed {
+                    devpath: device.devpath().to_string_lossy().into_owned(),
+                    seqnum: event.sequence_number(),
+                    properties,
+                });
+            }
+            let matching = self.pending.iter().filter(|e| e.devpath == devpath).count();
+            if matching >= count {
+                let mut taken = Vec::new();
+                let mut kept = Vec::new();
+                for event in self.pending.drain(..) {
+                    if event.devpath == devpath && taken.len() < count {
+                        taken.push(event);
+                    } else {
+                        kept.push(event);
+                    }
+                }
+                self.pending = kept;
+                return taken;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {count} processed event(s) on {devpath}; have {:#?}",
+                self.pending
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends one uevent into this network namespace by kernel injection (SPEC
+/// §1.4): an nlmsghdr followed by `ACTION@DEVPATH\0KEY=VAL\0...`, unicast to
+/// port 0; the kernel adds SEQNUM and broadcasts it as a kernel event.
+fn inject(devpath: &str, env: &[(&str, &str)]) {
+    use netlink_sys::{protocols::NETLINK_KOBJECT_UEVENT, Socket, SocketAddr};
+
+    let mut payload = format!("change@{devpath}\0ACTION=change\0DEVPATH={devpath}\0").into_bytes();
+    for (key, value) in env {
+        payload.extend_from_slice(format!("{key}={value}\0").as_bytes());
+    }
+    const NLMSG_HDRLEN: usize = 16;
+    const NLMSG_MIN_TYPE: u16 = 0x10;
+    const NLM_F_REQUEST: u16 = 1;
+    let total = u32::try_from(NLMSG_HDRLEN + payload.len()).expect("small message");
+    let mut message = Vec::with_capacity(total as usize);
+    message.extend_from_slice(&total.to_ne_bytes());
+    message.extend_from_slice(&NLMSG_MIN_TYPE.to_ne_bytes());
+    message.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    message.extend_from_slice(&0u32.to_ne_bytes()); // port id: let the kernel pick
+    message.extend_from_slice(&payload);
+
+    let socket = Socket::new(NETLINK_KOBJECT_UEVENT).expect("uevent netlink socket");
+    socket
+        .send_to(&message, &SocketAddr::new(0, 0), 0)
+        .expect("inject uevent (needs CAP_SYS_ADMIN)");
+}
+
+/// Lines the recording hook wrote: `ARG1|ARG2|MDEV_STATE|MDEVREG_PARENT|DEVPATH`.
+fn hook_runs(log: &Path) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn runs_for(log: &Path, parent: &str) -> Vec<String> {
+    hook_runs(log)
+        .into_iter()
+        .filter(|line| line.split('|').nth(1) == Some(parent))
+        .collect()
+}
+
+/// Processed events are broadcast after RUN programs finish; a short grace
+/// period still lets a wrongly started second hook run show up.
+fn settle() {
+    let _ = Command::new("udevadm")
+        .args(["settle", "--timeout=10"])
+        .status();
+    sleep(Duration::from_millis(300));
+}
+
+fn assert_parent_event(event: &Processed, state: &str, parent: &str) {
+    assert_eq!(event.get("MDEV_STATE"), Some(state), "{event:#?}");
+    assert_eq!(event.get("MDEVREG_PARENT"), Some(parent), "{event:#?}");
+    let tags = event.get("TAGS").unwrap_or_default();
+    assert!(tags.split(':').any(|tag| tag == "mdevreg"), "{event:#?}");
+}
+
+/// The half that runs inside `unshare -n -m`; does nothing when run directly.
+#[test]
+#[ignore = "run by udevd_runs_hooks_once_per_transition inside unshare -n -m"]
+fn inner_udev_scenario() {
+    let Some(work) = std::env::var_os(INNER_DIR_ENV).map(PathBuf::from) else {
+        eprintln!("not inside the test namespaces; nothing to do");
+        return;
+    };
+    // Mounting over /run and injecting uevents is only safe in namespaces
+    // the outer test made for us.
+    let outer = std::env::var(OUTER_NS_ENV).unwrap_or_default();
+    let ours = namespace_ids();
+    let (outer_net, outer_mnt) = outer.split_once(' ').expect("outer namespace ids");
+    let (our_net, our_mnt) = ours.split_once(' ').expect("own namespace ids");
+    assert!(
+        outer_net != our_net && outer_mnt != our_mnt,
+        "refusing to run in the outer namespaces ({outer} vs {ours})"
+    );
+
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = manifest.join("udev-rules/70-mdevreg.rules");
+    let runner = manifest.join("packaging/udev/mdevreg-run-hooks");
+    let hooks_dir = work.join("hooks.d");
+    let hook_log = work.join("hook-runs.log");
+    let udevd_log = work.join("udevd.log");
+
+    // A sysfs of this network namespace (so `lo` is ours), and udevd state,
+    // rule and program directories holding nothing but what we put there.
+    run("mount", &["-t", "sysfs", "sysfs", "/sys"]);
+    run("mount", &["-t", "tmpfs", "tmpfs", "/run"]);
+    run("mount", &["-t", "tmpfs", "tmpfs", "/usr/lib/udev"]);
+    for dir in ["/etc/udev/rules.d", "/usr/local/lib/udev/rules.d"] {
+        if Path::new(dir).is_dir() {
+            run("mount", &["-t", "tmpfs", "tmpfs", dir]);
+        }
+    }
+    fs::create_dir_all("/run/udev/rules.d").expect("rules dir");
+    fs::copy(&rules, "/run/udev/rules.d/70-mdevreg.rules").expect("install rules");
+    fs::copy(&runner, "/usr/lib/udev/mdevreg-run-hooks").expect("install runner");
+    fs::set_permissions(
+        "/usr/lib/udev/mdevreg-run-hooks",
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod runner");
+    // Test-only: the hooks live in our temp dir instead of /etc/mdevreg/hooks.d.
+    fs::write(
+        "/run/udev/rules.d/00-mdevreg-test.rules",
+        format!("ENV{{MDEVREG_HOOKS_DIR}}=\"{}\"\n", hooks_dir.display()),
+    )
+    .expect("test rule");
+
+    fs::create_dir_all(&hooks_dir).expect("hooks dir");
+    let hook = hooks_dir.join("50-record");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nprintf '%s|%s|%s|%s|%s\\n' \"$1\" \"$2\" \"$MDEV_STATE\" \"$MDEVREG_PARENT\" \"$DEVPATH\" >> '{}'\n",
+            hook_log.display()
+        ),
+    )
+    .expect("write hook");
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod hook");
+    // Not executable: must be ignored.
+    fs::write(hooks_dir.join("60-not-executable"), "#!/bin/sh\nexit 1\n").expect("write");
+
+    let log_file = fs::File::create(&udevd_log).expect("udevd log");
+    let udevd = Command::new(find_udevd().expect("udevd"))
+        .arg("--debug")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("dup log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("start systemd-udevd");
+    let _udevd = Udevd(udevd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new("/run/udev/control").exists() {
+        assert!(Instant::now() < deadline, "udevd did not create /run/udev/control");
+        sleep(Duration::from_millis(50));
+    }
+    let mut monitor = Monitor::new();
+    let long = Duration::from_secs(20);
+
+    // 1. One injected registration: one hook run with state, parent and env.
+    let registered = [
+        ("SUBSYSTEM", "mdevreg"),
+        ("MDEV_STATE", "registered"),
+        ("MDEV_PARENT", PARENT),
+    ];
+    inject(PARENT_DEVPATH, &registered);
+    let events = monitor.wait_for(PARENT_DEVPATH, 1, long);
+    assert_parent_event(&events[0], "registered", PARENT);
+    settle();
+    assert_eq!(
+        runs_for(&hook_log, PARENT),
+        vec![format!(
+            "registered|{PARENT}|registered|{PARENT}|{PARENT_DEVPATH}"
+        )]
+    );
+
+    // 2. The same transition twice in quick succession: both are processed
+    // (two kernel SEQNUMs), the hooks still ran once in all.
+    inject(PARENT_DEVPATH, &registered);
+    inject(PARENT_DEVPATH, &registered);
+    let events = monitor.wait_for(PARENT_DEVPATH, 2, long);
+    assert_ne!(events[0].seqnum, events[1].seqnum);
+    for event in &events {
+        assert_parent_event(event, "registered", PARENT);
+    }
+    settle();
+    assert_eq!(runs_for(&hook_log, PARENT).len(), 1, "{:?}", hook_runs(&hook_log));
+    let log_text = fs::read_to_string(&udevd_log).unwrap_or_default();
+    assert!(
+        log_text.contains(&format!(
+            "mdevreg-hooks: parent {PARENT} registered: duplicate"
+        )),
+        "the skipped duplicate is logged"
+    );
+
+    // 3. A real transition right after is not swallowed, and neither is the
+    // way back.
+    let unregistered = [
+        ("SUBSYSTEM", "mdevreg"),
+        ("MDEV_STATE", "unregistered"),
+        ("MDEV_PARENT", PARENT),
+    ];
+    inject(PARENT_DEVPATH, &unregistered);
+    monitor.wait_for(PARENT_DEVPATH, 1, long);
+    inject(PARENT_DEVPATH, &registered);
+    monitor.wait_for(PARENT_DEVPATH, 1, long);
+    settle();
+    let runs = runs_for(&hook_log, PARENT);
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(runs[1].starts_with(&format!("unregistered|{PARENT}|unregistered|")));
+    assert!(runs[2].starts_with(&format!("registered|{PARENT}|registered|")));
+
+    // 4. After the window (2 s) the same state runs the hooks again: the
+    // suppression is for near-simultaneous copies only.
+    sleep(Duration::from_millis(2300));
+    inject(PARENT_DEVPATH, &registered);
+    monitor.wait_for(PARENT_DEVPATH, 1, long);
+    settle();
+    assert_eq!(runs_for(&hook_log, PARENT).len(), 4);
+
+    // 5. A change without MDEV_STATE is no parent event: no tag, no hook.
+    inject(OTHER_DEVPATH, &[("SUBSYSTEM", "mdevreg"), ("FOO", "bar")]);
+    let events = monitor.wait_for(OTHER_DEVPATH, 1, long);
+    assert_eq!(events[0].get("MDEVREG_PARENT"), None, "{:#?}", events[0]);
+    assert!(!events[0].get("TAGS").unwrap_or_default().contains("mdevreg"));
+    settle();
+    assert!(runs_for(&hook_log, "mdevregtest1").is_empty());
+
+    // 6. The synthetic form on a real device: this namespace's `lo`.
+    let lo_devpath = "/devices/virtual/net/lo";
+    fs::write(
+        format!("/sys{lo_devpath}/uevent"),
+        format!("change {SYNTH_UUID} MDEVSTATE=registered\n"),
+    )
+    .expect("write synthetic uevent");
+    let events = monitor.wait_for(lo_devpath, 1, long);
+    assert_eq!(events[0].get("SYNTH_UUID"), Some(SYNTH_UUID));
+    assert_eq!(events[0].get("SYNTH_ARG_MDEVSTATE"), Some("registered"));
+    assert_parent_event(&events[0], "registered", "lo");
+    settle();
+    assert_eq!(
+        runs_for(&hook_log, "lo"),
+        vec![format!("registered|lo|registered|lo|{lo_devpath}")]
+    );
+    // The non-executable file was never run (it would not have logged, but
+    // it must not be counted as a hook either).
+    let log_text = fs::read_to_string(&udevd_log).unwrap_or_default();
+    assert!(log_text.contains("mdevreg-hooks: parent lo registered: ran 1 hook(s)"));
+}

@@ -108,7 +108,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(DOCDIR)/examples/hooks.d
 
 # cargo-deb builds the binaries itself (release unless CARGO_DEB_FLAGS says
-# otherwise, e.g. "--profile dev --no-strip --output DIR"); the generated
+# otherwise, e.g. "--profile dev --fast --output DIR"); the generated
 # assets must exist first, in target/assets of the crate, where
 # [package.metadata.deb] looks for them.
 # Install cargo-deb with: cargo install cargo-deb --locked

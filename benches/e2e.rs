@@ -203,6 +203,8 @@ struct FloodRun {
     inject_seconds: f64,
     converged: bool,
     seconds: f64,
+    /// mdevregd counters at the end of the run.
+    stats: String,
 }
 
 fn inside(_args: &[String]) -> ExitCode {
@@ -222,6 +224,7 @@ fn inside(_args: &[String]) -> ExitCode {
     eprintln!("e2e: {}", results.machine);
     eprintln!("e2e: building the tree ({})", results.scale);
     let started = Instant::now();
+    let mut tree_mount = None;
     let tree = match std::env::var_os("MDEVREG_BENCH_TREE_DIR") {
         // Profiling aid: a kept tree, built once and reused as it is.
         Some(dir) => {
@@ -233,12 +236,31 @@ fn inside(_args: &[String]) -> ExitCode {
             tree
         }
         None => {
-            let tree = FakeSysfs::new();
-            sysfs_fixture::many_parents(&tree, scale.parents, scale.types, scale.instances);
+            // On tmpfs, as sysfs lives in memory too (and far quicker to build).
+            let tree_dir =
+                std::env::temp_dir().join(format!("mdevreg-bench-tree-{}", std::process::id()));
+            if let Err(err) = std::fs::create_dir_all(&tree_dir) {
+                eprintln!("e2e: cannot create {}: {err}", tree_dir.display());
+                return ExitCode::FAILURE;
+            }
+            if let Err(err) = run_checked(
+                "mount",
+                &["-t", "tmpfs", "mdevreg-bench-tree", path_str(&tree_dir)],
+            ) {
+                eprintln!("e2e: cannot mount a tmpfs for the tree: {err}");
+                return ExitCode::FAILURE;
+            }
+            let tree = FakeSysfs::at(&tree_dir);
+            tree_mount = Some(tree_dir);
+            sysfs_fixture::many_parents(&tree, scale.parents, scale.types, 0);
+            add_instances(&tree, scale.parents, scale.types, scale.instances);
             tree
         }
     };
-    eprintln!("e2e: tree ready in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "e2e: tree ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if let Err(err) = run_checked("mount", &["--bind", path_str(tree.root()), "/sys"]) {
         eprintln!("e2e: cannot bind-mount the tree over /sys: {err}");
         return ExitCode::FAILURE;
@@ -268,16 +290,68 @@ fn inside(_args: &[String]) -> ExitCode {
     };
     if let Err(err) = runtime.block_on(daemon_phases(&tree, work.path(), scale, &mut results)) {
         eprintln!("e2e: daemon phases stopped: {err}");
-        results.notes.push(format!("daemon phases stopped early: {err}"));
+        results
+            .notes
+            .push(format!("daemon phases stopped early: {err}"));
     }
     drop(runtime);
     let _ = run_checked("umount", &["/sys"]);
+    if let Some(dir) = tree_mount {
+        drop(tree);
+        let _ = run_checked("umount", &[path_str(&dir)]);
+        let _ = std::fs::remove_dir(&dir);
+    }
 
     match write_reports(&results) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("e2e: cannot write the reports: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Adds `per_type` instances to every type of the `many_parents` tree, laid
+/// out exactly as `FakeSysfs::add_instance` does, numbering IOMMU groups with
+/// a counter (`add_instance` counts `kernel/iommu_groups` each time, which is
+/// quadratic for 32,000 instances).
+fn add_instances(tree: &FakeSysfs, parents: u32, types: u32, per_type: u32) {
+    let mut group = 0u64;
+    let mut next_uuid = 0x1_0000u64;
+    for index in 0..parents {
+        let parent_rel = format!("devices/pci0000:00/{}", pci_name(index));
+        for type_index in 0..types {
+            let type_id = format!("nvidia-{}", 100 + type_index);
+            for _ in 0..per_type {
+                let uuid = sysfs_fixture::uuid_for(next_uuid);
+                next_uuid += 1;
+                let instance_rel = format!("{parent_rel}/{uuid}");
+                tree.link(
+                    &format!("{instance_rel}/mdev_type"),
+                    &format!("{parent_rel}/mdev_supported_types/{type_id}"),
+                );
+                tree.write_file(format!("{instance_rel}/remove"), "");
+                tree.write_file(
+                    format!("{instance_rel}/uevent"),
+                    format!("MDEV_TYPE={type_id}\n"),
+                );
+                tree.link(&format!("{instance_rel}/subsystem"), "bus/mdev");
+                tree.link(
+                    &format!("{instance_rel}/driver"),
+                    "bus/mdev/drivers/vfio_mdev",
+                );
+                tree.write_file(format!("kernel/iommu_groups/{group}/type"), "DMA\n");
+                tree.link(
+                    &format!("{instance_rel}/iommu_group"),
+                    &format!("kernel/iommu_groups/{group}"),
+                );
+                group += 1;
+                tree.link(
+                    &format!("{parent_rel}/mdev_supported_types/{type_id}/devices/{uuid}"),
+                    &instance_rel,
+                );
+                tree.link(&format!("bus/mdev/devices/{uuid}"), &instance_rel);
+            }
         }
     }
 }
@@ -299,7 +373,11 @@ fn scan_phase(tree: &FakeSysfs, scale: Scale, results: &mut Results) {
     }
     for round in 0..scale.scan_rounds {
         // Alternate which one goes first.
-        let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for is_mdevctl in order {
             let sample = if is_mdevctl { mdevctl() } else { direct() };
             match sample {
@@ -503,7 +581,10 @@ impl DaemonSetup<'_> {
     async fn stop_and_wait(&self, bus: &zbus::fdo::DBusProxy<'_>, daemon: Daemon) {
         daemon.stop();
         for _ in 0..1000 {
-            match bus.name_has_owner(BUS_NAME.try_into().expect("valid name")).await {
+            match bus
+                .name_has_owner(BUS_NAME.try_into().expect("valid name"))
+                .await
+            {
                 Ok(false) | Err(_) => return,
                 Ok(true) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
@@ -530,7 +611,10 @@ async fn daemon_phases(
     // registrations live there).
     let state_dir = work.join("state");
     std::fs::create_dir_all(&state_dir).map_err(|err| format!("state dir: {err}"))?;
-    run_checked("mount", &["-t", "tmpfs", "mdevreg-bench-state", path_str(&state_dir)])?;
+    run_checked(
+        "mount",
+        &["-t", "tmpfs", "mdevreg-bench-state", path_str(&state_dir)],
+    )?;
     let receive_buffer_flag = daemon_has_flag("--receive-buffer");
     results.flood_receive_buffer_flag = receive_buffer_flag;
     let setup = DaemonSetup {
@@ -574,7 +658,9 @@ async fn daemon_phases(
         setup.stop_and_wait(&dbus, daemon).await;
         match rates {
             Ok((register, _)) => results.register_cycles_per_s_disk = register,
-            Err(err) => results.notes.push(format!("register cycles, state on disk: {err}")),
+            Err(err) => results
+                .notes
+                .push(format!("register cycles, state on disk: {err}")),
         }
     }
     if phase_enabled("flood") {
@@ -632,7 +718,11 @@ fn query_phase(bus_address: &str, scale: Scale, results: &mut Results) {
         }
     }
     for round in 0..scale.query_rounds {
-        let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for is_mdevctl in order {
             let sample = if is_mdevctl { mdevctl() } else { query() };
             match sample {
@@ -713,12 +803,41 @@ async fn rate_rounds(
         let started = Instant::now();
         let mut calls = 0u64;
         while started.elapsed() < window {
-            peer.ping().await.map_err(|err| format!("Peer.Ping: {err}"))?;
+            peer.ping()
+                .await
+                .map_err(|err| format!("Peer.Ping: {err}"))?;
             calls += 1;
         }
         echo_rates.push(calls as f64 / started.elapsed().as_secs_f64());
     }
     Ok((register_rates, echo_rates))
+}
+
+/// mdevregd's `Stats` property (counters: uevents, rescans, gaps, ...).
+async fn daemon_stats(connection: &zbus::Connection) -> Result<BTreeMap<String, u64>, String> {
+    let registry: zbus::Proxy<'_> = zbus::proxy::Builder::new(connection)
+        .destination(BUS_NAME)
+        .path(ROOT_PATH)
+        .interface("org.mdevreg.Registry1")
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .map_err(|err| format!("registry proxy: {err}"))?;
+    let stats: HashMap<String, u64> = registry
+        .get_property("Stats")
+        .await
+        .map_err(|err| format!("Stats: {err}"))?;
+    Ok(stats.into_iter().collect())
+}
+
+/// The counters worth reporting (non-zero ones about uevents and rescans).
+fn stats_line(stats: &BTreeMap<String, u64>) -> String {
+    stats
+        .iter()
+        .filter(|(key, value)| **value > 0 && !key.starts_with("parents"))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ----- latency: injected MDEV_STATE=registered → ParentRegistered -----
@@ -734,8 +853,8 @@ struct RawListener {
 impl RawListener {
     fn start() -> Result<RawListener, String> {
         use nix::sys::socket::{
-            bind, setsockopt, socket, sockopt, AddressFamily, NetlinkAddr, SockFlag,
-            SockProtocol, SockType,
+            bind, setsockopt, socket, sockopt, AddressFamily, NetlinkAddr, SockFlag, SockProtocol,
+            SockType,
         };
         let fd = socket(
             AddressFamily::Netlink,
@@ -909,6 +1028,15 @@ async fn latency_phase(
         }
     }
     drop(raw);
+    match daemon_stats(connection).await {
+        Ok(stats) => results.notes.push(format!(
+            "mdevregd counters after the register and latency phases: {}",
+            stats_line(&stats)
+        )),
+        Err(err) => results
+            .notes
+            .push(format!("cannot read mdevregd Stats: {err}")),
+    }
     eprintln!(
         "e2e: latency p50 {:.0} µs p99 {:.0} µs (missed {}), raw netlink p50 {:.0} µs",
         median(&results.latency_us),
@@ -951,9 +1079,16 @@ async fn flood_phase(
         match flood_run(setup, dbus, scale, run).await {
             Ok(flood) => {
                 eprintln!(
-                    "e2e: flood: injected in {:.2} s, converged {} after {:.2} s",
-                    flood.inject_seconds, flood.converged, flood.seconds
+                    "e2e: flood: injected in {:.2} s, converged {} after {:.2} s ({})",
+                    flood.inject_seconds, flood.converged, flood.seconds, flood.stats
                 );
+                results.notes.push(format!(
+                    "flood run {}: {} events injected in {:.2} s; mdevregd counters: {}",
+                    run + 1,
+                    flood.events,
+                    flood.inject_seconds,
+                    flood.stats
+                ));
                 results.flood_runs.push(flood);
             }
             Err(err) => {
@@ -963,6 +1098,7 @@ async fn flood_phase(
                     inject_seconds: 0.0,
                     converged: false,
                     seconds: 0.0,
+                    stats: String::new(),
                 });
             }
         }
@@ -985,36 +1121,47 @@ async fn flood_run(
     let leaving: Vec<u32> = (0..10u32)
         .map(|k| (k * 97 + run as u32 * 13 + 5) % scale.parents)
         .collect();
+    let names: Vec<String> = (0..scale.parents).map(pci_name).collect();
     let started = Instant::now();
     for event_index in 0..scale.flood_events {
         let parent_index = (event_index % parents) as u32;
-        let name = pci_name(parent_index);
+        let name = &names[parent_index as usize];
         let devpath = format!("/devices/pci0000:00/{name}");
         let round = event_index / parents;
         if leaving.contains(&parent_index) && round == 1 {
-            if tree.parent_dir_exists(&name) {
-                tree.remove_parent(&name);
+            if tree.parent_dir_exists(name) {
+                tree.remove_parent(name);
             }
             let event = Uevent::new("change", devpath.as_str())
                 .with("SUBSYSTEM", "pci")
                 .with("DRIVER", "nvidia")
                 .with("MDEV_STATE", "unregistered");
-            emitter.inject(&event).map_err(|err| format!("inject: {err}"))?;
+            emitter
+                .inject(&event)
+                .map_err(|err| format!("inject: {err}"))?;
             continue;
         }
-        if !tree.parent_dir_exists(&name) {
+        if !tree.parent_dir_exists(name) {
             // Gone in this or an earlier run: a hint about nothing.
             let event = Uevent::new("change", devpath.as_str()).with("SUBSYSTEM", "pci");
-            emitter.inject(&event).map_err(|err| format!("inject: {err}"))?;
+            emitter
+                .inject(&event)
+                .map_err(|err| format!("inject: {err}"))?;
             continue;
         }
         let type_id = format!("nvidia-{}", 100 + (round as u32 % scale.types));
         let available = ((event_index * 7 + run) % 17) as u32;
-        tree.set_available_instances(&name, &type_id, available);
+        let attribute = tree.path(format!(
+            "{devpath}/mdev_supported_types/{type_id}/available_instances"
+        ));
+        std::fs::write(attribute, format!("{available}\n"))
+            .map_err(|err| format!("write available_instances: {err}"))?;
         let event = Uevent::new("change", devpath.as_str())
             .with("SUBSYSTEM", "pci")
             .with("DRIVER", "nvidia");
-        emitter.inject(&event).map_err(|err| format!("inject: {err}"))?;
+        emitter
+            .inject(&event)
+            .map_err(|err| format!("inject: {err}"))?;
     }
     let inject_seconds = started.elapsed().as_secs_f64();
     // Converged when the daemon's answer equals a direct scan.
@@ -1038,12 +1185,14 @@ async fn flood_run(
     if !converged {
         seconds = started.elapsed().as_secs_f64();
     }
+    let stats = daemon_stats(dbus.inner().connection()).await.ok();
     setup.stop_and_wait(dbus, daemon).await;
     Ok(FloodRun {
         events: scale.flood_events,
         inject_seconds,
         converged,
         seconds,
+        stats: stats.map(|stats| stats_line(&stats)).unwrap_or_default(),
     })
 }
 
@@ -1151,7 +1300,10 @@ fn machine_line() -> String {
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?.to_owned();
+            let line = text
+                .lines()
+                .find(|line| line.starts_with("MemTotal:"))?
+                .to_owned();
             let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(format!(", {:.1} GiB RAM", kib / 1024.0 / 1024.0))
         })
@@ -1194,8 +1346,8 @@ struct Summary {
 }
 
 fn summarize(results: &Results) -> Summary {
-    let flood_ok = !results.flood_runs.is_empty()
-        && results.flood_runs.iter().all(|run| run.converged);
+    let flood_ok =
+        !results.flood_runs.is_empty() && results.flood_runs.iter().all(|run| run.converged);
     Summary {
         scan_ratio: ratio(
             median(&results.scan_mdevctl_ms),
@@ -1216,7 +1368,11 @@ fn summarize(results: &Results) -> Summary {
             .iter()
             .map(|run| run.seconds)
             .fold(f64::NAN, f64::max),
-        flood_events: results.flood_runs.first().map(|run| run.events).unwrap_or(0),
+        flood_events: results
+            .flood_runs
+            .first()
+            .map(|run| run.events)
+            .unwrap_or(0),
         rss: results.rss_mib.unwrap_or(f64::NAN),
         startup: median(&results.startup_ms),
     }
@@ -1232,7 +1388,10 @@ fn write_reports(results: &Results) -> Result<(), String> {
         ("startup_ms", &results.startup_ms),
         ("register_cycles_per_s", &results.register_cycles_per_s),
         ("bus_echo_calls_per_s", &results.echo_calls_per_s),
-        ("register_cycles_per_s_state_on_disk", &results.register_cycles_per_s_disk),
+        (
+            "register_cycles_per_s_state_on_disk",
+            &results.register_cycles_per_s_disk,
+        ),
     ]);
     let document = json!({
         "machine": results.machine,
@@ -1373,7 +1532,11 @@ fn markdown(results: &Results, s: &Summary) -> String {
         .map(|run| {
             format!(
                 "{} in {} s",
-                if run.converged { "converged" } else { "NOT converged" },
+                if run.converged {
+                    "converged"
+                } else {
+                    "NOT converged"
+                },
                 fmt(run.seconds, 2)
             )
         })
@@ -1381,7 +1544,12 @@ fn markdown(results: &Results, s: &Summary) -> String {
         .join("; ");
     row(
         "flood: events over all parents, small receive buffer",
-        format!("{} events × {} runs: {}", s.flood_events, results.flood_runs.len(), flood_detail),
+        format!(
+            "{} events × {} runs: {}",
+            s.flood_events,
+            results.flood_runs.len(),
+            flood_detail
+        ),
         "converges every time",
         s.flood_converged,
     );
@@ -1393,7 +1561,11 @@ fn markdown(results: &Results, s: &Summary) -> String {
     );
     row(
         "daemon startup (spawn → name acquired)",
-        format!("{} ms (direct scan {} ms)", fmt(s.startup, 0), fmt(scan_ms, 0)),
+        format!(
+            "{} ms (direct scan {} ms)",
+            fmt(s.startup, 0),
+            fmt(scan_ms, 0)
+        ),
         "≤ 2× direct scan",
         s.startup <= 2.0 * scan_ms,
     );

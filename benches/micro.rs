@@ -27,7 +27,10 @@ fn registered_event() -> Uevent {
         .with("PCI_ID", "10DE:1EB8")
         .with("PCI_SUBSYS_ID", "10DE:12A2")
         .with("PCI_SLOT_NAME", "0000:3b:00.0")
-        .with("MODALIAS", "pci:v000010DEd00001EB8sv000010DEsd000012A2bc03sc02i00")
+        .with(
+            "MODALIAS",
+            "pci:v000010DEd00001EB8sv000010DEsd000012A2bc03sc02i00",
+        )
         .with("MDEV_STATE", "registered")
         .with("SEQNUM", "4711")
 }
@@ -42,7 +45,9 @@ fn uevent_benches(c: &mut Criterion) {
     group.bench_function("kernel_parse", |b| {
         b.iter(|| parse_kernel(black_box(&kernel_bytes)))
     });
-    group.bench_function("kernel_build", |b| b.iter(|| encode_kernel(black_box(&event))));
+    group.bench_function("kernel_build", |b| {
+        b.iter(|| encode_kernel(black_box(&event)))
+    });
     group.bench_function("injection_build", |b| {
         let mut unnumbered = event.clone();
         unnumbered.env.retain(|(key, _)| key != "SEQNUM");
@@ -60,7 +65,11 @@ fn uevent_benches(c: &mut Criterion) {
 
 fn murmur_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("murmur");
-    for text in ["pci", "mdev_bus", "/devices/pci0000:00/0000:00:03.1/0000:3b:00.0"] {
+    for text in [
+        "pci",
+        "mdev_bus",
+        "/devices/pci0000:00/0000:00:03.1/0000:3b:00.0",
+    ] {
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function(format!("murmur_hash2/{}B", text.len()), |b| {
             b.iter(|| murmur_hash2(black_box(text.as_bytes()), 0))
@@ -101,7 +110,11 @@ fn parent_info(index: u32, n_types: u32, instances: u32) -> ParentInfo {
             device_api: "vfio-pci".to_owned(),
             available_instances: 16,
             devices: (0..instances)
-                .map(|n| sysfs_fixture::uuid_for(u64::from((index * n_types + type_index) * instances + n)))
+                .map(|n| {
+                    sysfs_fixture::uuid_for(u64::from(
+                        (index * n_types + type_index) * instances + n,
+                    ))
+                })
                 .collect(),
         })
         .collect();
@@ -145,7 +158,9 @@ fn registry_benches(c: &mut Criterion) {
     });
     let mut changed_parent = full[500].clone();
     changed_parent.types[7].available_instances = 15;
-    changed_parent.types[7].devices.push(sysfs_fixture::uuid_for(0xdead_beef));
+    changed_parent.types[7]
+        .devices
+        .push(sysfs_fixture::uuid_for(0xdead_beef));
     group.bench_function("apply_one_parent/one_type_changed", |b| {
         b.iter_batched_ref(
             || (loaded.clone(), changed_parent.clone()),
@@ -235,7 +250,9 @@ fn sysfs_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("sysfs");
     group.sample_size(20);
     group.throughput(Throughput::Elements(100));
-    group.bench_function("scan_100x32", |b| b.iter(|| mdevreg::sysfs::scan(black_box(&root))));
+    group.bench_function("scan_100x32", |b| {
+        b.iter(|| mdevreg::sysfs::scan(black_box(&root)))
+    });
     group.throughput(Throughput::Elements(1));
     group.bench_function("read_parent_32_types", |b| {
         b.iter(|| mdevreg::sysfs::read_parent(black_box(&root), black_box(&devpath)))

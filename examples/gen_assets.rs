@@ -16,7 +16,9 @@ use mdevreg::cli::{MdevregCli, MdevregdCli};
 
 fn write_man(cmd: clap::Command, section: &str, path: &Path) -> io::Result<()> {
     let mut out = Vec::new();
-    clap_mangen::Man::new(cmd).section(section).render(&mut out)?;
+    clap_mangen::Man::new(cmd)
+        .section(section)
+        .render(&mut out)?;
     File::create(path)?.write_all(&out)
 }
 
@@ -54,7 +56,10 @@ fn main() -> ExitCode {
     match generate(Path::new(&out_dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("gen_assets: cannot write to {}: {err}", Path::new(&out_dir).display());
+            eprintln!(
+                "gen_assets: cannot write to {}: {err}",
+                Path::new(&out_dir).display()
+            );
             ExitCode::FAILURE
         }
     }

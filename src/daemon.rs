@@ -8,7 +8,7 @@
 //! (un)registration → update objects and send signals → reply. Interfaces
 //! read snapshots the loop updates; no lock is held across I/O.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -602,7 +602,8 @@ impl Daemon {
     }
 
     async fn handle_sources(&mut self, batch: Vec<SourceMessage>) {
-        let mut devpaths = BTreeSet::new();
+        // Devpaths with the number of events about each.
+        let mut devpaths: BTreeMap<String, u64> = BTreeMap::new();
         let mut resync = None;
         for message in batch {
             match message {
@@ -612,7 +613,7 @@ impl Daemon {
                         log::debug!("own uevent for {} seen again", event.devpath);
                         continue;
                     }
-                    devpaths.insert(event.devpath);
+                    *devpaths.entry(event.devpath).or_default() += 1;
                 }
                 SourceMessage::Resync(reason) => resync = Some(reason),
                 SourceMessage::OwnerGone(owner) => self.owner_gone(owner).await,
@@ -620,12 +621,13 @@ impl Daemon {
         }
         if let Some(reason) = resync {
             self.rescan(reason).await;
-            return;
         }
         let mut inputs = Vec::new();
         let mut seen = HashSet::new();
-        for devpath in devpaths {
+        for (devpath, copies) in devpaths {
             match self.kernel_input(&devpath) {
+                // After a rescan the hints are only counted.
+                Some(_) if resync.is_some() => {}
                 Some(input) => {
                     let key = match &input {
                         Input::KernelParent { devpath, .. } => devpath.clone(),
@@ -635,7 +637,10 @@ impl Daemon {
                         inputs.push(input);
                     }
                 }
-                None => self.stats.bump(counters::IGNORED),
+                None => {
+                    log::debug!("{copies} uevents for {devpath}: no mdev parent there");
+                    self.stats.add(counters::IGNORED, copies);
+                }
             }
         }
         let mut events = Vec::new();

@@ -4,13 +4,11 @@
 //! libudev format on group 2, and SEQNUM gap detection.
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
+use netlink_sys::{protocols::NETLINK_KOBJECT_UEVENT, Socket, SocketAddr};
 use nix::errno::Errno;
-use nix::sys::socket::{
-    self, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, NetlinkAddr, SockFlag,
-    SockProtocol, SockType,
-};
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, NetlinkAddr};
 use tokio::io::unix::AsyncFd;
 
 use crate::uevent::{
@@ -46,7 +44,7 @@ pub enum RecvOutcome {
 /// A NETLINK_KOBJECT_UEVENT socket in the kernel group, with `SO_PASSCRED`,
 /// non-blocking and registered with the tokio reactor of the caller.
 pub struct UeventListener {
-    socket: AsyncFd<OwnedFd>,
+    socket: AsyncFd<Socket>,
     datagram: Box<[u8]>,
 }
 
@@ -61,20 +59,19 @@ impl UeventListener {
     /// `net.core.rmem_max` when the process has CAP_NET_ADMIN; the kernel
     /// doubles the value and enforces a small minimum).
     pub fn with_receive_buffer(bytes: usize) -> io::Result<Self> {
-        let fd = uevent_socket()?;
+        let fd = uevent_socket(KERNEL_GROUP_MASK)?;
         socket::setsockopt(&fd, sockopt::PassCred, &true)?;
         if socket::setsockopt(&fd, sockopt::RcvBufForce, &bytes).is_err() {
             socket::setsockopt(&fd, sockopt::RcvBuf, &bytes)?;
         }
-        socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, KERNEL_GROUP_MASK))?;
         // Registering outside a runtime would panic; report it instead.
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(io::Error::other(
                 "UeventListener needs a tokio runtime with I/O enabled",
             ));
         }
-        // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open
-        // until the AsyncFd is dropped, and OwnedFd::as_raw_fd always returns
+        // SAFETY: the socket is moved into the AsyncFd, which keeps it open
+        // until the AsyncFd is dropped, and Socket::as_raw_fd always returns
         // that same descriptor.
         let socket = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
         Ok(Self {
@@ -120,17 +117,17 @@ impl UeventListener {
     }
 }
 
-fn uevent_socket() -> io::Result<OwnedFd> {
-    Ok(socket::socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkKObjectUEvent,
-    )?)
+/// A non-blocking NETLINK_KOBJECT_UEVENT socket bound to a kernel-assigned
+/// port and the multicast `groups` (0 for none).
+fn uevent_socket(groups: u32) -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_KOBJECT_UEVENT)?;
+    socket.set_non_blocking(true)?;
+    socket.bind(&SocketAddr::new(0, groups))?;
+    Ok(socket)
 }
 
 /// One `recvmsg` and the trust check of what it returned.
-fn receive_one(fd: &OwnedFd, datagram: &mut [u8]) -> io::Result<RecvOutcome> {
+fn receive_one(fd: &Socket, datagram: &mut [u8]) -> io::Result<RecvOutcome> {
     let mut control = nix::cmsg_space!(nix::libc::ucred);
     let mut iov = [IoSliceMut::new(datagram)];
     let message = match socket::recvmsg::<NetlinkAddr>(
@@ -234,14 +231,13 @@ impl SeqnumTracker {
 /// handles an injection inside `sendto` and queues the acknowledgement before
 /// returning.
 pub struct UeventEmitter {
-    socket: OwnedFd,
+    socket: Socket,
     next_seq: u32,
 }
 
 impl UeventEmitter {
     pub fn open() -> io::Result<Self> {
-        let socket = uevent_socket()?;
-        socket::bind(socket.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        let socket = uevent_socket(0)?;
         Ok(Self {
             socket,
             next_seq: 1,

@@ -27,9 +27,8 @@ const PARENT_PATH: &str = "/org/mdevreg/Registry1/parent/policy0";
 const BUS_DENIAL: &str = "org.freedesktop.DBus.Error.AccessDenied";
 
 fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 fn shipped_policy() -> PathBuf {
@@ -46,7 +45,12 @@ impl Daemon {
     fn start(address: &str, work: &Path) -> Daemon {
         let sysfs = work.join("sysfs");
         let state = work.join("state");
-        for dir in ["sysfs/devices", "sysfs/class/mdev_bus", "sysfs/bus/mdev/devices", "state"] {
+        for dir in [
+            "sysfs/devices",
+            "sysfs/class/mdev_bus",
+            "sysfs/bus/mdev/devices",
+            "state",
+        ] {
             std::fs::create_dir_all(work.join(dir)).expect("create work dirs");
         }
         let log = work.join("mdevregd.log");
@@ -85,7 +89,14 @@ impl Drop for Daemon {
 }
 
 /// `gdbus call` on `address`, as root or (with `as_nobody`) as uid 65534.
-fn gdbus_call(address: &str, as_nobody: bool, dest: &str, path: &str, method: &str, args: &[&str]) -> Output {
+fn gdbus_call(
+    address: &str,
+    as_nobody: bool,
+    dest: &str,
+    path: &str,
+    method: &str,
+    args: &[&str],
+) -> Output {
     let mut command = if as_nobody {
         let mut command = Command::new("setpriv");
         command.args([
@@ -99,7 +110,15 @@ fn gdbus_call(address: &str, as_nobody: bool, dest: &str, path: &str, method: &s
         Command::new("gdbus")
     };
     command
-        .args(["call", "--address", address, "--dest", dest, "--object-path", path])
+        .args([
+            "call",
+            "--address",
+            address,
+            "--dest",
+            dest,
+            "--object-path",
+            path,
+        ])
         .args(["--method", method])
         .args(args)
         .env("HOME", "/")
@@ -195,7 +214,10 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !name_has_owner(&address) {
         if let Some(status) = daemon.exited() {
-            panic!("mdevregd exited ({status}) before owning {BUS_NAME}; log:\n{}", daemon.log());
+            panic!(
+                "mdevregd exited ({status}) before owning {BUS_NAME}; log:\n{}",
+                daemon.log()
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -217,7 +239,10 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
             "[{'Id': <'policy-1'>, 'DeviceApi': <'vfio-pci'>, 'AvailableInstances': <uint32 2>}]",
         ],
     );
-    assert!(registered.contains(PARENT_PATH), "RegisterParent returned {registered}");
+    assert!(
+        registered.contains(PARENT_PATH),
+        "RegisterParent returned {registered}"
+    );
 
     // Everyone reads.
     let managed = call_ok(
@@ -231,9 +256,21 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
         managed.contains(PARENT_PATH) && managed.contains("org.mdevreg.Parent1"),
         "GetManagedObjects as uid 65534: {managed}"
     );
-    let parents = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.ListParents"), &[]);
+    let parents = call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        &format!("{IFACE}.ListParents"),
+        &[],
+    );
     assert!(parents.contains(PARENT_PATH), "ListParents: {parents}");
-    let parent = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.GetParent"), &[PARENT]);
+    let parent = call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        &format!("{IFACE}.GetParent"),
+        &[PARENT],
+    );
     assert!(parent.contains(PARENT_PATH), "GetParent: {parent}");
     let name = call_ok(
         &address,
@@ -258,7 +295,13 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
         &[],
     );
     assert!(xml.contains(IFACE), "Introspect: {xml}");
-    call_ok(&address, true, ROOT_PATH, "org.freedesktop.DBus.Peer.Ping", &[]);
+    call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        "org.freedesktop.DBus.Peer.Ping",
+        &[],
+    );
 
     // The bus rejects uid 65534's mutating calls before mdevregd sees them.
     let register = gdbus_call(
@@ -283,17 +326,52 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
         &[PARENT],
     );
     assert_denied_by_bus(&unregister, "UnregisterParent");
-    let rescan = gdbus_call(&address, true, BUS_NAME, ROOT_PATH, &format!("{IFACE}.Rescan"), &[]);
+    let rescan = gdbus_call(
+        &address,
+        true,
+        BUS_NAME,
+        ROOT_PATH,
+        &format!("{IFACE}.Rescan"),
+        &[],
+    );
     assert_denied_by_bus(&rescan, "Rescan");
-    let after = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.ListParents"), &[]);
-    assert!(after.contains(PARENT_PATH) && !after.contains("policy1"), "{after}");
+    let after = call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        &format!("{IFACE}.ListParents"),
+        &[],
+    );
+    assert!(
+        after.contains(PARENT_PATH) && !after.contains("policy1"),
+        "{after}"
+    );
 
     // Root's mutating calls pass.
     call_ok(&address, false, ROOT_PATH, &format!("{IFACE}.Rescan"), &[]);
-    call_ok(&address, false, ROOT_PATH, &format!("{IFACE}.UnregisterParent"), &[PARENT]);
-    let empty = call_ok(&address, true, ROOT_PATH, &format!("{IFACE}.ListParents"), &[]);
-    assert!(!empty.contains(PARENT_PATH), "after UnregisterParent: {empty}");
-    assert!(daemon.exited().is_none(), "mdevregd died; log:\n{}", daemon.log());
+    call_ok(
+        &address,
+        false,
+        ROOT_PATH,
+        &format!("{IFACE}.UnregisterParent"),
+        &[PARENT],
+    );
+    let empty = call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        &format!("{IFACE}.ListParents"),
+        &[],
+    );
+    assert!(
+        !empty.contains(PARENT_PATH),
+        "after UnregisterParent: {empty}"
+    );
+    assert!(
+        daemon.exited().is_none(),
+        "mdevregd died; log:\n{}",
+        daemon.log()
+    );
 }
 
 /// Control: on the same system-like bus without our policy file, not even

@@ -200,6 +200,18 @@ proptest! {
     }
 }
 
+/// Inputs the fuzz target found, kept as fixed cases: an empty
+/// `device_api` file (kept, as mdevctl keeps it) and NUL bytes in a
+/// `description` (must not come through).
+#[test]
+fn generated_tree_regressions() {
+    let base = tempfile::tempdir().unwrap();
+    let scratch = tree_ops::Scratch::new(base.path(), "tree");
+    for data in [&b"}f"[..], &[2, 8, 0, 10][..]] {
+        tree_ops::check_reader(scratch.tree(data));
+    }
+}
+
 /// The path of type `id` of `parent` on the bus.
 fn type_path(parent: &str, id: &str) -> String {
     mdevreg::label::type_path(parent, id)
@@ -368,6 +380,64 @@ fn daemon_serves_the_good_parents_of_a_hostile_tree() {
             damaged.len(),
             flips.load(Ordering::Relaxed)
         );
+        },
+    );
+}
+
+/// NUL bytes in text attributes (the kernel never writes them, a hostile
+/// or broken tree may): D-Bus strings cannot carry NUL, so they must not
+/// reach the bus as they are, and the daemon must start and serve.
+#[test]
+fn nul_bytes_in_attributes_do_not_break_the_daemon() {
+    run(
+        "nul_bytes_in_attributes_do_not_break_the_daemon",
+        &[],
+        || async {
+            let tree = FakeSysfs::new();
+            tree.add_parent(&ParentSpec::mtty());
+            tree.add_parent(&ParentSpec::mbochs());
+            fs::write(
+                tree.type_dir("mbochs", "mbochs-1").join("description"),
+                "64 MB\0video\n",
+            )
+            .unwrap();
+            fs::write(
+                tree.type_dir("mbochs", "mbochs-2").join("name"),
+                "med\0ium\n",
+            )
+            .unwrap();
+            let mut setup = Setup::start(tree.root(), |options| options.emit = "none").await;
+            setup.daemon.assert_alive("after reading NUL bytes");
+            assert_eq!(setup.snapshot().await.names(), ["mbochs", "mtty"]);
+            // Every object, the NUL-damaged types included, can be read.
+            let managed = zbus::fdo::ObjectManagerProxy::builder(&setup.client)
+                .destination(reliability::BUS_NAME)
+                .path(reliability::ROOT_PATH)
+                .build()
+                .await
+                .unwrap()
+                .get_managed_objects()
+                .await;
+            let managed = managed.unwrap_or_else(|err| panic!("GetManagedObjects fails: {err}"));
+            assert!(managed.len() >= 1 + 1 + 3, "{} objects", managed.len());
+            for id in ["mbochs-1", "mbochs-2"] {
+                let type_proxy = zbus::Proxy::new(
+                    &setup.client,
+                    reliability::BUS_NAME,
+                    type_path("mbochs", id),
+                    "org.mdevreg.MdevType1",
+                )
+                .await
+                .unwrap();
+                for property in ["Name", "Description"] {
+                    let value: zbus::Result<String> = type_proxy.get_property(property).await;
+                    let value = value.unwrap_or_else(|err| panic!("{id} {property}: {err}"));
+                    assert!(!value.contains('\0'), "{id} {property}: {value:?}");
+                }
+            }
+            setup
+                .daemon
+                .assert_alive("after clients read the NUL-damaged types");
         },
     );
 }

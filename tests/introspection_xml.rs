@@ -165,7 +165,10 @@ fn model(xml: &str) -> BTreeMap<String, Interface> {
 
 /// Lets an unnamed output argument of the daemon stand for the named one of
 /// the file (zbus does not name output arguments).
-fn adopt_out_arg_names(daemon: &mut BTreeMap<String, Interface>, file: &BTreeMap<String, Interface>) {
+fn adopt_out_arg_names(
+    daemon: &mut BTreeMap<String, Interface>,
+    file: &BTreeMap<String, Interface>,
+) {
     for (iface_name, iface) in daemon.iter_mut() {
         let Some(file_iface) = file.get(iface_name) else {
             continue;
@@ -185,7 +188,14 @@ fn adopt_out_arg_names(daemon: &mut BTreeMap<String, Interface>, file: &BTreeMap
 
 fn introspect(address: &str, path: &str) -> String {
     let output = Command::new("gdbus")
-        .args(["introspect", "--xml", "--address", address, "--dest", BUS_NAME])
+        .args([
+            "introspect",
+            "--xml",
+            "--address",
+            address,
+            "--dest",
+            BUS_NAME,
+        ])
         .args(["--object-path", path])
         .stdin(Stdio::null())
         .output()
@@ -208,9 +218,8 @@ impl Drop for Daemon {
 }
 
 fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 #[test]
@@ -222,12 +231,17 @@ fn shipped_introspection_matches_the_daemon() {
             return;
         }
     }
-    let file_path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.mdevreg.Registry1.xml");
+    let file_path: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.mdevreg.Registry1.xml");
     let file_xml = std::fs::read_to_string(&file_path).expect("read shipped XML");
     let file_model = model(&file_xml);
     assert_eq!(
         file_model.keys().collect::<Vec<_>>(),
-        ["org.mdevreg.MdevType1", "org.mdevreg.Parent1", "org.mdevreg.Registry1"],
+        [
+            "org.mdevreg.MdevType1",
+            "org.mdevreg.Parent1",
+            "org.mdevreg.Registry1"
+        ],
         "the shipped file describes all three interfaces"
     );
 
@@ -264,7 +278,14 @@ fn shipped_introspection_matches_the_daemon() {
             );
         }
         let type_xml = Command::new("gdbus")
-            .args(["introspect", "--xml", "--address", bus.address(), "--dest", BUS_NAME])
+            .args([
+                "introspect",
+                "--xml",
+                "--address",
+                bus.address(),
+                "--dest",
+                BUS_NAME,
+            ])
             .args(["--object-path", MTTY_TYPE_PATH])
             .stdin(Stdio::null())
             .output()
@@ -290,7 +311,8 @@ fn shipped_introspection_matches_the_daemon() {
             .get(name)
             .unwrap_or_else(|| panic!("the daemon does not serve {name}"));
         assert_eq!(
-            running, shipped,
+            running,
+            shipped,
             "{name}: the daemon (left) differs from {} (right)",
             file_path.display()
         );

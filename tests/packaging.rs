@@ -24,12 +24,24 @@ const SHIPPED: &[(&str, u32)] = &[
     ("/usr/bin/mdevreg", 0o755),
     ("/usr/lib/udev/rules.d/70-mdevreg.rules", 0o644),
     ("/usr/lib/udev/mdevreg-run-hooks", 0o755),
-    ("/usr/share/dbus-1/system.d/org.mdevreg.Registry1.conf", 0o644),
-    ("/usr/share/dbus-1/system-services/org.mdevreg.Registry1.service", 0o644),
-    ("/usr/share/dbus-1/interfaces/org.mdevreg.Registry1.xml", 0o644),
+    (
+        "/usr/share/dbus-1/system.d/org.mdevreg.Registry1.conf",
+        0o644,
+    ),
+    (
+        "/usr/share/dbus-1/system-services/org.mdevreg.Registry1.service",
+        0o644,
+    ),
+    (
+        "/usr/share/dbus-1/interfaces/org.mdevreg.Registry1.xml",
+        0o644,
+    ),
     ("/usr/lib/systemd/system/mdevregd.service", 0o644),
     ("/etc/mdevreg/hooks.d/README", 0o644),
-    ("/usr/share/doc/mdevreg/examples/hooks.d/50-log-transition", 0o755),
+    (
+        "/usr/share/doc/mdevreg/examples/hooks.d/50-log-transition",
+        0o755,
+    ),
     ("/usr/share/man/man1/mdevreg.1.gz", 0o644),
     ("/usr/share/man/man8/mdevregd.8.gz", 0o644),
     ("/usr/share/bash-completion/completions/mdevreg", 0o644),
@@ -47,9 +59,8 @@ fn manifest_dir() -> &'static Path {
 }
 
 fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 fn tools_present(test: &str, tools: &[&str]) -> bool {
@@ -107,10 +118,7 @@ fn make(target: &str, vars: &[(&str, String)]) -> Output {
     for (name, value) in vars {
         command.arg(format!("{name}={value}"));
     }
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .expect("run make");
+    let output = command.stdin(Stdio::null()).output().expect("run make");
     checked(output, &format!("make {target}"))
 }
 
@@ -126,7 +134,11 @@ fn staged_files(root: &Path) -> BTreeMap<String, u32> {
             if meta.is_dir() {
                 pending.push(entry.path());
             } else {
-                let relative = entry.path().strip_prefix(root).expect("under root").to_owned();
+                let relative = entry
+                    .path()
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_owned();
                 files.insert(
                     format!("/{}", relative.display()),
                     meta.permissions().mode() & 0o7777,
@@ -233,12 +245,19 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
             ("ZSHCOMPDIR", DEBIAN_ZSH_DIR.to_owned()),
         ],
     );
-    assert_eq!(staged_files(&stage), expected(DEBIAN_ZSH_DIR), "make install");
+    assert_eq!(
+        staged_files(&stage),
+        expected(DEBIAN_ZSH_DIR),
+        "make install"
+    );
     let man = fs::read(stage.join("usr/share/man/man8/mdevregd.8.gz")).expect("man page");
     assert_eq!(&man[..2], &[0x1f, 0x8b], "man pages are gzip files");
     let unit = fs::read_to_string(stage.join("usr/lib/systemd/system/mdevregd.service"))
         .expect("staged unit");
-    assert!(unit.contains("ExecStart=/usr/bin/mdevregd --bus system"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=/usr/bin/mdevregd --bus system"),
+        "{unit}"
+    );
 
     // The Debian package (the dev profile: this checks packaging, not codegen).
     // cargo-deb reads the assets from target/assets, as `make deb` makes them.
@@ -246,7 +265,7 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
         "deb",
         &[(
             "CARGO_DEB_FLAGS",
-            format!("--profile dev --no-strip --output {}", debs.display()),
+            format!("--profile dev --fast --output {}", debs.display()),
         )],
     );
     let deb = fs::read_dir(&debs)
@@ -255,32 +274,54 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .unwrap_or_else(|| panic!("no .deb in {}", debs.display()));
     let listing = checked(
-        Command::new("dpkg-deb").arg("-c").arg(&deb).output().expect("dpkg-deb -c"),
+        Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(&deb)
+            .output()
+            .expect("dpkg-deb -c"),
         "dpkg-deb -c",
     );
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     let mut in_deb = deb_files(&listing);
     // cargo-deb writes the Debian copyright file itself.
-    assert!(in_deb.remove("/usr/share/doc/mdevreg/copyright").is_some(), "{listing}");
-    assert_eq!(in_deb, expected(DEBIAN_ZSH_DIR), "dpkg-deb -c {}", deb.display());
+    assert!(
+        in_deb.remove("/usr/share/doc/mdevreg/copyright").is_some(),
+        "{listing}"
+    );
+    assert_eq!(
+        in_deb,
+        expected(DEBIAN_ZSH_DIR),
+        "dpkg-deb -c {}",
+        deb.display()
+    );
 
     let control = work.path().join("control");
     checked(
-        Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control).output().expect("dpkg-deb -e"),
+        Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(&deb)
+            .arg(&control)
+            .output()
+            .expect("dpkg-deb -e"),
         "dpkg-deb -e",
     );
     let conffiles = fs::read_to_string(control.join("conffiles")).unwrap_or_default();
-    assert!(conffiles.contains("/etc/mdevreg/hooks.d/README"), "conffiles: {conffiles}");
+    assert!(
+        conffiles.contains("/etc/mdevreg/hooks.d/README"),
+        "conffiles: {conffiles}"
+    );
     let postinst = fs::read_to_string(control.join("postinst")).unwrap_or_default();
     assert!(
         postinst.contains("mdevregd.service") && postinst.contains("deb-systemd-helper"),
         "postinst enables the unit: {postinst}"
     );
-    assert!(manifest_dir().join("target/assets/man/mdevregd.8.gz").exists());
+    assert!(manifest_dir()
+        .join("target/assets/man/mdevregd.8.gz")
+        .exists());
 
     // The RPM spec names the same files (zsh in Fedora's directory).
-    let spec = fs::read_to_string(manifest_dir().join("packaging/rpm/mdevreg.spec"))
-        .expect("read spec");
+    let spec =
+        fs::read_to_string(manifest_dir().join("packaging/rpm/mdevreg.spec")).expect("read spec");
     let mut in_rpm = rpm_files(&spec);
     in_rpm.sort();
     let mut want: Vec<String> = expected(RPM_ZSH_DIR)
@@ -318,8 +359,14 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
 
     // The unit, the activation file and the bus name agree.
     assert_eq!(ini_value(&unit, "Type").as_deref(), Some("dbus"));
-    assert_eq!(ini_value(&unit, "BusName").as_deref(), Some("org.mdevreg.Registry1"));
-    assert_eq!(ini_value(&activation, "Name").as_deref(), Some("org.mdevreg.Registry1"));
+    assert_eq!(
+        ini_value(&unit, "BusName").as_deref(),
+        Some("org.mdevreg.Registry1")
+    );
+    assert_eq!(
+        ini_value(&activation, "Name").as_deref(),
+        Some("org.mdevreg.Registry1")
+    );
     assert_eq!(
         ini_value(&activation, "SystemdService").as_deref(),
         Some("mdevregd.service")
@@ -338,7 +385,10 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
     }
     // Network and user namespacing would cut the daemon off the host's uevents.
     for key in ["PrivateNetwork", "PrivateUsers"] {
-        assert!(ini_value(&unit, key).is_none_or(|v| v == "no"), "{key}= must stay off");
+        assert!(
+            ini_value(&unit, key).is_none_or(|v| v == "no"),
+            "{key}= must stay off"
+        );
     }
 
     // systemd-analyze verify checks ExecStart= and the man pages of
@@ -349,8 +399,11 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
     let man_root = work.path().join("man");
     for (page, section) in [("mdevreg.1", "man1"), ("mdevregd.8", "man8")] {
         fs::create_dir_all(man_root.join(section)).expect("man dir");
-        fs::copy(assets.join("man").join(page), man_root.join(section).join(page))
-            .expect("copy man page");
+        fs::copy(
+            assets.join("man").join(page),
+            man_root.join(section).join(page),
+        )
+        .expect("copy man page");
     }
     let unit_dir = work.path().join("units");
     fs::create_dir_all(&unit_dir).expect("unit dir");
@@ -390,7 +443,10 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
         unit.replace("/usr/bin/mdevregd", "/nonexistent/mdevregd"),
     )
     .expect("write broken unit");
-    assert!(!verify(&broken).status.success(), "verify must catch a missing ExecStart binary");
+    assert!(
+        !verify(&broken).status.success(),
+        "verify must catch a missing ExecStart binary"
+    );
 
     // Hardening stays at systemd's "OK" exposure or better (at most 2.5).
     let security = Command::new("systemd-analyze")

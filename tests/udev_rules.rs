@@ -10,12 +10,18 @@
 //! kernel uevents, watches udevd's processed events with a libudev monitor and
 //! checks what the hooks recorded.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use common::netns::missing_prerequisite;
+use mdevreg::netlink::UeventEmitter;
+use mdevreg::uevent::Uevent;
 
 /// Env var naming the temp dir of the scenario; set only for the inner run.
 const INNER_DIR_ENV: &str = "MDEVREG_UDEV_TEST_DIR";
@@ -28,14 +34,6 @@ const PARENT_DEVPATH: &str = "/devices/virtual/mdevreg/mdevregtest0";
 const OTHER_DEVPATH: &str = "/devices/virtual/mdevreg/mdevregtest1";
 const SYNTH_UUID: &str = "0b5c3a8e-43a4-4f3e-9d1e-3c6c8d6f1a27";
 
-/// Skips (prints why) or, when `CI` is set, fails.
-fn missing_prerequisite(what: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("prerequisite missing in CI: {what}");
-    }
-    eprintln!("SKIPPED: {what}");
-}
-
 fn find_udevd() -> Option<PathBuf> {
     [
         "/usr/lib/systemd/systemd-udevd",
@@ -47,12 +45,8 @@ fn find_udevd() -> Option<PathBuf> {
 }
 
 fn tool_exists(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|status| status.success())
-        .unwrap_or(false)
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
 }
 
 fn namespace_ids() -> String {
@@ -63,15 +57,19 @@ fn namespace_ids() -> String {
 
 #[test]
 fn udevd_runs_hooks_once_per_transition() {
+    const TEST: &str = "udevd_runs_hooks_once_per_transition";
     if !nix::unistd::geteuid().is_root() {
-        return missing_prerequisite("root (unshare, mounts, uevent injection)");
+        missing_prerequisite::<()>(TEST, "needs root (unshare, mounts, uevent injection)");
+        return;
     }
     if find_udevd().is_none() {
-        return missing_prerequisite("systemd-udevd (Debian package udev)");
+        missing_prerequisite::<()>(TEST, "systemd-udevd not found (Debian package udev)");
+        return;
     }
     for tool in ["unshare", "mount", "flock", "logger", "od"] {
         if !tool_exists(tool) {
-            return missing_prerequisite(tool);
+            missing_prerequisite::<()>(TEST, &format!("{tool} not found"));
+            return;
         }
     }
 
@@ -207,31 +205,17 @@ impl Monitor {
     }
 }
 
-/// Sends one uevent into this network namespace by kernel injection (SPEC
-/// §1.4): an nlmsghdr followed by `ACTION@DEVPATH\0KEY=VAL\0...`, unicast to
-/// port 0; the kernel adds SEQNUM and broadcasts it as a kernel event.
+/// Sends one `change` uevent into this network namespace by kernel injection
+/// (SPEC §1.4) with mdevregd's own emitter: the kernel numbers it and
+/// broadcasts it as a kernel event.
 fn inject(devpath: &str, env: &[(&str, &str)]) {
-    use netlink_sys::{protocols::NETLINK_KOBJECT_UEVENT, Socket, SocketAddr};
-
-    let mut payload = format!("change@{devpath}\0ACTION=change\0DEVPATH={devpath}\0").into_bytes();
+    let mut event = Uevent::new("change", devpath);
     for (key, value) in env {
-        payload.extend_from_slice(format!("{key}={value}\0").as_bytes());
+        event = event.with(*key, *value);
     }
-    const NLMSG_HDRLEN: usize = 16;
-    const NLMSG_MIN_TYPE: u16 = 0x10;
-    const NLM_F_REQUEST: u16 = 1;
-    let total = u32::try_from(NLMSG_HDRLEN + payload.len()).expect("small message");
-    let mut message = Vec::with_capacity(total as usize);
-    message.extend_from_slice(&total.to_ne_bytes());
-    message.extend_from_slice(&NLMSG_MIN_TYPE.to_ne_bytes());
-    message.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    message.extend_from_slice(&0u32.to_ne_bytes()); // port id: let the kernel pick
-    message.extend_from_slice(&payload);
-
-    let socket = Socket::new(NETLINK_KOBJECT_UEVENT).expect("uevent netlink socket");
-    socket
-        .send_to(&message, &SocketAddr::new(0, 0), 0)
+    UeventEmitter::open()
+        .expect("uevent netlink socket")
+        .inject(&event)
         .expect("inject uevent (needs CAP_SYS_ADMIN)");
 }
 
@@ -343,7 +327,10 @@ fn inner_udev_scenario() {
     let _udevd = Udevd(udevd);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new("/run/udev/control").exists() {
-        assert!(Instant::now() < deadline, "udevd did not create /run/udev/control");
+        assert!(
+            Instant::now() < deadline,
+            "udevd did not create /run/udev/control"
+        );
         sleep(Duration::from_millis(50));
     }
     let mut monitor = Monitor::new();
@@ -376,7 +363,12 @@ fn inner_udev_scenario() {
         assert_parent_event(event, "registered", PARENT);
     }
     settle();
-    assert_eq!(runs_for(&hook_log, PARENT).len(), 1, "{:?}", hook_runs(&hook_log));
+    assert_eq!(
+        runs_for(&hook_log, PARENT).len(),
+        1,
+        "{:?}",
+        hook_runs(&hook_log)
+    );
     let log_text = fs::read_to_string(&udevd_log).unwrap_or_default();
     assert!(
         log_text.contains(&format!(
@@ -414,7 +406,10 @@ fn inner_udev_scenario() {
     inject(OTHER_DEVPATH, &[("SUBSYSTEM", "mdevreg"), ("FOO", "bar")]);
     let events = monitor.wait_for(OTHER_DEVPATH, 1, long);
     assert_eq!(events[0].get("MDEVREG_PARENT"), None, "{:#?}", events[0]);
-    assert!(!events[0].get("TAGS").unwrap_or_default().contains("mdevreg"));
+    assert!(!events[0]
+        .get("TAGS")
+        .unwrap_or_default()
+        .contains("mdevreg"));
     settle();
     assert!(runs_for(&hook_log, "mdevregtest1").is_empty());
 
@@ -434,6 +429,28 @@ fn inner_udev_scenario() {
         runs_for(&hook_log, "lo"),
         vec![format!("registered|lo|registered|lo|{lo_devpath}")]
     );
+    // 7. A userspace parent with its own DevPath: the name comes from
+    // MDEV_PARENT, not from the last DEVPATH component.
+    let custom_devpath = "/devices/virtual/custom/node7";
+    inject(
+        custom_devpath,
+        &[
+            ("SUBSYSTEM", "mdevreg"),
+            ("MDEV_STATE", "registered"),
+            ("MDEV_PARENT", "custom-parent"),
+        ],
+    );
+    let events = monitor.wait_for(custom_devpath, 1, long);
+    assert_parent_event(&events[0], "registered", "custom-parent");
+    settle();
+    assert_eq!(
+        runs_for(&hook_log, "custom-parent"),
+        vec![format!(
+            "registered|custom-parent|registered|custom-parent|{custom_devpath}"
+        )]
+    );
+    assert!(runs_for(&hook_log, "node7").is_empty());
+
     // The non-executable file was never run (it would not have logged, but
     // it must not be counted as a hook either).
     let log_text = fs::read_to_string(&udevd_log).unwrap_or_default();

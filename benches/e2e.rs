@@ -186,6 +186,7 @@ struct Results {
     query_outputs_equal: Option<bool>,
     startup_ms: Vec<f64>,
     rss_mib: Option<f64>,
+    rss_mib_startup: Option<f64>,
     rss_mib_end: Option<f64>,
     latency_us: Vec<f64>,
     raw_netlink_us: Vec<f64>,
@@ -510,7 +511,12 @@ impl DaemonSetup<'_> {
             .open(&self.log)
             .map_err(|err| format!("open daemon log: {err}"))?;
         // Profiling aid: `MDEVREG_BENCH_DAEMON_WRAPPER="perf record -g -o F --"`.
-        let wrapper = std::env::var("MDEVREG_BENCH_DAEMON_WRAPPER").unwrap_or_default();
+        // `{n}` in it becomes the number of this start.
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let start_number = STARTS.fetch_add(1, Ordering::Relaxed);
+        let wrapper = std::env::var("MDEVREG_BENCH_DAEMON_WRAPPER")
+            .unwrap_or_default()
+            .replace("{n}", &start_number.to_string());
         let mut words = wrapper.split_whitespace();
         let mut command = match words.next() {
             Some(program) => {
@@ -640,6 +646,7 @@ async fn daemon_phases(
     eprintln!("e2e: startup median {:.1} ms", median(&results.startup_ms));
 
     let (daemon, _) = setup.start_and_wait(&dbus, None).await?;
+    results.rss_mib_startup = vm_hwm_mib(daemon.pid());
     let result = measure_with_daemon(&setup, &daemon, &connection, scale, results).await;
     results.rss_mib_end = vm_hwm_mib(daemon.pid());
     setup.stop_and_wait(&dbus, daemon).await;
@@ -996,7 +1003,17 @@ async fn latency_phase(
     let mut emitter = UeventEmitter::open().map_err(|err| format!("emitter: {err}"))?;
     let mut injected: Vec<(String, Instant)> = Vec::new();
     let timeout = Duration::from_secs(2);
+    // A stuck daemon must not hold the whole run up.
+    let budget = Duration::from_secs(600);
+    let phase_started = Instant::now();
     for index in 0..scale.latency_events {
+        if phase_started.elapsed() > budget {
+            results.notes.push(format!(
+                "latency phase stopped after {index} events: over its {} s budget",
+                budget.as_secs()
+            ));
+            break;
+        }
         let spec = latency_parent(index);
         tree.add_parent(&spec);
         let event = state_event(&spec, "registered");
@@ -1380,7 +1397,9 @@ fn summarize(results: &Results) -> Summary {
 
 fn write_reports(results: &Results) -> Result<(), String> {
     let summary = summarize(results);
+    let rss_startup: Vec<f64> = results.rss_mib_startup.into_iter().collect();
     let samples: BTreeMap<&str, &Vec<f64>> = BTreeMap::from([
+        ("rss_mib_after_startup", &rss_startup),
         ("scan_mdevctl_ms", &results.scan_mdevctl_ms),
         ("scan_mdevreg_ms", &results.scan_mdevreg_ms),
         ("query_mdevctl_ms", &results.query_mdevctl_ms),
@@ -1408,8 +1427,6 @@ fn write_reports(results: &Results) -> Result<(), String> {
         "rss_mib_1000x32": number(summary.rss),
         "startup_ms_1000x32": number(summary.startup),
         "samples": samples,
-        "scale": results.scale,
-        "notes": results.notes,
     });
     let target = Path::new(MANIFEST_DIR).join("target/bench");
     std::fs::create_dir_all(&target).map_err(|err| format!("{}: {err}", target.display()))?;
@@ -1579,8 +1596,8 @@ fn markdown(results: &Results, s: &Summary) -> String {
     );
     let _ = writeln!(
         text,
-        "- The fake tree is built by `tests/common/sysfs_fixture.rs` (`many_parents`) in a \
-         temporary directory and bind-mounted over `/sys` in a private mount namespace, where \
+        "- The fake tree is built by `tests/common/sysfs_fixture.rs` (`many_parents`; instances \
+         added in the same layout as `FakeSysfs::add_instance`) on a tmpfs and bind-mounted over `/sys` in a private mount namespace, where \
          Debian's mdevctl 1.2.0 reads it; mdevreg reads the same directory with `--sysfs-root`. \
          Outputs compared as JSON: scan {}, query {}.",
         match results.scan_outputs_equal {
@@ -1626,11 +1643,10 @@ fn markdown(results: &Results, s: &Summary) -> String {
     );
     let _ = writeln!(
         text,
-        "- RSS: VmHWM of mdevregd after startup and the query rounds{}.",
-        match results.rss_mib_end {
-            Some(end) => format!(" ({end:.1} MiB at the end of the latency phase)"),
-            None => String::new(),
-        }
+        "- RSS: VmHWM of mdevregd after startup and the query rounds (the table's figure); \
+         {} MiB right after startup, {} MiB at the end of the latency phase.",
+        fmt(results.rss_mib_startup.unwrap_or(f64::NAN), 1),
+        fmt(results.rss_mib_end.unwrap_or(f64::NAN), 1)
     );
     if !results.notes.is_empty() {
         let _ = writeln!(text, "\n## Notes\n");

@@ -243,28 +243,31 @@ fn read_type(
 }
 
 /// `name` or `description`: absent or unreadable gives "", non-UTF-8 is
-/// converted lossily; both with a warning except plain absence.
+/// converted lossily, NUL bytes are dropped; each with a warning except
+/// plain absence.
 fn read_optional_text(path: &Path, warnings: &mut Vec<Warning>) -> String {
-    match read_attr_bytes(path) {
-        Ok(None) => String::new(),
-        Ok(Some(bytes)) => match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(err) => {
-                warnings.push(Warning::new(
-                    path,
-                    "not valid UTF-8; invalid bytes replaced",
-                ));
-                String::from_utf8_lossy(err.as_bytes()).into_owned()
-            }
-        },
+    let mut bytes = match read_attr_bytes(path) {
+        Ok(None) => return String::new(),
+        Ok(Some(bytes)) => bytes,
         Err(warning) => {
             warnings.push(Warning::new(
                 warning.path,
                 format!("{}; treated as absent", warning.message),
             ));
-            String::new()
+            return String::new();
         }
+    };
+    if bytes.contains(&0) {
+        warnings.push(Warning::new(path, "contains NUL bytes; removed"));
+        bytes.retain(|&b| b != 0);
     }
+    String::from_utf8(bytes).unwrap_or_else(|err| {
+        warnings.push(Warning::new(
+            path,
+            "not valid UTF-8; invalid bytes replaced",
+        ));
+        String::from_utf8_lossy(err.as_bytes()).into_owned()
+    })
 }
 
 /// UUIDs in `<type>/devices/`, sorted; missing directory gives none.
@@ -422,9 +425,12 @@ fn read_attr_bytes(path: &Path) -> Result<Option<Vec<u8>>, Warning> {
 }
 
 /// Reads an attribute as UTF-8 text, untrimmed; `Ok(None)` when absent.
+/// A NUL byte is an error: no D-Bus string, JSON consumer or C reader of
+/// ours could carry it.
 pub fn read_attr_string(path: &Path) -> Result<Option<String>, Warning> {
     match read_attr_bytes(path)? {
         None => Ok(None),
+        Some(bytes) if bytes.contains(&0) => Err(Warning::new(path, "contains a NUL byte")),
         Some(bytes) => String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| Warning::new(path, "not valid UTF-8")),

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
@@ -15,7 +14,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::netns::missing_prerequisite;
+use common::bus::DbusDaemon;
+use common::daemon::{Daemon, DaemonOptions};
+use common::prereq::{open_tempdir, require_tools};
 use common::sysfs_fixture::{populate_mixed, FakeSysfs, ParentSpec, TypeSpec};
 use mdevreg::label;
 use nix::sys::signal::{kill, Signal};
@@ -23,136 +24,56 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 const CLI: &str = env!("CARGO_BIN_EXE_mdevreg");
-const DAEMON: &str = env!("CARGO_BIN_EXE_mdevregd");
 
 /// How long to wait for a process to show something.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A private dbus-daemon on a unix socket in a temporary directory.
-struct PrivateBus {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateBus {
-    /// Starts one, or reports the missing prerequisite (`None`: skip).
-    fn start(test: &str) -> Option<PrivateBus> {
-        if Command::new("dbus-daemon")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            return missing_prerequisite(test, "dbus-daemon is not installed");
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("mdevreg-bus-")
-            .tempdir()
-            .expect("temporary directory");
-        let config = dir.path().join("bus.conf");
-        let socket = dir.path().join("bus");
-        fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .expect("write bus config");
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdout(Stdio::piped())
-            // Only noise here (e.g. "Failed to set fd limit").
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn dbus-daemon");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the bus address");
-        let address = line.trim().to_owned();
-        assert!(address.starts_with("unix:path="), "bus address {address:?}");
-        Some(PrivateBus {
-            child,
-            address,
-            _dir: dir,
-        })
+/// Starts a private permissive bus, or reports the missing prerequisite
+/// (`None`: skip).
+fn start_bus(test: &str) -> Option<DbusDaemon> {
+    if !require_tools(test, &["dbus-daemon"]) {
+        return None;
     }
+    Some(DbusDaemon::start_permissive())
 }
 
-impl Drop for PrivateBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `mdevregd` serving `tree` on `bus`.
-struct Daemon {
-    child: Child,
+/// A running `mdevregd` serving a tree on a bus (`--emit none`, no netlink),
+/// its state and log in a temporary directory, out of the test output.
+struct ServingDaemon {
+    daemon: Daemon,
     _state: tempfile::TempDir,
 }
 
-impl Daemon {
-    fn start(bus: &PrivateBus, tree: &Path) -> Daemon {
-        let state = tempfile::Builder::new()
-            .prefix("mdevreg-state-")
-            .tempdir()
-            .expect("temporary directory");
-        // Its log stays next to its state, out of the test output.
-        let log = fs::File::create(state.path().join("mdevregd.log")).expect("create log");
-        let child = Command::new(DAEMON)
-            .args(["--bus", &bus.address, "--sysfs-root"])
-            .arg(tree)
-            .arg("--state-dir")
-            .arg(state.path())
-            .args(["--emit", "none", "--no-netlink"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn mdevregd");
-        let mut daemon = Daemon {
-            child,
-            _state: state,
-        };
+impl ServingDaemon {
+    fn start(bus: &DbusDaemon, tree: &Path) -> ServingDaemon {
+        let state = open_tempdir("mdevreg-state-");
+        let mut options = DaemonOptions::new(tree, state.path());
+        options.emit = "none";
+        options.netlink = false;
+        options.verbose = false;
+        let mut daemon = Daemon::spawn(bus.address(), &options, state.path());
         // Ready once it answers on the bus.
         let deadline = Instant::now() + PATIENCE;
         loop {
             if mdevreg(bus, &["stats"]).status.success() {
-                return daemon;
+                return ServingDaemon {
+                    daemon,
+                    _state: state,
+                };
             }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("mdevregd exited early: {status}");
-            }
+            daemon.assert_alive("before answering on the bus");
             assert!(Instant::now() < deadline, "mdevregd did not come up");
             thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// SIGTERM, then waits for the exit.
+    /// SIGTERM, then waits (bounded) for the exit.
     fn stop(mut self) {
-        terminate(&mut self.child, Signal::SIGTERM);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.daemon.is_alive() {
+            self.daemon.signal(Signal::SIGTERM);
+            let exited = self.daemon.wait_exit(PATIENCE);
+            assert!(exited.is_some(), "mdevregd did not exit on SIGTERM");
+        }
     }
 }
 
@@ -185,8 +106,8 @@ fn wait_exit(child: &mut Child) -> Option<i32> {
 }
 
 /// Runs `mdevreg --bus <bus> ARGS...` to completion.
-fn mdevreg(bus: &PrivateBus, args: &[&str]) -> Output {
-    mdevreg_on(&bus.address, args)
+fn mdevreg(bus: &DbusDaemon, args: &[&str]) -> Output {
+    mdevreg_on(bus.address(), args)
 }
 
 fn mdevreg_on(address: &str, args: &[&str]) -> Output {
@@ -285,7 +206,7 @@ fn stderr_of(child: &mut Child) -> String {
 
 /// Registers and unregisters a probe parent until `monitors` have all
 /// printed its events: from then on they are subscribed.
-fn wait_subscribed(bus: &PrivateBus, monitors: &[&LineReader]) {
+fn wait_subscribed(bus: &DbusDaemon, monitors: &[&LineReader]) {
     let deadline = Instant::now() + PATIENCE;
     let mut seen = vec![false; monitors.len()];
     while seen.iter().any(|s| !s) {
@@ -320,7 +241,7 @@ fn tree_with(parents: &[ParentSpec]) -> FakeSysfs {
 
 #[test]
 fn types_and_list_match_the_direct_mode() {
-    let Some(bus) = PrivateBus::start("types_and_list_match_the_direct_mode") else {
+    let Some(bus) = start_bus("types_and_list_match_the_direct_mode") else {
         return;
     };
     let mixed = FakeSysfs::new();
@@ -342,7 +263,7 @@ fn types_and_list_match_the_direct_mode() {
         ("mixed", mixed),
     ];
     for (preset, tree) in &presets {
-        let daemon = Daemon::start(&bus, tree.root());
+        let daemon = ServingDaemon::start(&bus, tree.root());
         for args in [
             &["types", "--json"][..],
             &["types"][..],
@@ -370,12 +291,12 @@ fn types_and_list_match_the_direct_mode() {
 
 #[test]
 fn show_and_list_describe_parents() {
-    let Some(bus) = PrivateBus::start("show_and_list_describe_parents") else {
+    let Some(bus) = start_bus("show_and_list_describe_parents") else {
         return;
     };
     let tree = FakeSysfs::new();
     populate_mixed(&tree);
-    let _daemon = Daemon::start(&bus, tree.root());
+    let _daemon = ServingDaemon::start(&bus, tree.root());
 
     let shown = json_of(&mdevreg(&bus, &["show", "0000:00:02.0", "--json"]));
     assert_eq!(shown["name"], "0000:00:02.0");
@@ -426,18 +347,17 @@ fn show_and_list_describe_parents() {
 
 #[test]
 fn register_holds_until_interrupted_and_monitor_sees_it() {
-    let Some(bus) = PrivateBus::start("register_holds_until_interrupted_and_monitor_sees_it")
-    else {
+    let Some(bus) = start_bus("register_holds_until_interrupted_and_monitor_sees_it") else {
         return;
     };
     let tree = tree_with(&[ParentSpec::mtty()]);
-    let _daemon = Daemon::start(&bus, tree.root());
-    let (mut json_monitor, json_lines) = spawn_piped(&bus.address, &["monitor", "--json"]);
-    let (mut text_monitor, text_lines) = spawn_piped(&bus.address, &["monitor"]);
+    let _daemon = ServingDaemon::start(&bus, tree.root());
+    let (mut json_monitor, json_lines) = spawn_piped(bus.address(), &["monitor", "--json"]);
+    let (mut text_monitor, text_lines) = spawn_piped(bus.address(), &["monitor"]);
     wait_subscribed(&bus, &[&json_lines, &text_lines]);
 
     let (mut holder, holder_lines) = spawn_piped(
-        &bus.address,
+        bus.address(),
         &[
             "register",
             "vgpu0",
@@ -502,11 +422,11 @@ fn register_holds_until_interrupted_and_monitor_sees_it() {
 
 #[test]
 fn persistent_registration_and_unregister() {
-    let Some(bus) = PrivateBus::start("persistent_registration_and_unregister") else {
+    let Some(bus) = start_bus("persistent_registration_and_unregister") else {
         return;
     };
     let tree = FakeSysfs::new();
-    let _daemon = Daemon::start(&bus, tree.root());
+    let _daemon = ServingDaemon::start(&bus, tree.root());
     let output = mdevreg(
         &bus,
         &[
@@ -554,7 +474,7 @@ fn persistent_registration_and_unregister() {
 
 #[test]
 fn usage_and_runtime_errors() {
-    let Some(bus) = PrivateBus::start("usage_and_runtime_errors") else {
+    let Some(bus) = start_bus("usage_and_runtime_errors") else {
         return;
     };
     // Usage errors win over anything on the bus: exit 2.
@@ -594,14 +514,14 @@ fn usage_and_runtime_errors() {
     let tree = tree_with(&[ParentSpec::new("/devices/virtual/t/t")
         .subsystem("class/t")
         .with_type(TypeSpec::new("t-1", "vfio-pci", 1))]);
-    let daemon = Daemon::start(&bus, tree.root());
+    let daemon = ServingDaemon::start(&bus, tree.root());
     assert_fails(
         &mdevreg(&bus, &["show", "nope", "--json"]),
         1,
         "no parent named nope",
     );
     let (mut holder, holder_lines) = spawn_piped(
-        &bus.address,
+        bus.address(),
         &["register", "held", "--type", "h-1,vfio-pci,1"],
     );
     assert_eq!(holder_lines.next(), label::parent_path("held"));

@@ -4,11 +4,10 @@
 //! 65534 through `setpriv`) beside the zbus proxies generated from the
 //! server definitions.
 //!
-//! Each test runs in its own network namespace (`daemon_harness`); without
+//! Each test runs in its own network namespace (`common::prereq::run`); without
 //! root or a tool it is skipped, or fails under `CI`.
 
 mod common;
-mod daemon_harness;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -16,8 +15,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::daemon::Setup;
+use common::prereq::{open_tempdir, run};
+use common::registry_client::{connect, BUS_NAME, ROOT_PATH};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
-use daemon_harness::{connect, run, Setup, BUS_NAME, NOBODY, ROOT_PATH};
+use common::NOBODY;
 use futures_util::StreamExt;
 use mdevreg::dbus::{Error, MdevType1Proxy, Parent1Proxy, Registry1Proxy};
 use zbus::proxy::CacheProperties;
@@ -213,7 +215,7 @@ fn owner_bound_registration_by_busctl_comes_and_goes() {
         || async {
             let tree = FakeSysfs::new();
             tree.add_parent(&ParentSpec::mtty());
-            let setup = Setup::start(tree.root(), "none").await;
+            let setup = Setup::start(tree.root(), |options| options.emit = "none").await;
             let address = setup.bus.address().to_owned();
             let mut monitor = Monitor::start(&address);
 
@@ -324,7 +326,7 @@ fn persistent_registration_properties_read_with_busctl() {
         || async {
             let tree = FakeSysfs::new();
             tree.add_parent(&ParentSpec::mtty());
-            let setup = Setup::start(tree.root(), "none").await;
+            let setup = Setup::start(tree.root(), |options| options.emit = "none").await;
             let address = setup.bus.address().to_owned();
 
             let output = busctl_register(&address, Some("persistent"));
@@ -392,7 +394,7 @@ fn unprivileged_caller_is_denied_but_can_read() {
         || async {
             let tree = FakeSysfs::new();
             tree.add_parent(&ParentSpec::mtty());
-            let setup = Setup::start(tree.root(), "none").await;
+            let setup = Setup::start(tree.root(), |options| options.emit = "none").await;
             let address = setup.bus.address().to_owned();
             let denied = "org.mdevreg.Registry1.Error.AccessDenied";
             let types = r#"[{"Id": <"t-1">, "DeviceApi": <"vfio-pci">}]"#;
@@ -492,7 +494,7 @@ fn generated_proxies_see_typed_errors_and_signals() {
         || async {
             let tree = FakeSysfs::new();
             tree.add_parent(&ParentSpec::mtty());
-            let setup = Setup::start(tree.root(), "none").await;
+            let setup = Setup::start(tree.root(), |options| options.emit = "none").await;
             let first = connect(setup.bus.address()).await;
             let second = connect(setup.bus.address()).await;
             let proxy = |connection| async move {
@@ -629,7 +631,7 @@ fn embedded_bus_serves_and_stops_on_sigterm() {
         || async {
             let tree = FakeSysfs::new();
             tree.add_parent(&ParentSpec::mtty());
-            let work = daemon_harness::open_tempdir("mdevreg-embedded-");
+            let work = open_tempdir("mdevreg-embedded-");
             let socket = work.path().join("bus");
             let state = work.path().join("state");
             let mut child = Command::new(env!("CARGO_BIN_EXE_mdevregd"))

@@ -9,14 +9,15 @@
 //! failed when `CI` is set.
 
 mod common;
-mod daemon_harness;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use common::daemon::Setup;
+use common::prereq::run;
+use common::registry_client::{eventually, parent_names};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
-use daemon_harness::{eventually, run, Setup};
 use futures_util::StreamExt;
 use mdevreg::dbus::{MdevType1Proxy, Registry1Proxy};
 use mdevreg::netlink::{RecvOutcome, UeventEmitter, UeventListener};
@@ -73,16 +74,6 @@ async fn stat(registry: &Registry1Proxy<'_>, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn parent_names(registry: &Registry1Proxy<'_>) -> Vec<String> {
-    registry
-        .list_parents()
-        .await
-        .expect("ListParents")
-        .iter()
-        .map(|path| mdevreg::label::parse_parent_path(path.as_str()).expect("parent path"))
-        .collect()
-}
-
 /// A kernel-format `MDEV_STATE=registered` uevent for a devpath in the tree
 /// registers the parent (source `kernel`); the same message multicast from
 /// userspace is dropped and counted. Instance add/remove below the parent
@@ -94,7 +85,7 @@ fn kernel_uevents_drive_the_registry_and_forgeries_do_not() {
         &[],
         || async {
             let tree = FakeSysfs::new();
-            let setup = Setup::start(tree.root(), "none").await;
+            let setup = Setup::start(tree.root(), |options| options.emit = "none").await;
             let registry = setup.registry().await;
             let mut registered = registry
                 .receive_parent_registered()
@@ -237,7 +228,7 @@ fn property(event: &udev::Event, key: &str) -> String {
 fn broadcast_reaches_a_libudev_monitor() {
     run("broadcast_reaches_a_libudev_monitor", &[], || async {
         let tree = FakeSysfs::new();
-        let setup = Setup::start(tree.root(), "broadcast").await;
+        let setup = Setup::start(tree.root(), |options| options.emit = "broadcast").await;
         assert!(
             setup.daemon.log().contains("libudev broadcast"),
             "startup log names the mode"
@@ -310,7 +301,7 @@ fn injection_is_seen_on_group_1_with_a_kernel_seqnum() {
         &[],
         || async {
             let tree = FakeSysfs::new();
-            let setup = Setup::start(tree.root(), "inject").await;
+            let setup = Setup::start(tree.root(), |options| options.emit = "inject").await;
             assert!(
                 setup.daemon.log().contains("kernel injection"),
                 "startup log names the mode"

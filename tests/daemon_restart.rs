@@ -9,14 +9,15 @@
 //! root (skipped without, failed under `CI`).
 
 mod common;
-mod daemon_harness;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::daemon::Setup;
+use common::prereq::run;
+use common::registry_client::{connect, eventually, parent_names, registry_proxy, BUS_NAME};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
-use daemon_harness::{connect, eventually, registry_proxy, run, Setup, BUS_NAME};
 use futures_util::StreamExt;
 use mdevreg::dbus::{Parent1Proxy, Registry1Proxy};
 use nix::sys::signal::Signal;
@@ -42,16 +43,6 @@ async fn register(registry: &Registry1Proxy<'_>, name: &str, persistent: bool) {
         .register_parent(name, options, types)
         .await
         .unwrap_or_else(|err| panic!("register {name}: {err}"));
-}
-
-async fn parent_names(registry: &Registry1Proxy<'_>) -> Vec<String> {
-    registry
-        .list_parents()
-        .await
-        .expect("ListParents")
-        .iter()
-        .map(|path| mdevreg::label::parse_parent_path(path.as_str()).expect("parent path"))
-        .collect()
 }
 
 /// Every ParentRegistered / ParentUnregistered seen on `connection`, as
@@ -118,7 +109,7 @@ fn kill_9_keeps_registrations_without_second_signals() {
         || async {
             let tree = FakeSysfs::new();
             tree.add_parent(&ParentSpec::mtty());
-            let mut setup = Setup::start(tree.root(), "none").await;
+            let mut setup = Setup::start(tree.root(), |options| options.emit = "none").await;
             let watcher = connect(setup.bus.address()).await;
             let signals = SignalLog::start(&watcher).await;
             let owner = connect(setup.bus.address()).await;
@@ -171,7 +162,7 @@ fn kill_9_keeps_registrations_without_second_signals() {
 fn owner_gone_during_downtime_is_cleaned_up() {
     run("owner_gone_during_downtime_is_cleaned_up", &[], || async {
         let tree = FakeSysfs::new();
-        let mut setup = Setup::start(tree.root(), "none").await;
+        let mut setup = Setup::start(tree.root(), |options| options.emit = "none").await;
         let watcher = connect(setup.bus.address()).await;
         let signals = SignalLog::start(&watcher).await;
         let owner = connect(setup.bus.address()).await;
@@ -212,7 +203,7 @@ fn sigterm_flushes_state_and_releases_the_name() {
         &[],
         || async {
             let tree = FakeSysfs::new();
-            let mut setup = Setup::start(tree.root(), "none").await;
+            let mut setup = Setup::start(tree.root(), |options| options.emit = "none").await;
             register(&setup.registry().await, "kept0", true).await;
             let registered_seqnum = parent_proxy(&setup.client, "kept0")
                 .await
@@ -261,7 +252,7 @@ fn corrupt_state_file_is_moved_aside() {
     run("corrupt_state_file_is_moved_aside", &[], || async {
         let tree = FakeSysfs::new();
         tree.add_parent(&ParentSpec::mtty());
-        let mut setup = Setup::start(tree.root(), "none").await;
+        let mut setup = Setup::start(tree.root(), |options| options.emit = "none").await;
         setup.daemon.signal(Signal::SIGKILL);
         assert!(setup.daemon.wait_exit(Duration::from_secs(5)).is_some());
         let state_file = setup
@@ -306,7 +297,7 @@ fn corrupt_state_file_is_moved_aside() {
 fn losing_the_bus_is_a_failure_exit() {
     run("losing_the_bus_is_a_failure_exit", &[], || async {
         let tree = FakeSysfs::new();
-        let mut setup = Setup::start(tree.root(), "none").await;
+        let mut setup = Setup::start(tree.root(), |options| options.emit = "none").await;
         setup.bus.kill();
         let status = setup
             .daemon

@@ -5,7 +5,6 @@
 //! duplicated, nothing stale.
 
 mod common;
-mod reliability;
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::BufReader;
@@ -15,11 +14,12 @@ use std::time::{Duration, Instant};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
 use mdevreg::netlink::UeventEmitter;
 use mdevreg::uevent::Uevent;
-use reliability::{
-    connect, good_type, helper_next_line, helper_role, helper_say, lifetime, next_signal,
-    register_raw, registry_signals, run, spawn_helper, wait_for_registry, wait_ready, Daemon, Dict,
-    Setup,
-};
+use common::registry_client::{connect, good_type, lifetime, register_raw, wait_for_registry, Dict};
+use common::helper_process::{helper_next_line, helper_role, helper_say, spawn_helper};
+use common::registry_signals::{next_signal, registry_signals};
+use common::prereq::{run};
+use common::daemon::{wait_ready, Daemon, Setup};
+use common::registry_client;
 
 /// The helper that registers owner-bound parents and then waits to be killed.
 #[test]
@@ -50,7 +50,12 @@ fn helper_process() {
                         .expect("register as registrant");
                     }
                     helper_say("READY");
-                    std::future::pending::<()>().await;
+                    // Stay until killed, or until the bus goes away (so a
+                    // failed test leaves no process behind).
+                    let bus = zbus::fdo::DBusProxy::new(&connection).await.unwrap();
+                    while bus.get_id().await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 });
         }
         Some(other) => panic!("unknown helper role {other}"),
@@ -378,7 +383,7 @@ fn corrupt_state_files_are_moved_aside() {
                 ["after-corruption", "mtty"],
                 "{label}"
             );
-            reliability::unregister(&setup.client, "after-corruption")
+            registry_client::unregister(&setup.client, "after-corruption")
                 .await
                 .unwrap();
         }
@@ -494,7 +499,7 @@ fn receive_buffer_overflow_triggers_a_rescan_and_convergence() {
             })
             .await;
             assert_eq!(setup.snapshot().await.names(), ["mtty"]);
-            let stats_before = reliability::stats(&setup.client).await;
+            let stats_before = registry_client::stats(&setup.client).await;
 
             // Freeze the daemon, change sysfs behind its back, and flood its
             // socket with kernel events until the kernel drops some.
@@ -529,7 +534,7 @@ fn receive_buffer_overflow_triggers_a_rescan_and_convergence() {
                 setup.daemon.log_tail()
             );
             let converge_took = resumed.elapsed();
-            let stats_after = reliability::stats(&setup.client).await;
+            let stats_after = registry_client::stats(&setup.client).await;
             let grown: Vec<(String, u64)> = stats_after
                 .iter()
                 .filter(|(k, v)| stats_before.get(*k).copied().unwrap_or(0) < **v)

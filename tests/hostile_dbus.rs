@@ -5,16 +5,16 @@
 //! before and after the table prove the daemon was not refusing everything.
 
 mod common;
-mod reliability;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
-use reliability::{
-    connect, error_name, good_type, helper_role, helper_say, lifetime, register_raw, run,
-    run_helper, unregister, Dict, Setup, BUS_NAME, ERROR_PREFIX, REGISTRY_IFACE, ROOT_PATH,
-};
+use common::registry_client::{connect, error_name, good_type, lifetime, register_raw, unregister, BUS_NAME, Dict, ERROR_PREFIX, REGISTRY_IFACE, ROOT_PATH};
+use common::helper_process::{helper_role, helper_say, run_helper};
+use common::prereq::{run};
+use common::daemon::{Setup};
+use common::registry_client;
 use zbus::{ObjectPath, Variant};
 
 const INVALID: &str = "InvalidArgument";
@@ -71,7 +71,7 @@ fn call_as_nobody() {
                 .await;
             helper_say(&format!("Rescan {}", outcome(result.map(|_| ()))));
             // Reading stays open to everyone.
-            let result = reliability::list_parents(&connection).await;
+            let result = registry_client::list_parents(&connection).await;
             helper_say(&format!("ListParents {}", outcome(result.map(|_| ()))));
         });
 }

@@ -5,7 +5,6 @@
 //! of damage: a warning for each, no panic, the good parents still served.
 
 mod common;
-mod reliability;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -21,8 +20,12 @@ use mdevreg::dbus::Parent1Proxy;
 use mdevreg::paths::SysfsRoot;
 use mdevreg::sysfs::{read_parent, scan};
 use proptest::prelude::*;
-use reliability::tree_ops;
-use reliability::{helper_role, helper_say, open_tempdir, run, run_helper, Setup};
+use common::helper_process::{helper_role, helper_say, run_helper};
+use common::prereq::{open_tempdir, run};
+use common::daemon::{Setup};
+use common::prereq;
+use common::registry_client;
+use common::tree_ops;
 use zbus::proxy::CacheProperties;
 
 /// The helper run as uid 65534: scans the tree and prints what it found.
@@ -137,7 +140,7 @@ fn parents_vanishing_during_scans_never_hide_the_stable_ones() {
 
 #[test]
 fn unreadable_files_are_warnings_for_an_unprivileged_reader() {
-    if !reliability::prerequisites(
+    if !prereq::prerequisites(
         "unreadable_files_are_warnings_for_an_unprivileged_reader",
         &["setpriv"],
     ) {
@@ -237,9 +240,9 @@ async fn rescan(setup: &Setup) -> zbus::Result<()> {
     setup
         .client
         .call_method(
-            Some(reliability::BUS_NAME),
-            reliability::ROOT_PATH,
-            Some(reliability::REGISTRY_IFACE),
+            Some(registry_client::BUS_NAME),
+            registry_client::ROOT_PATH,
+            Some(registry_client::REGISTRY_IFACE),
             "Rescan",
             &(),
         )
@@ -411,8 +414,8 @@ fn nul_bytes_in_attributes_do_not_break_the_daemon() {
             assert_eq!(setup.snapshot().await.names(), ["mbochs", "mtty"]);
             // Every object, the NUL-damaged types included, can be read.
             let managed = zbus::fdo::ObjectManagerProxy::builder(&setup.client)
-                .destination(reliability::BUS_NAME)
-                .path(reliability::ROOT_PATH)
+                .destination(registry_client::BUS_NAME)
+                .path(registry_client::ROOT_PATH)
                 .build()
                 .await
                 .unwrap()
@@ -423,7 +426,7 @@ fn nul_bytes_in_attributes_do_not_break_the_daemon() {
             for id in ["mbochs-1", "mbochs-2"] {
                 let type_proxy = zbus::Proxy::new(
                     &setup.client,
-                    reliability::BUS_NAME,
+                    registry_client::BUS_NAME,
                     type_path("mbochs", id),
                     "org.mdevreg.MdevType1",
                 )

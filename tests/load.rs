@@ -8,16 +8,16 @@
 //! and `MDEVREG_LOAD_CYCLES`; the defaults are the issue's.
 
 mod common;
-mod reliability;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::sysfs_fixture::FakeSysfs;
-use reliability::{
-    connect, decode_signal, good_type, register_raw, registry_signals, run, unregister, Dict, Setup,
-};
+use common::registry_client::{connect, good_type, register_raw, unregister, Dict};
+use common::registry_signals::{decode_signal, registry_signals};
+use common::prereq::{run};
+use common::daemon::{Setup};
 
 const MONITORS: usize = 5;
 

@@ -11,7 +11,6 @@
 //! events for devpaths without an mdev tree change nothing.
 
 mod common;
-mod reliability;
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -27,9 +26,10 @@ use nix::sys::socket::{
     self, AddressFamily, ControlMessage, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
     UnixCredentials,
 };
-use reliability::{
-    helper_role, helper_say, run, run_helper, run_helper_as, stats, RegistrySnapshot, Setup,
-};
+use common::helper_process::{helper_role, helper_say, run_helper, run_helper_as};
+use common::prereq::{run};
+use common::registry_client::{stats, RegistrySnapshot};
+use common::daemon::{Setup};
 
 /// Forged messages sent per row.
 const COPIES: u64 = 50;
@@ -420,13 +420,13 @@ fn spoofed_uevents_change_nothing() {
                 &forger,
                 &injection,
                 NetlinkAddr::new(0, 0),
-                reliability::NOBODY,
+                common::NOBODY,
             );
         }
         assert_eq!(
             watched(&mut watcher, &devpath).await,
             RecvOutcome::Rejected(Reject::NonRootSender {
-                uid: reliability::NOBODY
+                uid: common::NOBODY
             })
         );
         let delta = wait_counted(
@@ -577,6 +577,29 @@ fn spoofed_uevents_change_nothing() {
         setup.daemon.assert_no_panic("after all spoofing rows");
         tried += injected;
         eprintln!("TOTAL spoofed messages: {tried}");
+
+        // The same counters through the CLI (`mdevreg stats --json`).
+        let property = stats(&setup.client).await;
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mdevreg"))
+            .args(["--bus", setup.bus.address(), "stats", "--json"])
+            .output()
+            .expect("run mdevreg stats");
+        assert!(
+            output.status.success(),
+            "mdevreg stats: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let document: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("mdevreg stats --json prints JSON");
+        for key in [
+            "uevents_rejected_not_kernel_port",
+            "uevents_rejected_not_kernel_group",
+            "uevents_rejected_non_root_sender",
+        ] {
+            let shown = document["counters"][key].as_u64();
+            assert_eq!(shown, property.get(key).copied(), "{key} in mdevreg stats");
+            assert!(shown.unwrap_or(0) >= COPIES, "{key}: {shown:?}");
+        }
         assert!(
             ignored >= no_tree_sent,
             "uevents_ignored must count every event without an mdev tree: {no_tree_sent} sent, +{ignored} counted (all else passed)"

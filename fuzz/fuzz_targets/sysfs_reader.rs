@@ -14,7 +14,11 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../tests/reliability/tree_ops.rs"]
 mod tree_ops;
 
+const SCRATCH_PREFIX: &str = "mdevreg-fuzz-sysfs-";
+
 /// One scratch tree per fuzzing process, on tmpfs when there is one.
+/// libFuzzer ends the process with `exit`, so the tree is never dropped:
+/// trees of processes that are gone are removed here instead.
 fn scratch() -> &'static tree_ops::Scratch {
     static SCRATCH: OnceLock<tree_ops::Scratch> = OnceLock::new();
     SCRATCH.get_or_init(|| {
@@ -24,8 +28,24 @@ fn scratch() -> &'static tree_ops::Scratch {
         } else {
             std::env::temp_dir()
         };
-        tree_ops::Scratch::new(&base, &format!("mdevreg-fuzz-sysfs-{}", std::process::id()))
+        remove_stale_trees(&base);
+        tree_ops::Scratch::new(&base, &format!("{SCRATCH_PREFIX}{}", std::process::id()))
     })
+}
+
+fn remove_stale_trees(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(SCRATCH_PREFIX)) else {
+            continue;
+        };
+        if !PathBuf::from("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

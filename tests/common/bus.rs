@@ -1,8 +1,11 @@
 //! A private dbus-daemon for tests: started with a given configuration on a
 //! `unix:path=` socket in its own temp dir (mode 0755, so other uids can
-//! reach it), its address read from `--print-address`, killed on drop.
+//! reach it, and reachable from every network namespace), its address read
+//! from `--print-address`, restartable on the same socket, killed on drop.
 //! [`system_bus_config`] writes a configuration shaped like Debian's
-//! system.conf (default deny) that includes the files under test.
+//! system.conf (default deny) that includes the files under test;
+//! [`permissive_config`] and [`permissive_high_limits_config`] let everyone
+//! do anything, so that the daemon's own checks are what is under test.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -30,9 +33,23 @@ impl DbusDaemon {
             .expect("create bus temp dir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
             .expect("chmod bus temp dir");
-        let socket = dir.path().join("bus.sock");
-        let config_path = dir.path().join("bus.conf");
-        fs::write(&config_path, config(&socket)).expect("write bus config");
+        let socket = dir.path().join(SOCKET_NAME);
+        fs::write(dir.path().join(CONFIG_NAME), config(&socket)).expect("write bus config");
+        let mut bus = DbusDaemon {
+            dir,
+            child: None,
+            _stdout: None,
+            address: String::new(),
+        };
+        bus.spawn();
+        bus
+    }
+
+    /// Spawns dbus-daemon on the configuration in the temp dir and reads its
+    /// address. Panics when it does not start.
+    fn spawn(&mut self) {
+        let config_path = self.dir.path().join(CONFIG_NAME);
+        let _ = fs::remove_file(self.dir.path().join(SOCKET_NAME));
         let mut child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config_path.display()))
             .args(["--nofork", "--nopidfile", "--print-address"])
@@ -53,12 +70,9 @@ impl DbusDaemon {
                 fs::read_to_string(&config_path).unwrap_or_default()
             );
         }
-        DbusDaemon {
-            dir,
-            child: Some(child),
-            _stdout: Some(stdout),
-            address,
-        }
+        self.child = Some(child);
+        self._stdout = Some(stdout);
+        self.address = address;
     }
 
     /// A bus where everyone may connect, own and call anything.
@@ -66,12 +80,19 @@ impl DbusDaemon {
         DbusDaemon::start(permissive_config)
     }
 
+    /// A bus like [`start_permissive`](Self::start_permissive) with every
+    /// limit raised (see [`permissive_high_limits_config`]).
+    pub fn start_permissive_high_limits() -> DbusDaemon {
+        DbusDaemon::start(permissive_high_limits_config)
+    }
+
     /// A system-bus-style bus (see [`system_bus_config`]) including `policies`.
     pub fn start_system_like(policies: &[PathBuf]) -> DbusDaemon {
         DbusDaemon::start(|socket| system_bus_config(socket, policies))
     }
 
-    /// The D-Bus address, `unix:path=...,guid=...`.
+    /// The D-Bus address, `unix:path=...,guid=...` (a new guid after
+    /// [`restart`](Self::restart)).
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -89,6 +110,13 @@ impl DbusDaemon {
         }
         self._stdout = None;
     }
+
+    /// Kills the bus and starts a new dbus-daemon with the same
+    /// configuration on the same socket path; clients must reconnect.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
 }
 
 impl Drop for DbusDaemon {
@@ -97,11 +125,47 @@ impl Drop for DbusDaemon {
     }
 }
 
+/// File names in the bus's temp dir.
+const SOCKET_NAME: &str = "bus.sock";
+const CONFIG_NAME: &str = "bus.conf";
+
 const DOCTYPE: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">"#;
 
 /// Everyone may connect, own every name and send everything.
 pub fn permissive_config(socket: &Path) -> String {
+    permissive_config_with(socket, "")
+}
+
+/// [`permissive_config`] with dbus-daemon's limits raised far above what a
+/// test sends (message sizes, connections, match rules, pending replies,
+/// timeouts), so that hostile or heavy clients meet the daemon under test,
+/// not the bus's own limits.
+pub fn permissive_high_limits_config(socket: &Path) -> String {
+    permissive_config_with(socket, HIGH_LIMITS)
+}
+
+const HIGH_LIMITS: &str = r#"  <limit name="max_incoming_bytes">1000000000</limit>
+  <limit name="max_incoming_unix_fds">250000000</limit>
+  <limit name="max_outgoing_bytes">1000000000</limit>
+  <limit name="max_outgoing_unix_fds">250000000</limit>
+  <limit name="max_message_size">134217728</limit>
+  <limit name="max_message_unix_fds">4096</limit>
+  <limit name="service_start_timeout">120000</limit>
+  <limit name="auth_timeout">240000</limit>
+  <limit name="pending_fd_timeout">150000</limit>
+  <limit name="max_completed_connections">100000</limit>
+  <limit name="max_incomplete_connections">10000</limit>
+  <limit name="max_connections_per_user">100000</limit>
+  <limit name="max_pending_service_starts">10000</limit>
+  <limit name="max_names_per_connection">50000</limit>
+  <limit name="max_match_rules_per_connection">50000</limit>
+  <limit name="max_replies_per_connection">50000</limit>
+"#;
+
+/// The permissive policy listening on `socket`, with `extra` elements
+/// (one per line, indented) before the end.
+fn permissive_config_with(socket: &Path, extra: &str) -> String {
     format!(
         r#"{DOCTYPE}
 <busconfig>
@@ -113,7 +177,7 @@ pub fn permissive_config(socket: &Path) -> String {
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
   </policy>
-</busconfig>
+{extra}</busconfig>
 "#,
         socket.display()
     )

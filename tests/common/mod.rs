@@ -2,5 +2,14 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod daemon;
+pub mod helper_process;
 pub mod netns;
+pub mod prereq;
+pub mod registry_client;
+pub mod registry_signals;
 pub mod sysfs_fixture;
+pub mod tree_ops;
+
+/// The unprivileged uid (and gid) that tests drop to through `setpriv`.
+pub const NOBODY: u32 = 65534;

@@ -11,10 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath};
@@ -37,6 +40,8 @@ use crate::uevent::{Reject, Uevent};
 const CHANNEL_DEPTH: usize = 1024;
 /// Injected events whose echo is awaited, at most; older ones are forgotten.
 const MAX_PENDING_ECHOES: usize = 4096;
+/// Quiet time after a burst of inputs before freed heap is handed back.
+const IDLE_TRIM_DELAY: Duration = Duration::from_secs(1);
 
 /// Names of the counters in the `Stats` property.
 pub mod counters {
@@ -156,7 +161,7 @@ impl BusChoice {
 #[derive(Debug)]
 enum SourceMessage {
     /// A trusted kernel uevent: a hint to re-read its devpath.
-    Uevent(Uevent),
+    Uevent(UeventHint),
     /// Events may have been lost: rescan everything.
     Resync(&'static str),
     /// A unique bus name left the bus.
@@ -342,7 +347,9 @@ async fn read_uevents(
                         return;
                     }
                 }
-                SourceMessage::Uevent(event)
+                // Only the hint is queued: the decoded environment is freed
+                // here, so a backlog (our own echoes under load) stays small.
+                SourceMessage::Uevent(UeventHint::of(event))
             }
             Ok(RecvOutcome::Rejected(reject)) => {
                 stats.bump(counters::REJECTED);
@@ -387,6 +394,26 @@ pub fn reject_key(reject: &Reject) -> &'static str {
     }
 }
 
+/// What the event loop needs of a trusted kernel uevent: the devpath to
+/// re-read and, for one of our own injected events, its `MDEVREG_SEQNUM`.
+#[derive(Debug)]
+struct UeventHint {
+    devpath: String,
+    echo_seqnum: Option<u64>,
+}
+
+impl UeventHint {
+    fn of(event: Uevent) -> UeventHint {
+        let echo_seqnum = event
+            .get(SEQNUM_KEY)
+            .and_then(|value| value.parse::<u64>().ok());
+        UeventHint {
+            devpath: event.devpath,
+            echo_seqnum,
+        }
+    }
+}
+
 /// Registry sequence numbers of injected events not yet seen again.
 #[derive(Debug, Default)]
 struct PendingEchoes {
@@ -402,13 +429,69 @@ impl PendingEchoes {
     }
 
     /// Whether `event` is one of ours coming back (and forgets it).
-    fn take(&mut self, event: &Uevent) -> bool {
+    fn take(&mut self, event: &UeventHint) -> bool {
         event
-            .get(SEQNUM_KEY)
-            .and_then(|value| value.parse::<u64>().ok())
+            .echo_seqnum
             .is_some_and(|seqnum| self.seqnums.remove(&seqnum))
     }
 }
+
+/// Hands freed heap back to the kernel once the loop has been quiet for
+/// [`IDLE_TRIM_DELAY`] after handling inputs.
+///
+/// A burst (many clients registering at once) raises the heap by the
+/// objects and in-flight calls of that moment; once they are freed, glibc
+/// keeps the pages as holes below longer-lived allocations, which its
+/// automatic trim of the heap top never reaches.
+struct IdleTrim {
+    timer: Pin<Box<Sleep>>,
+    last_input: Instant,
+    /// Inputs were handled since the last trim.
+    armed: bool,
+}
+
+impl IdleTrim {
+    fn new() -> IdleTrim {
+        IdleTrim {
+            timer: Box::pin(tokio::time::sleep(IDLE_TRIM_DELAY)),
+            last_input: Instant::now(),
+            armed: false,
+        }
+    }
+
+    /// Cheap on the hot path: the timer is only re-armed when it fires.
+    fn note_input(&mut self) {
+        self.last_input = Instant::now();
+        if !self.armed {
+            self.armed = true;
+            self.timer.as_mut().reset(self.last_input + IDLE_TRIM_DELAY);
+        }
+    }
+
+    fn timer_fired(&mut self) {
+        let due = self.last_input + IDLE_TRIM_DELAY;
+        if due > Instant::now() {
+            self.timer.as_mut().reset(due);
+        } else {
+            self.armed = false;
+            release_freed_memory();
+        }
+    }
+}
+
+/// Returns whole free pages of every malloc arena to the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim takes no pointers; it walks glibc's own arenas
+    // under their locks and madvise()s free pages away.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators return memory on their own terms.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
 
 struct Daemon {
     registry: Registry,
@@ -433,19 +516,27 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut closed = std::pin::pin!(connection.closed());
+        let mut idle_trim = IdleTrim::new();
         loop {
+            // Not biased: preferring requests would leave kernel uevents
+            // (our own echoes, under load) queued up to CHANNEL_DEPTH, and
+            // the netlink socket overflowing behind them.
             tokio::select! {
-                biased;
                 () = &mut shutdown => return Ok(()),
                 () = &mut closed => return Err(DaemonError::BusLost),
-                Some(request) = requests.recv() => self.handle_request(request).await,
+                Some(request) = requests.recv() => {
+                    self.handle_request(request).await;
+                    idle_trim.note_input();
+                }
                 Some(first) = sources.recv() => {
                     let mut batch = vec![first];
                     while let Ok(next) = sources.try_recv() {
                         batch.push(next);
                     }
                     self.handle_sources(batch).await;
+                    idle_trim.note_input();
                 }
+                () = &mut idle_trim.timer, if idle_trim.armed => idle_trim.timer_fired(),
             }
         }
     }
@@ -837,9 +928,10 @@ mod tests {
     fn echoes_are_recognised_once() {
         let mut pending = PendingEchoes::default();
         pending.insert(5);
-        let ours = Uevent::new("change", "/devices/virtual/mdevreg/a").with(SEQNUM_KEY, "5");
-        let other = Uevent::new("change", "/devices/virtual/mdevreg/a").with(SEQNUM_KEY, "6");
-        let plain = Uevent::new("change", "/devices/virtual/mdevreg/a");
+        let hint = UeventHint::of;
+        let ours = hint(Uevent::new("change", "/devices/virtual/mdevreg/a").with(SEQNUM_KEY, "5"));
+        let other = hint(Uevent::new("change", "/devices/virtual/mdevreg/a").with(SEQNUM_KEY, "6"));
+        let plain = hint(Uevent::new("change", "/devices/virtual/mdevreg/a"));
         assert!(!pending.take(&other));
         assert!(!pending.take(&plain));
         assert!(pending.take(&ours));

@@ -38,12 +38,12 @@
 //! All file system access goes through [`read_attr_string`], [`read_attr_u32`],
 //! [`read_link_name`] and [`list_dir`] (plus `canonicalize` for links).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::model::{MdevType, ParentInfo};
 use crate::paths::{devpath_name, supported_types_dir, type_devices_dir, SysfsRoot};
@@ -120,17 +120,25 @@ pub fn scan(root: &SysfsRoot) -> Scan {
         }
     };
 
+    // Parents are read in parallel (the work is almost all system calls);
+    // the results are merged in link-name order, so the outcome and the
+    // order of warnings do not depend on the number of threads.
+    let reads = parallel_map(&link_names, |link_name| {
+        let link = bus_dir.join(link_name);
+        let read = resolve_devpath(&root, &link).map(|devpath| read_parent(&root, &devpath));
+        (link, read)
+    });
+
     let mut parents: BTreeMap<String, ParentInfo> = BTreeMap::new();
-    for link_name in link_names {
-        let link = bus_dir.join(&link_name);
-        let devpath = match resolve_devpath(&root, &link) {
-            Ok(devpath) => devpath,
+    for (link, read) in reads {
+        let read = match read {
+            Ok(read) => read,
             Err(warning) => {
                 warnings.push(warning);
                 continue;
             }
         };
-        match read_parent(&root, &devpath) {
+        match read {
             ParentRead::Parent(info, parent_warnings) => {
                 warnings.extend(parent_warnings);
                 if let Some(existing) = parents.get(&info.name) {
@@ -162,6 +170,52 @@ pub fn scan(root: &SysfsRoot) -> Scan {
     }
 }
 
+/// Fewest items worth a thread of their own.
+const ITEMS_PER_THREAD: usize = 16;
+
+/// `items.iter().map(work)` spread over up to `available_parallelism()`
+/// scoped threads, each taking one contiguous chunk; results in item order.
+/// A chunk whose thread cannot be started (or fails) is done on this thread.
+fn parallel_map<T, R, F>(items: &[T], work: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T) -> R + Sync,
+{
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len() / ITEMS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return items.iter().map(&work).collect();
+    }
+    let chunk_len = items.len().div_ceil(threads);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let mut chunks = items.chunks(chunk_len);
+        // This thread does the first chunk itself.
+        let first = chunks.next().unwrap_or(&[]);
+        let handles: Vec<_> = chunks
+            .map(|chunk| {
+                let handle = std::thread::Builder::new()
+                    .name("mdevreg-scan".to_string())
+                    .spawn_scoped(scope, move || chunk.iter().map(work).collect::<Vec<R>>());
+                (chunk, handle)
+            })
+            .collect();
+        let mut results: Vec<R> = first.iter().map(work).collect();
+        results.reserve(items.len() - results.len());
+        for (chunk, handle) in handles {
+            match handle.map_err(|_| ()).and_then(|h| h.join().map_err(|_| ())) {
+                Ok(chunk_results) => results.extend(chunk_results),
+                Err(()) => results.extend(chunk.iter().map(work)),
+            }
+        }
+        results
+    })
+}
+
 /// Re-reads the parent at `devpath` (`/devices/...`); its name is the last
 /// component. Instances come from each type's `devices/` directory only.
 pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
@@ -177,8 +231,8 @@ pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
     }
 
     let mut warnings = Vec::new();
-    let type_ids = match list_dir(&types_dir, &mut warnings) {
-        Ok(Some(ids)) => ids,
+    let type_entries = match list_dir_typed(&types_dir, &mut warnings) {
+        Ok(Some(entries)) => entries,
         // Vanished between the two calls.
         Ok(None) => return ParentRead::NotAParent,
         Err(warning) => return ParentRead::Bad(warning),
@@ -186,12 +240,15 @@ pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
     let subsystem = link_name_or_empty(&device_dir.join("subsystem"), &mut warnings);
     let driver = link_name_or_empty(&device_dir.join("driver"), &mut warnings);
 
-    let mut types = Vec::with_capacity(type_ids.len());
-    for id in type_ids {
+    let mut types = Vec::with_capacity(type_entries.len());
+    for (id, file_type) in type_entries {
         let type_dir = types_dir.join(&id);
         // Only directories are types; mdevctl ignores other entries too.
-        match fs::symlink_metadata(&type_dir) {
-            Ok(meta) if meta.is_dir() => {}
+        // The type comes from the directory entry (no system call where the
+        // file system reports it) and, like `symlink_metadata`, does not
+        // follow symlinks.
+        match file_type {
+            Ok(file_type) if file_type.is_dir() => {}
             Ok(_) => continue,
             Err(err) if is_missing(&err) => continue,
             Err(err) => {
@@ -310,13 +367,27 @@ fn merge_bus_instances(
             return;
         }
     };
+    // Device directories of the parents found, all canonical.
+    let parent_dirs: HashMap<PathBuf, ()> = parents
+        .values()
+        .filter_map(|parent| root.devpath_to_path(&parent.devpath))
+        .map(|dir| (dir, ()))
+        .collect();
+    // The fast resolution below walks `..` lexically from `bus/mdev/devices`,
+    // which is right only when that directory itself is canonical.
+    let bus_devices_canonical = fs::canonicalize(&bus_devices).is_ok_and(|dir| dir == bus_devices);
     for uuid in names {
         let link = bus_devices.join(&uuid);
         if !is_instance_name(&uuid) {
             warnings.push(Warning::new(link, "not a UUID; instance skipped"));
             continue;
         }
-        let instance_dir = match fs::canonicalize(&link) {
+        let fast = if bus_devices_canonical {
+            resolve_instance_link(&bus_devices, &link, &parent_dirs)
+        } else {
+            None
+        };
+        let instance_dir = match fast.map_or_else(|| fs::canonicalize(&link), Ok) {
             Ok(dir) => dir,
             Err(err) => {
                 warnings.push(Warning::new(link, describe_link_error(&err)));
@@ -350,6 +421,43 @@ fn merge_bus_instances(
             }
         }
     }
+}
+
+/// What `fs::canonicalize(link)` gives for the usual instance link
+/// (`../../../devices/.../<parent>/<uuid>`, to a real directory below a known
+/// parent), in two system calls instead of one `readlink` per component;
+/// `None` for anything else, which then goes the slow way.
+///
+/// Exact because `bus_devices` and every directory in `parent_dirs` are
+/// canonical (no symlinks in them), the target is leading `..` followed by
+/// plain names, and the last component is checked not to be a symlink.
+fn resolve_instance_link(
+    bus_devices: &Path,
+    link: &Path,
+    parent_dirs: &HashMap<PathBuf, ()>,
+) -> Option<PathBuf> {
+    let target = fs::read_link(link).ok()?;
+    let mut resolved = bus_devices.to_path_buf();
+    let mut names_started = false;
+    for component in target.components() {
+        match component {
+            Component::ParentDir if !names_started => {
+                if !resolved.pop() {
+                    return None;
+                }
+            }
+            Component::Normal(name) => {
+                names_started = true;
+                resolved.push(name);
+            }
+            _ => return None,
+        }
+    }
+    if !parent_dirs.contains_key(resolved.parent()?) {
+        return None;
+    }
+    let meta = fs::symlink_metadata(&resolved).ok()?;
+    meta.is_dir().then_some(resolved)
 }
 
 /// Resolves a `class/mdev_bus` link to the devpath it points to.
@@ -411,17 +519,56 @@ fn read_attr_bytes(path: &Path) -> Result<Option<Vec<u8>>, Warning> {
     if !meta.is_file() {
         return Err(Warning::new(path, "not a regular file"));
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_ATTR_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| Warning::new(path, describe_io_error(&err)))?;
-    if bytes.len() > MAX_ATTR_BYTES {
+    read_regular_file(file, path).map(Some)
+}
+
+/// Reads an open regular file to its end, at most [`MAX_ATTR_BYTES`].
+///
+/// A read that returns less than asked is taken as the end: that is how a
+/// regular file behaves on Linux (sysfs gives a whole attribute in one
+/// read), and it saves the extra read that would only return 0.
+fn read_regular_file(mut file: fs::File, path: &Path) -> Result<Vec<u8>, Warning> {
+    // Attributes are short; start on the stack, spill to the heap if not.
+    let mut small = [0u8; 4096];
+    let mut filled = 0;
+    loop {
+        match file.read(&mut small[filled..]) {
+            Ok(0) => return Ok(small[..filled].to_vec()),
+            Ok(n) => {
+                filled += n;
+                if filled < small.len() {
+                    return Ok(small[..filled].to_vec());
+                }
+                break;
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+        }
+    }
+    let mut bytes = small.to_vec();
+    let limit = MAX_ATTR_BYTES + 1;
+    bytes.resize(limit, 0);
+    loop {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled == limit {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+        }
+    }
+    if filled > MAX_ATTR_BYTES {
         return Err(Warning::new(
             path,
             format!("larger than {MAX_ATTR_BYTES} bytes"),
         ));
     }
-    Ok(Some(bytes))
+    bytes.truncate(filled);
+    Ok(bytes)
 }
 
 /// Reads an attribute as UTF-8 text, untrimmed; `Ok(None)` when absent.
@@ -499,6 +646,38 @@ pub fn list_dir(path: &Path, warnings: &mut Vec<Warning>) -> Result<Option<Vec<S
     }
     names.sort();
     Ok(Some(names))
+}
+
+/// Like [`list_dir`], with each entry's type as `symlink_metadata` would
+/// give it (taken from the directory entry when the file system reports it).
+fn list_dir_typed(
+    path: &Path,
+    warnings: &mut Vec<Warning>,
+) -> Result<Option<Vec<(String, io::Result<fs::FileType>)>>, Warning> {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(err) if is_missing(&err) => return Ok(None),
+        Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+    };
+    let mut named = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                warnings.push(Warning::new(path, describe_io_error(&err)));
+                continue;
+            }
+        };
+        match entry.file_name().into_string() {
+            Ok(name) => named.push((name, entry.file_type())),
+            Err(raw) => warnings.push(Warning::new(
+                path.join(raw),
+                "name is not valid UTF-8; skipped",
+            )),
+        }
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Some(named))
 }
 
 /// Not there: missing, or a path component is not a directory.

@@ -11,20 +11,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use common::daemon::Setup;
 use common::prereq::run;
 use common::registry_client::{eventually, parent_names};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
+use common::uevent_netlink::{poll_monitor, udev_property, userspace_uevent_socket};
 use futures_util::StreamExt;
 use mdevreg::dbus::{MdevType1Proxy, Registry1Proxy};
 use mdevreg::netlink::{RecvOutcome, UeventEmitter, UeventListener};
 use mdevreg::uevent::{encode_kernel, Uevent};
-use nix::sys::socket::{
-    self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-};
+use nix::sys::socket::{self, MsgFlags, NetlinkAddr};
 use zbus::proxy::CacheProperties;
 use zbus::OwnedVariant;
 
@@ -47,14 +46,7 @@ fn inject(event: &Uevent) {
 
 /// Multicasts `bytes` on group 1 from a userspace socket (port != 0).
 fn multicast_from_userspace(bytes: &[u8]) {
-    let fd: OwnedFd = socket::socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkKObjectUEvent,
-    )
-    .expect("netlink socket");
-    socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).expect("bind");
+    let fd = userspace_uevent_socket();
     socket::sendto(
         fd.as_raw_fd(),
         bytes,
@@ -202,25 +194,6 @@ async fn register_vgpu(registry: &Registry1Proxy<'_>) -> u64 {
     registry.seq_num().await.expect("SeqNum")
 }
 
-/// Polls a non-blocking libudev monitor for up to `wait`.
-fn poll_monitor(monitor: &udev::MonitorSocket, wait: Duration) -> Option<udev::Event> {
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if let Some(event) = monitor.iter().next() {
-            return Some(event);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
-fn property(event: &udev::Event, key: &str) -> String {
-    event
-        .property_value(key)
-        .map(|value| value.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// With `--emit broadcast`, a real libudev monitor filtering on subsystem
 /// `mdevreg` receives exactly one event per userspace transition; a
 /// monitor for another subsystem receives none (the hashes are right).
@@ -248,10 +221,10 @@ fn broadcast_reaches_a_libudev_monitor() {
             .expect("the libudev monitor got the registration");
         assert_eq!(event.event_type(), udev::EventType::Change);
         assert_eq!(event.devpath().to_string_lossy(), VGPU_DEVPATH);
-        assert_eq!(property(&event, "SUBSYSTEM"), "mdevreg");
-        assert_eq!(property(&event, "MDEV_STATE"), "registered");
-        assert_eq!(property(&event, "MDEV_PARENT"), "vgpu0");
-        assert_eq!(property(&event, "MDEVREG_SEQNUM"), seqnum.to_string());
+        assert_eq!(udev_property(&event, "SUBSYSTEM"), "mdevreg");
+        assert_eq!(udev_property(&event, "MDEV_STATE"), "registered");
+        assert_eq!(udev_property(&event, "MDEV_PARENT"), "vgpu0");
+        assert_eq!(udev_property(&event, "MDEVREG_SEQNUM"), seqnum.to_string());
         assert_eq!(event.sequence_number(), seqnum);
         assert!(
             poll_monitor(&tag_monitor, Duration::from_secs(5)).is_some(),
@@ -264,9 +237,9 @@ fn broadcast_reaches_a_libudev_monitor() {
             .expect("UnregisterParent");
         let event = poll_monitor(&mdevreg_monitor, Duration::from_secs(10))
             .expect("the libudev monitor got the unregistration");
-        assert_eq!(property(&event, "MDEV_STATE"), "unregistered");
+        assert_eq!(udev_property(&event, "MDEV_STATE"), "unregistered");
         assert_eq!(
-            property(&event, "MDEVREG_SEQNUM"),
+            udev_property(&event, "MDEVREG_SEQNUM"),
             registry.seq_num().await.expect("SeqNum").to_string()
         );
 

@@ -11,15 +11,17 @@ use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::daemon::{wait_ready, Daemon, Setup};
+use common::helper_process::{helper_next_line, helper_role, helper_say, spawn_helper};
+use common::prereq::run;
+use common::registry_client;
+use common::registry_client::{
+    connect, good_type, lifetime, register_raw, wait_for_registry, Dict,
+};
+use common::registry_signals::{next_signal, registry_signals};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
 use mdevreg::netlink::UeventEmitter;
 use mdevreg::uevent::Uevent;
-use common::registry_client::{connect, good_type, lifetime, register_raw, wait_for_registry, Dict};
-use common::helper_process::{helper_next_line, helper_role, helper_say, spawn_helper};
-use common::registry_signals::{next_signal, registry_signals};
-use common::prereq::{run};
-use common::daemon::{wait_ready, Daemon, Setup};
-use common::registry_client;
 
 /// The helper that registers owner-bound parents and then waits to be killed.
 #[test]

@@ -9,12 +9,15 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::sysfs_fixture::{FakeSysfs, ParentSpec};
-use common::registry_client::{connect, error_name, good_type, lifetime, register_raw, unregister, BUS_NAME, Dict, ERROR_PREFIX, REGISTRY_IFACE, ROOT_PATH};
+use common::daemon::Setup;
 use common::helper_process::{helper_role, helper_say, run_helper};
-use common::prereq::{run};
-use common::daemon::{Setup};
+use common::prereq::run;
 use common::registry_client;
+use common::registry_client::{
+    connect, error_name, good_type, lifetime, register_raw, unregister, Dict, BUS_NAME,
+    ERROR_PREFIX, REGISTRY_IFACE, ROOT_PATH,
+};
+use common::sysfs_fixture::{FakeSysfs, ParentSpec};
 use zbus::{ObjectPath, Variant};
 
 const INVALID: &str = "InvalidArgument";

@@ -15,17 +15,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::daemon::Setup;
+use common::helper_process::{helper_role, helper_say, run_helper};
+use common::prereq;
+use common::prereq::{open_tempdir, run};
+use common::registry_client;
 use common::sysfs_fixture::{FakeSysfs, ParentSpec, TypeSpec};
+use common::tree_ops;
 use mdevreg::dbus::Parent1Proxy;
 use mdevreg::paths::SysfsRoot;
 use mdevreg::sysfs::{read_parent, scan};
 use proptest::prelude::*;
-use common::helper_process::{helper_role, helper_say, run_helper};
-use common::prereq::{open_tempdir, run};
-use common::daemon::{Setup};
-use common::prereq;
-use common::registry_client;
-use common::tree_ops;
 use zbus::proxy::CacheProperties;
 
 /// The helper run as uid 65534: scans the tree and prints what it found.

@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::sysfs_fixture::FakeSysfs;
+use common::daemon::Setup;
+use common::prereq::run;
 use common::registry_client::{connect, good_type, register_raw, unregister, Dict};
 use common::registry_signals::{decode_signal, registry_signals};
-use common::prereq::{run};
-use common::daemon::{Setup};
+use common::sysfs_fixture::FakeSysfs;
 
 const MONITORS: usize = 5;
 

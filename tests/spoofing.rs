@@ -17,19 +17,17 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use common::daemon::Setup;
+use common::helper_process::{helper_role, helper_say, run_helper, run_helper_as};
+use common::prereq::run;
+use common::registry_client::{stats, RegistrySnapshot};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
+use common::uevent_netlink::userspace_uevent_socket;
 use mdevreg::netlink::{RecvOutcome, UeventEmitter, UeventListener};
 use mdevreg::uevent::{
     accept_kernel, encode_injection, encode_kernel, encode_libudev, Reject, Uevent,
 };
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-    UnixCredentials,
-};
-use common::helper_process::{helper_role, helper_say, run_helper, run_helper_as};
-use common::prereq::{run};
-use common::registry_client::{stats, RegistrySnapshot};
-use common::daemon::{Setup};
+use nix::sys::socket::{self, ControlMessage, MsgFlags, NetlinkAddr, UnixCredentials};
 
 /// Forged messages sent per row.
 const COPIES: u64 = 50;
@@ -56,7 +54,7 @@ fn forge_as_nobody() {
         .parse()
         .unwrap();
     helper_say(&format!("uid {}", nix::unistd::getuid()));
-    let socket = uevent_socket();
+    let socket = userspace_uevent_socket();
     let bytes = encode_kernel(&forged_event(&devpath, 1)).unwrap();
     let multicast = socket::sendto(
         socket.as_raw_fd(),
@@ -118,18 +116,6 @@ fn injectable_event(devpath: &str, state: &str) -> Uevent {
     Uevent::new("change", devpath)
         .with("SUBSYSTEM", "mdpy")
         .with("MDEV_STATE", state)
-}
-
-fn uevent_socket() -> OwnedFd {
-    let fd = socket::socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkKObjectUEvent,
-    )
-    .expect("netlink socket");
-    socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).expect("bind");
-    fd
 }
 
 /// The netlink port of the daemon's group-1 listener: the
@@ -278,7 +264,7 @@ fn spoofed_uevents_change_nothing() {
         let devpath = hidden.devpath.clone();
         let port = daemon_listener_port(setup.daemon.pid());
         let mut watcher = UeventListener::open().expect("test listener");
-        let forger = uevent_socket();
+        let forger = userspace_uevent_socket();
         let forger_port = socket::getsockname::<NetlinkAddr>(forger.as_raw_fd())
             .unwrap()
             .pid();
@@ -416,12 +402,7 @@ fn spoofed_uevents_change_nothing() {
         let before = stats(&setup.client).await;
         let injection = encode_injection(&injectable_event(&devpath, "registered"), 1).unwrap();
         for _ in 0..COPIES {
-            send_with_credentials(
-                &forger,
-                &injection,
-                NetlinkAddr::new(0, 0),
-                common::NOBODY,
-            );
+            send_with_credentials(&forger, &injection, NetlinkAddr::new(0, 0), common::NOBODY);
         }
         assert_eq!(
             watched(&mut watcher, &devpath).await,

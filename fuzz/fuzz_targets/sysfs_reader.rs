@@ -2,7 +2,7 @@
 //! input is read as up to 32 mutations (files, directories, symlinks with
 //! any target, loops, special files, big and garbage contents, non-UTF-8
 //! names) of a small valid tree, and the reader must neither panic nor hang
-//! nor break its invariants (see `tests/reliability/tree_ops.rs`, shared
+//! nor break its invariants (see `tests/common/tree_ops.rs`, shared
 //! with the property test in `tests/hostile_sysfs.rs`).
 #![no_main]
 
@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../tests/reliability/tree_ops.rs"]
+#[path = "../../tests/common/tree_ops.rs"]
 mod tree_ops;
 
 const SCRATCH_PREFIX: &str = "mdevreg-fuzz-sysfs-";

@@ -18,8 +18,9 @@ use mdevreg::persist::StateStores;
 fn main() -> ExitCode {
     let cli = MdevregdCli::parse();
     logging::init(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the event loop is serial anyway, and every extra thread
+    // gets its own malloc arena that keeps its peak after a burst of calls.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -10,6 +10,7 @@ pub mod registry_client;
 pub mod registry_signals;
 pub mod sysfs_fixture;
 pub mod tree_ops;
+pub mod uevent_netlink;
 
 /// The unprivileged uid (and gid) that tests drop to through `setpriv`.
 pub const NOBODY: u32 = 65534;

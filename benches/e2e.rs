@@ -677,6 +677,8 @@ async fn daemon_phases(
         flood_phase(&setup, &dbus, scale, results).await;
     }
     drop(bus);
+    // So that the work directory can be removed.
+    let _ = run_checked("umount", &[path_str(&setup.state_dir)]);
     Ok(())
 }
 
@@ -1433,11 +1435,25 @@ fn write_reports(results: &Results) -> Result<(), String> {
     });
     let target = Path::new(MANIFEST_DIR).join("target/bench");
     std::fs::create_dir_all(&target).map_err(|err| format!("{}: {err}", target.display()))?;
-    let json_path = target.join("results.json");
+    // A quick or partial run must not replace the full run's reports.
+    let partial = std::env::var_os("MDEVREG_BENCH_QUICK").is_some()
+        || std::env::var_os("MDEVREG_BENCH_PHASES").is_some()
+        || std::env::var_os("MDEVREG_BENCH_DAEMON_WRAPPER").is_some()
+        || std::env::var_os("MDEVREG_BENCH_TREE_DIR").is_some();
+    let (json_path, markdown_path) = if partial {
+        (
+            target.join("results-partial.json"),
+            target.join("BENCHMARKS-partial.md"),
+        )
+    } else {
+        (
+            target.join("results.json"),
+            Path::new(MANIFEST_DIR).join("BENCHMARKS.md"),
+        )
+    };
     let text = serde_json::to_string_pretty(&document).map_err(|err| err.to_string())?;
     std::fs::write(&json_path, text + "\n")
         .map_err(|err| format!("{}: {err}", json_path.display()))?;
-    let markdown_path = Path::new(MANIFEST_DIR).join("BENCHMARKS.md");
     std::fs::write(&markdown_path, markdown(results, &summary))
         .map_err(|err| format!("{}: {err}", markdown_path.display()))?;
     eprintln!(
@@ -1658,7 +1674,10 @@ fn markdown(results: &Results, s: &Summary) -> String {
          converged when `mdevreg types --json` from the daemon equals a direct scan (polled), \
          within {FLOOD_DEADLINE_SECONDS} s; the time counts from the first injection.",
         if results.flood_receive_buffer_flag {
-            format!("`--receive-buffer={FLOOD_RECEIVE_BUFFER}`")
+            format!(
+                "`--receive-buffer={FLOOD_RECEIVE_BUFFER}` (small only once mdevregd applies \
+                 the flag to its uevent socket; its counters below show the buffer it had)"
+            )
         } else {
             "its default receive buffer (no `--receive-buffer` flag)".to_owned()
         }

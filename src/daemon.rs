@@ -93,6 +93,8 @@ pub struct Config {
     pub emit: EmitMode,
     /// Listen for kernel uevents (off: sysfs is read at start and on Rescan).
     pub netlink: bool,
+    /// Receive buffer of the uevent socket in bytes (`None`: the default).
+    pub receive_buffer: Option<usize>,
 }
 
 /// Why the daemon stopped with an error.
@@ -185,7 +187,11 @@ pub async fn run(
     let sink = UeventSink::open(config.emit).map_err(DaemonError::Emit)?;
     log::info!("{}", sink.describe());
     let listener = if config.netlink {
-        Some(UeventListener::open().map_err(DaemonError::Listener)?)
+        let listener = match config.receive_buffer {
+            Some(bytes) => UeventListener::with_receive_buffer(bytes),
+            None => UeventListener::open(),
+        };
+        Some(listener.map_err(DaemonError::Listener)?)
     } else {
         log::info!("not listening for kernel uevents (--no-netlink)");
         None

@@ -195,7 +195,12 @@ impl Registry {
         match input {
             Input::KernelScan(infos) => self.kernel_scan(infos, &mut events),
             Input::KernelParent { devpath, info } => match info {
-                Some(info) => self.kernel_present(info, &mut events),
+                Some(info) => {
+                    // A stale entry at the same devpath under another name
+                    // must not linger.
+                    self.kernel_absent_except(&info.devpath, &info.name, &mut events);
+                    self.kernel_present(info, &mut events)
+                }
                 None => self.kernel_absent(&devpath, &mut events),
             },
             Input::Register {
@@ -240,10 +245,6 @@ impl Registry {
 
     fn kernel_present(&mut self, mut info: ParentInfo, events: &mut Vec<Event>) {
         info.normalize();
-        // A kernel parent that moved to another name at the same devpath is
-        // not possible (the name is the devpath's last component), but a stale
-        // entry at the same devpath under another name must not linger.
-        self.kernel_absent_except(&info.devpath, &info.name, events);
         match self.parents.get(&info.name) {
             None => {
                 let parent = Parent {

@@ -76,6 +76,7 @@ async fn run(cli: MdevregdCli) -> ExitCode {
         stores: StateStores::new(cli.state_dir.as_deref()),
         emit: cli.emit,
         netlink: !cli.no_netlink,
+        receive_buffer: cli.receive_buffer,
     };
     let result = daemon::run(connection, config, shutdown).await;
     if let Some(bus) = embedded {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::uevent_netlink::{poll_monitor, userspace_uevent_socket};
+
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
@@ -15,9 +17,7 @@ use std::time::{Duration, Instant};
 use common::netns::{in_new_netns, missing_prerequisite, runtime};
 use mdevreg::netlink::{RecvOutcome, SeqnumTracker, UeventEmitter, UeventListener};
 use mdevreg::uevent::{encode_injection, encode_kernel, Reject, Uevent};
-use nix::sys::socket::{
-    self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-};
+use nix::sys::socket::{self, MsgFlags, NetlinkAddr};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -47,18 +47,6 @@ async fn next_outcome_for(listener: &mut UeventListener, devpath: &str) -> RecvO
             _ => return outcome,
         }
     }
-}
-
-fn userspace_socket() -> std::os::fd::OwnedFd {
-    let fd = socket::socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkKObjectUEvent,
-    )
-    .expect("netlink socket");
-    socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).expect("bind");
-    fd
 }
 
 fn port_of(fd: &std::os::fd::OwnedFd) -> u32 {
@@ -128,7 +116,7 @@ fn userspace_senders_are_rejected() {
         runtime().block_on(async {
             let mut listener = UeventListener::open().expect("listener");
             let listener_port = listener.port().expect("port");
-            let forger = userspace_socket();
+            let forger = userspace_uevent_socket();
             let forger_port = port_of(&forger);
             let forged = mdevreg_event("forged").with("SEQNUM", "99");
             let bytes = encode_kernel(&forged).unwrap();
@@ -205,18 +193,6 @@ fn small_receive_buffer_overflows() {
             ));
         })
     });
-}
-
-/// Polls a non-blocking libudev monitor until an event arrives or `wait` ends.
-fn poll_monitor(monitor: &udev::MonitorSocket, wait: Duration) -> Option<udev::Event> {
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if let Some(event) = monitor.iter().next() {
-            return Some(event);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
 }
 
 /// libudev (and udevadm) monitors silently join no group unless udevd runs

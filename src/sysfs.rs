@@ -740,30 +740,8 @@ pub fn read_link_name(path: &Path) -> Result<Option<String>, Warning> {
 /// Names in a directory, sorted; `Ok(None)` when it does not exist. Entries
 /// whose names are not UTF-8 are left out with a warning.
 pub fn list_dir(path: &Path, warnings: &mut Vec<Warning>) -> Result<Option<Vec<String>>, Warning> {
-    let entries = match fs::read_dir(path) {
-        Ok(entries) => entries,
-        Err(err) if is_missing(&err) => return Ok(None),
-        Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(err) => {
-                warnings.push(Warning::new(path, describe_io_error(&err)));
-                continue;
-            }
-        };
-        match entry.file_name().into_string() {
-            Ok(name) => names.push(name),
-            Err(raw) => warnings.push(Warning::new(
-                path.join(raw),
-                "name is not valid UTF-8; skipped",
-            )),
-        }
-    }
-    names.sort();
-    Ok(Some(names))
+    let typed = list_dir_typed(path, warnings)?;
+    Ok(typed.map(|entries| entries.into_iter().map(|(name, _)| name).collect()))
 }
 
 /// A directory entry's name and type.

@@ -209,6 +209,8 @@ pub fn uuid_for(n: u64) -> String {
 pub struct FakeSysfs {
     root: PathBuf,
     _tempdir: Option<tempfile::TempDir>,
+    /// The next free IOMMU group number (`usize::MAX` until first used).
+    next_group: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeSysfs {
@@ -223,6 +225,7 @@ impl FakeSysfs {
         let tree = FakeSysfs {
             root,
             _tempdir: Some(tempdir),
+            next_group: std::sync::atomic::AtomicUsize::new(usize::MAX),
         };
         tree.skeleton();
         tree
@@ -236,6 +239,7 @@ impl FakeSysfs {
         let tree = FakeSysfs {
             root,
             _tempdir: None,
+            next_group: std::sync::atomic::AtomicUsize::new(usize::MAX),
         };
         tree.skeleton();
         tree
@@ -428,10 +432,21 @@ impl FakeSysfs {
         self.link(&format!("bus/mdev/devices/{uuid}"), &instance_rel);
     }
 
+    /// A group number not yet used: counted from the existing groups once,
+    /// then incremented (skipping any number that exists already).
     fn next_iommu_group(&self) -> usize {
-        fs::read_dir(self.path("kernel/iommu_groups"))
-            .map(|entries| entries.count())
-            .unwrap_or(0)
+        use std::sync::atomic::Ordering;
+        let mut group = self.next_group.load(Ordering::Relaxed);
+        if group == usize::MAX {
+            group = fs::read_dir(self.path("kernel/iommu_groups"))
+                .map(|entries| entries.count())
+                .unwrap_or(0);
+        }
+        while self.path(&format!("kernel/iommu_groups/{group}")).exists() {
+            group += 1;
+        }
+        self.next_group.store(group + 1, Ordering::Relaxed);
+        group
     }
 
     /// Removes an instance (its directory and both links to it).

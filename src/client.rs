@@ -272,6 +272,21 @@ async fn run_query(
     let conn = target.connect().await?;
     match command {
         Command::Types { parent, json, .. } => {
+            if json {
+                // One call: the daemon prints the document itself.
+                let registry = registry_proxy(&conn, target).await?;
+                match registry.dump_types(parent.as_deref().unwrap_or("")).await {
+                    Ok(document) => {
+                        return writeln!(out, "{document}")
+                            .and_then(|()| out.flush())
+                            .map_err(ClientError::output);
+                    }
+                    // An older daemon without DumpTypes: build it here.
+                    Err(RegistryError::ZBus(zbus::Error::MethodError(name, _, _)))
+                        if name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod" => {}
+                    Err(err) => return Err(registry_error(err, target)),
+                }
+            }
             let parents = fetch_parents(&conn, target).await?;
             let infos: Vec<ParentInfo> = parents.into_iter().map(|p| p.info).collect();
             report::write_types(&infos, parent.as_deref(), json, out).map_err(ClientError::output)

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -23,10 +23,10 @@ use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath};
 
 use crate::cli::EmitMode;
-use crate::dbus::{self, validate, Objects, Registry1, Request, RootSnapshot, Stats};
+use crate::dbus::{self, signals, validate, Request, Server, SharedRegistry, Stats};
 use crate::emit::{Emitted, MdevState, UeventSink, SEQNUM_KEY};
 use crate::label::BUS_NAME;
-use crate::model::{Parent, Source};
+use crate::model::{Lifetime, Parent, Source};
 use crate::netlink::{RecvOutcome, SeqnumTracker, UeventListener};
 use crate::paths::SysfsRoot;
 use crate::persist::{StateStores, StoredRegistration};
@@ -204,9 +204,10 @@ pub async fn run(
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
-    let root = Arc::new(Mutex::new(RootSnapshot::default()));
-    let registry1 = Registry1::new(
-        Arc::clone(&root),
+    let registry: SharedRegistry = Arc::new(RwLock::new(registry));
+    let server = Server::new(
+        connection.clone(),
+        Arc::clone(&registry),
         Arc::clone(&stats),
         requests_tx,
         bus.clone(),
@@ -214,18 +215,20 @@ pub async fn run(
 
     let mut daemon = Daemon {
         registry,
-        objects: None,
+        connection: connection.clone(),
+        server: Arc::clone(&server),
         sink,
         stats: Arc::clone(&stats),
         sysfs_root: config.sysfs_root.clone(),
         stores: config.stores.clone(),
         bus: bus.clone(),
-        sources_tx: sources_tx.clone(),
         pending_echoes: PendingEchoes::default(),
+        scan_job: None,
+        gone_owners: GoneOwners::default(),
     };
     // Sysfs first, so the tree served below is complete.
     daemon.initial_scan();
-    daemon.objects = Some(Objects::serve(&connection, registry1, root, &daemon.registry).await?);
+    let server_task = server.start().await?;
     daemon.save_state();
 
     // Watch owners leave before checking the restored ones, so none is missed.
@@ -243,8 +246,8 @@ pub async fn run(
             .unique_name()
             .map(|name| name.to_string())
             .unwrap_or_default(),
-        daemon.registry.len(),
-        daemon.registry.seqnum()
+        daemon.reg().len(),
+        daemon.reg().seqnum()
     );
     daemon.check_restored_owners().await;
     let netlink_task = listener.map(|listener| {
@@ -261,6 +264,7 @@ pub async fn run(
         .await;
 
     owner_watch.abort();
+    server_task.abort();
     if let Some(task) = netlink_task {
         task.abort();
     }
@@ -500,19 +504,74 @@ fn release_freed_memory() {
 fn release_freed_memory() {}
 
 struct Daemon {
-    registry: Registry,
-    /// Set once the tree is served.
-    objects: Option<Objects>,
+    /// Shared with the D-Bus server, which only reads it.
+    registry: SharedRegistry,
+    connection: Connection,
+    server: Arc<Server>,
     sink: UeventSink,
     stats: Arc<Stats>,
     sysfs_root: SysfsRoot,
     stores: StateStores,
     bus: DBusProxy<'static>,
-    sources_tx: mpsc::Sender<SourceMessage>,
     pending_echoes: PendingEchoes,
+    /// The background rescan running, if any.
+    scan_job: Option<ScanJob>,
+    gone_owners: GoneOwners,
+}
+
+/// Unique names seen leaving the bus, the most recent ones (a bus never
+/// reuses a unique name, so membership is final).
+#[derive(Default)]
+struct GoneOwners {
+    order: std::collections::VecDeque<String>,
+    names: HashSet<String>,
+}
+
+impl GoneOwners {
+    const MAX: usize = 4096;
+
+    fn insert(&mut self, name: &str) {
+        if !self.names.insert(name.to_owned()) {
+            return;
+        }
+        self.order.push_back(name.to_owned());
+        if self.order.len() > Self::MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.names.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+/// A full rescan running on a blocking thread.
+struct ScanJob {
+    handle: tokio::task::JoinHandle<sysfs::Scan>,
+    /// Devpaths re-read while it ran.
+    touched: BTreeSet<String>,
+    /// Another resync was asked for meanwhile.
+    again: Option<&'static str>,
 }
 
 impl Daemon {
+    /// The registry, for reading (the server may read at the same time).
+    fn reg(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies `input` to the registry (the only writer).
+    fn apply(&self, input: Input) -> Result<Vec<Event>, crate::registry::Error> {
+        self.registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(input)
+    }
+
     async fn run_loop(
         &mut self,
         connection: &Connection,
@@ -540,6 +599,15 @@ impl Daemon {
                         batch.push(next);
                     }
                     self.handle_sources(batch).await;
+                    idle_trim.note_input();
+                }
+                scan = async {
+                    match self.scan_job.as_mut() {
+                        Some(job) => (&mut job.handle).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.scan_finished(scan).await;
                     idle_trim.note_input();
                 }
                 () = &mut idle_trim.timer, if idle_trim.armed => idle_trim.timer_fired(),
@@ -585,14 +653,14 @@ impl Daemon {
             owner: owner.clone(),
             lifetime,
         };
-        let events = self.registry.apply(input).map_err(|err| {
+        let events = self.apply(input).map_err(|err| {
             log::info!("RegisterParent from {owner} refused: {err}");
             dbus::Error::from(err)
         })?;
-        if let Err(err) = self.try_save_state() {
+        if let Err(err) = self.try_save_stores(&[lifetime]) {
             // Not acknowledged unless it would survive a restart: undo.
             log::error!("cannot save state, refusing registration of {name:?}: {err}");
-            let _ = self.registry.apply(Input::Unregister {
+            let _ = self.apply(Input::Unregister {
                 name: name.clone(),
                 caller: owner,
             });
@@ -603,13 +671,16 @@ impl Daemon {
             "registered userspace parent {name:?} for {owner} (lifetime {})",
             lifetime.as_str()
         );
-        self.check_owner_still_there(owner);
+        // The registrant may have left between its call and now; its
+        // NameOwnerChanged was then handled already and found nothing.
+        if self.gone_owners.contains(&owner) {
+            self.owner_gone(owner).await;
+        }
         Ok(dbus::parent_object_path(&name))
     }
 
     async fn unregister(&mut self, name: String, caller: String) -> Result<(), dbus::Error> {
         let events = self
-            .registry
             .apply(Input::Unregister {
                 name: name.clone(),
                 caller: caller.clone(),
@@ -624,28 +695,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// A registrant may leave between its call and the registration: if
-    /// the bus no longer knows it, treat it as gone (the NameOwnerChanged
-    /// may have been handled before the registration).
-    fn check_owner_still_there(&self, owner: String) {
-        let bus = self.bus.clone();
-        let sources = self.sources_tx.clone();
-        tokio::spawn(async move {
-            let present = match zbus::names::BusName::try_from(owner.as_str()) {
-                Ok(name) => bus.name_has_owner(name).await.unwrap_or(true),
-                Err(_) => false,
-            };
-            if !present {
-                let _ = sources.send(SourceMessage::OwnerGone(owner)).await;
-            }
-        });
-    }
-
     /// Re-adopts restored registrations whose owner is still connected;
     /// the others go through the normal "owner gone" path.
     async fn check_restored_owners(&mut self) {
         let owners: BTreeSet<String> = self
-            .registry
+            .reg()
             .parents()
             .filter(|parent| parent.source == Source::Userspace && !parent.owner.is_empty())
             .map(|parent| parent.owner.clone())
@@ -671,7 +725,9 @@ impl Daemon {
     }
 
     async fn owner_gone(&mut self, owner: String) {
-        let Ok(events) = self.registry.apply(Input::OwnerGone {
+        self.server.forget_caller(&owner);
+        self.gone_owners.insert(&owner);
+        let Ok(events) = self.apply(Input::OwnerGone {
             owner: owner.clone(),
         }) else {
             return;
@@ -717,19 +773,20 @@ impl Daemon {
             }
         }
         if let Some(reason) = resync {
-            self.rescan(reason).await;
+            self.start_rescan(reason);
         }
         let mut inputs = Vec::new();
         let mut seen = HashSet::new();
         for (devpath, copies) in devpaths {
             match self.kernel_input(&devpath) {
-                // After a rescan the hints are only counted.
-                Some(_) if resync.is_some() => {}
                 Some(input) => {
                     let key = match &input {
                         Input::KernelParent { devpath, .. } => devpath.clone(),
                         _ => String::new(),
                     };
+                    if let Some(job) = self.scan_job.as_mut() {
+                        job.touched.insert(key.clone());
+                    }
                     if seen.insert(key) {
                         inputs.push(input);
                     }
@@ -742,7 +799,7 @@ impl Daemon {
         }
         let mut events = Vec::new();
         for input in inputs {
-            if let Ok(more) = self.registry.apply(input) {
+            if let Ok(more) = self.apply(input) {
                 events.extend(more);
             }
         }
@@ -754,8 +811,8 @@ impl Daemon {
     /// at or above it, else the device itself or its parent directory (an
     /// mdev instance below a parent) if that is an mdev parent.
     fn kernel_input(&self, devpath: &str) -> Option<Input> {
-        if let Some(parent_devpath) = self.registry.kernel_devpath_owner(devpath) {
-            let parent_devpath = parent_devpath.to_owned();
+        let known = self.reg().kernel_devpath_owner(devpath).map(str::to_owned);
+        if let Some(parent_devpath) = known {
             return match sysfs::read_parent(&self.sysfs_root, &parent_devpath) {
                 ParentRead::Parent(info, warnings) => {
                     log_warnings(&warnings);
@@ -795,11 +852,61 @@ impl Daemon {
         log_warnings(&scan.warnings);
         let found = scan.parents.len();
         // Before serving: the tree is built from the result, no signals.
-        let _ = self.registry.apply(Input::KernelScan(scan.parents));
+        let _ = self.apply(Input::KernelScan(scan.parents));
         log::info!(
             "found {found} kernel mdev parents under {}",
             self.sysfs_root.path().display()
         );
+    }
+
+    /// Starts a full rescan on a blocking thread (a SEQNUM gap or an
+    /// overflow): uevents keep being handled meanwhile. One runs at a time;
+    /// a resync asked for during it runs once it is done.
+    fn start_rescan(&mut self, reason: &'static str) {
+        if let Some(job) = self.scan_job.as_mut() {
+            job.again = Some(reason);
+            return;
+        }
+        self.stats.bump(counters::RESCANS);
+        log::info!("rescanning sysfs ({reason})");
+        let root = self.sysfs_root.clone();
+        self.scan_job = Some(ScanJob {
+            handle: tokio::task::spawn_blocking(move || sysfs::scan(&root)),
+            touched: BTreeSet::new(),
+            again: None,
+        });
+    }
+
+    /// Applies a background scan. Parents re-read while it ran are read
+    /// again, as the scan may predate what those reads saw.
+    async fn scan_finished(&mut self, scan: Result<sysfs::Scan, tokio::task::JoinError>) {
+        let Some(job) = self.scan_job.take() else {
+            return;
+        };
+        match scan {
+            Ok(mut scan) => {
+                log_warnings(&scan.warnings);
+                for devpath in &job.touched {
+                    scan.parents.retain(|parent| &parent.devpath != devpath);
+                    if let ParentRead::Parent(info, warnings) =
+                        sysfs::read_parent(&self.sysfs_root, devpath)
+                    {
+                        log_warnings(&warnings);
+                        // First in the list: it wins over a stale namesake.
+                        scan.parents.insert(0, info);
+                    }
+                }
+                let events = self
+                    .apply(Input::KernelScan(scan.parents))
+                    .unwrap_or_default();
+                self.save_if_userspace(&events);
+                self.publish(&events).await;
+            }
+            Err(err) => log::error!("sysfs rescan failed: {err}"),
+        }
+        if let Some(reason) = job.again {
+            self.start_rescan(reason);
+        }
     }
 
     async fn rescan(&mut self, reason: &str) {
@@ -808,7 +915,6 @@ impl Daemon {
         let scan = sysfs::scan(&self.sysfs_root);
         log_warnings(&scan.warnings);
         let events = self
-            .registry
             .apply(Input::KernelScan(scan.parents))
             .unwrap_or_default();
         self.save_if_userspace(&events);
@@ -833,9 +939,8 @@ impl Daemon {
             );
             self.emit_uevent(parent, state, event.seqnum);
         }
-        if let Some(objects) = self.objects.as_mut() {
-            objects.apply(events).await;
-        }
+        let messages = signals::build(&self.reg(), events);
+        signals::send(&self.connection, messages).await;
     }
 
     fn emit_uevent(&mut self, parent: &Parent, state: MdevState, seqnum: u64) {
@@ -857,9 +962,17 @@ impl Daemon {
         }
     }
 
+    /// Saves the state files whose registrations `events` changed.
     fn save_if_userspace(&mut self, events: &[Event]) {
-        if events.iter().any(touches_userspace) {
-            self.save_state();
+        let mut lifetimes: Vec<Lifetime> = events.iter().filter_map(userspace_lifetime).collect();
+        lifetimes.sort_by_key(|lifetime| lifetime.as_str());
+        lifetimes.dedup();
+        if lifetimes.is_empty() {
+            return;
+        }
+        if let Err(err) = self.try_save_stores(&lifetimes) {
+            self.stats.bump(counters::SAVE_FAILURES);
+            log::error!("cannot save state: {err}");
         }
     }
 
@@ -872,36 +985,50 @@ impl Daemon {
 
     /// Writes both state files from the registry.
     fn try_save_state(&self) -> io::Result<()> {
+        self.try_save_stores(&[Lifetime::Owner, Lifetime::Persistent])
+    }
+
+    /// Writes the state files of `lifetimes` from the registry.
+    fn try_save_stores(&self, lifetimes: &[Lifetime]) -> io::Result<()> {
         for store in [&self.stores.owner, &self.stores.persistent] {
-            let records: Vec<StoredRegistration> = self
-                .registry
-                .parents()
-                .filter(|parent| {
-                    parent.source == Source::Userspace && parent.lifetime == store.lifetime()
-                })
-                .map(|parent| StoredRegistration {
-                    parent: parent.clone(),
-                })
-                .collect();
-            store
-                .save(self.registry.seqnum(), &records)
-                .map_err(|err| {
-                    io::Error::new(err.kind(), format!("{}: {err}", store.path().display()))
-                })?;
+            if !lifetimes.contains(&store.lifetime()) {
+                continue;
+            }
+            let (seqnum, records) = {
+                let registry = self.reg();
+                let records: Vec<StoredRegistration> = registry
+                    .parents()
+                    .filter(|parent| {
+                        parent.source == Source::Userspace && parent.lifetime == store.lifetime()
+                    })
+                    .map(|parent| StoredRegistration {
+                        parent: parent.clone(),
+                    })
+                    .collect();
+                (registry.seqnum(), records)
+            };
+            store.save(seqnum, &records).map_err(|err| {
+                io::Error::new(err.kind(), format!("{}: {err}", store.path().display()))
+            })?;
         }
         Ok(())
     }
 }
 
 /// Whether `event` changes what the state files hold.
+#[cfg(test)]
 fn touches_userspace(event: &Event) -> bool {
-    match &event.kind {
-        EventKind::ParentRegistered { parent } | EventKind::ParentUnregistered { parent } => {
-            parent.source == Source::Userspace
-        }
-        EventKind::ParentUpdated { after, .. } => after.source == Source::Userspace,
-        _ => false,
-    }
+    userspace_lifetime(event).is_some()
+}
+
+/// The lifetime (state file) of the userspace registration `event` changes.
+fn userspace_lifetime(event: &Event) -> Option<Lifetime> {
+    let parent = match &event.kind {
+        EventKind::ParentRegistered { parent } | EventKind::ParentUnregistered { parent } => parent,
+        EventKind::ParentUpdated { after, .. } => after,
+        _ => return None,
+    };
+    (parent.source == Source::Userspace).then_some(parent.lifetime)
 }
 
 fn log_warnings(warnings: &[sysfs::Warning]) {

@@ -27,8 +27,18 @@ pub fn types_document(parents: &[ParentInfo], only_parent: Option<&str>) -> Valu
 /// [`types_document`] printed as mdevctl prints it (pretty, mdevctl's key
 /// order), without the final newline.
 pub fn types_json_pretty(parents: &[ParentInfo], only_parent: Option<&str>) -> String {
-    serde_json::to_string_pretty(&TypesDocument::new(parents, only_parent))
-        .unwrap_or_else(|_| "[]".to_string())
+    types_json_pretty_of(parents, only_parent)
+}
+
+/// [`types_json_pretty`] of borrowed parents (the daemon's registry).
+pub fn types_json_pretty_of<'a>(
+    parents: impl IntoIterator<Item = &'a ParentInfo>,
+    only_parent: Option<&str>,
+) -> String {
+    let document = TypesDocument {
+        parents: selected_parents(parents, only_parent),
+    };
+    serde_json::to_string_pretty(&document).unwrap_or_else(|_| "[]".to_string())
 }
 
 /// `mdevctl types` text output, including its final empty line:
@@ -183,11 +193,11 @@ pub fn list_text(parents: &[Parent]) -> String {
 
 /// Parents sorted by name, duplicates after the first dropped, filtered.
 fn selected_parents<'a>(
-    parents: &'a [ParentInfo],
+    parents: impl IntoIterator<Item = &'a ParentInfo>,
     only_parent: Option<&str>,
 ) -> Vec<&'a ParentInfo> {
     let mut selected: Vec<&ParentInfo> = parents
-        .iter()
+        .into_iter()
         .filter(|p| only_parent.is_none_or(|name| p.name == name))
         .collect();
     selected.sort_by(|a, b| a.name.cmp(&b.name));

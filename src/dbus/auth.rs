@@ -29,31 +29,8 @@ pub fn check_uid(method: &str, caller: &str, uid: u32) -> Result<(), Error> {
     }
 }
 
-/// Asks the bus for the uid of the sender of `header`'s message and
-/// requires it to be 0. Returns the caller's unique name. A denial is
-/// logged at info level (one line per call).
-pub async fn require_root(
-    bus: &DBusProxy<'_>,
-    header: &Header<'_>,
-    method: &str,
-) -> Result<String, Error> {
-    let caller = caller(header)?;
-    let result = match sender_uid(bus, &caller).await {
-        Ok(uid) => check_uid(method, &caller, uid),
-        Err(err) => Err(Error::AccessDenied(format!(
-            "{method}: cannot determine the uid of {caller}: {err}"
-        ))),
-    };
-    match result {
-        Ok(()) => Ok(caller),
-        Err(err) => {
-            log::info!("denied: {err}");
-            Err(err)
-        }
-    }
-}
-
-async fn sender_uid(bus: &DBusProxy<'_>, caller: &str) -> zbus::Result<u32> {
+/// The uid of `caller` as the bus reports it.
+pub async fn sender_uid(bus: &DBusProxy<'_>, caller: &str) -> zbus::Result<u32> {
     let name = zbus::names::BusName::try_from(caller)?;
     Ok(bus.get_connection_unix_user(name).await?)
 }

@@ -442,7 +442,7 @@ impl FakeSysfs {
                 .map(|entries| entries.count())
                 .unwrap_or(0);
         }
-        while self.path(&format!("kernel/iommu_groups/{group}")).exists() {
+        while self.path(format!("kernel/iommu_groups/{group}")).exists() {
             group += 1;
         }
         self.next_group.store(group + 1, Ordering::Relaxed);

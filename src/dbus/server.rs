@@ -1,0 +1,652 @@
+//! Answers method calls to the registry's objects straight from the shared
+//! [`Registry`]: the root object (`Registry1`, ObjectManager), one object
+//! per parent and per type, their ancestors, and the standard `Peer`,
+//! `Introspectable` and `Properties` interfaces on each.
+//!
+//! Objects are not materialised: a path is decoded to a parent name and
+//! type id and looked up when a call arrives, so the daemon holds each
+//! parent's data once however many types it has. Queries are answered in
+//! arrival order under a short read lock; mutating calls are checked
+//! (caller uid, arguments) on their own task and handed to the event loop
+//! as [`Request`]s, which replies once the change is applied and visible.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use zbus::fdo::{self, DBusProxy};
+use zbus::message::{Flags, Header, Type as MessageType};
+use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
+
+use super::errors::Error;
+use super::interfaces::{
+    self, Interface, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
+    REGISTRY1,
+};
+use super::values::{self, ManagedObjects, PropMap, PropValue};
+use super::{auth, lock, validate, Request, Stats};
+use crate::label;
+use crate::mdevctl_json;
+use crate::registry::Registry;
+
+/// The registry as the event loop (writer) and the server (reader) share it.
+pub type SharedRegistry = Arc<RwLock<Registry>>;
+
+/// Most callers' uids remembered (unique names are never reused on a bus,
+/// so an entry can only go stale by its connection leaving).
+const UID_CACHE_MAX: usize = 1024;
+
+/// What a path names.
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    /// `/`, `/org`, `/org/mdevreg`: ancestors of the root, with one child.
+    Ancestor(&'static str),
+    Root,
+    /// `<root>/parent`
+    ParentsDir,
+    Parent(String),
+    /// `<parent>/type`
+    TypesDir(String),
+    Type(String, String),
+}
+
+impl Node {
+    fn interfaces(&self) -> &'static [&'static Interface] {
+        match self {
+            Node::Root => &[&REGISTRY1],
+            Node::Parent(_) => &[&PARENT1],
+            Node::Type(..) => &[&MDEV_TYPE1],
+            _ => &[],
+        }
+    }
+}
+
+/// Decodes `path`; `None` for paths outside the tree. Labels must be in
+/// canonical form (one path per object).
+fn classify(path: &str) -> Option<Node> {
+    match path {
+        "/" => return Some(Node::Ancestor("org")),
+        "/org" => return Some(Node::Ancestor("mdevreg")),
+        "/org/mdevreg" => return Some(Node::Ancestor("Registry1")),
+        label::ROOT_PATH => return Some(Node::Root),
+        _ => {}
+    }
+    if path == label::PARENT_PATH_PREFIX.trim_end_matches('/') {
+        return Some(Node::ParentsDir);
+    }
+    if let Some(name) = label::parse_parent_path(path) {
+        return (label::parent_path(&name) == path).then_some(Node::Parent(name));
+    }
+    if let Some(parent_path) = path.strip_suffix("/type") {
+        let name = label::parse_parent_path(parent_path)?;
+        return (label::parent_path(&name) == parent_path).then_some(Node::TypesDir(name));
+    }
+    let (name, id) = label::parse_type_path(path)?;
+    (label::type_path(&name, &id) == path).then_some(Node::Type(name, id))
+}
+
+/// A reply to send: a body, or an error.
+enum Reply {
+    Message(zbus::Result<Message>),
+    Fdo(fdo::Error),
+    Registry(Error),
+}
+
+fn unknown_method(interface: &str, member: &str) -> Reply {
+    Reply::Fdo(fdo::Error::UnknownMethod(format!(
+        "Unknown method '{member}' on interface '{interface}'"
+    )))
+}
+
+fn invalid_args(err: zbus::Error) -> Reply {
+    Reply::Fdo(fdo::Error::InvalidArgs(format!("invalid arguments: {err}")))
+}
+
+/// The method-call side of the D-Bus service.
+pub struct Server {
+    connection: Connection,
+    registry: SharedRegistry,
+    stats: Arc<Stats>,
+    requests: mpsc::Sender<Request>,
+    bus: DBusProxy<'static>,
+    uids: Mutex<HashMap<String, u32>>,
+}
+
+impl Server {
+    pub fn new(
+        connection: Connection,
+        registry: SharedRegistry,
+        stats: Arc<Stats>,
+        requests: mpsc::Sender<Request>,
+        bus: DBusProxy<'static>,
+    ) -> Arc<Server> {
+        Arc::new(Server {
+            connection,
+            registry,
+            stats,
+            requests,
+            bus,
+            uids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts answering method calls; the task ends with the connection.
+    pub async fn start(self: &Arc<Self>) -> zbus::Result<tokio::task::JoinHandle<()>> {
+        let mut rule = MatchRule::builder().msg_type(MessageType::MethodCall);
+        if let Some(unique) = self.connection.unique_name() {
+            rule = rule.destination(unique.to_string());
+        }
+        let mut stream =
+            MessageStream::for_match_rule(rule.build()?, &self.connection, None).await?;
+        let server = Arc::clone(self);
+        Ok(tokio::spawn(async move {
+            while let Some(message) = stream.next().await {
+                match message {
+                    Ok(message) => server.handle(message).await,
+                    Err(err) => log::debug!("unreadable message: {err}"),
+                }
+            }
+        }))
+    }
+
+    /// Forgets the uid of a connection that left the bus.
+    pub fn forget_caller(&self, unique_name: &str) {
+        lock(&self.uids).remove(unique_name);
+    }
+
+    async fn handle(self: &Arc<Self>, message: Message) {
+        let header = message.header();
+        if header.message_type() != MessageType::MethodCall {
+            return;
+        }
+        let no_reply = header.primary().flags().contains(Flags::NO_REPLY_EXPECTED);
+        let reply = match self.route(&message, &header) {
+            Some(reply) => reply,
+            None => {
+                // A mutating call: checked and queued on its own task.
+                let server = Arc::clone(self);
+                tokio::spawn(async move {
+                    let header = message.header();
+                    let reply = server.mutate(&message, &header).await;
+                    server.send(&header, reply, no_reply).await;
+                });
+                return;
+            }
+        };
+        self.send(&header, reply, no_reply).await;
+    }
+
+    async fn send(&self, header: &Header<'_>, reply: Reply, no_reply: bool) {
+        if no_reply {
+            return;
+        }
+        let result = match reply {
+            Reply::Message(Ok(message)) => self.connection.send(&message).await,
+            Reply::Message(Err(err)) => {
+                log::warn!("cannot build a reply: {err}");
+                self.connection
+                    .reply_dbus_error(header, fdo::Error::Failed(err.to_string()))
+                    .await
+            }
+            Reply::Fdo(err) => self.connection.reply_dbus_error(header, err).await,
+            Reply::Registry(err) => self.connection.reply_dbus_error(header, err).await,
+        };
+        if let Err(err) = result {
+            log::debug!("cannot send a reply: {err}");
+        }
+    }
+
+    /// Answers a query; `None` for the mutating `Registry1` methods.
+    fn route(&self, message: &Message, header: &Header<'_>) -> Option<Reply> {
+        let (Some(path), Some(member)) = (header.path(), header.member()) else {
+            return Some(Reply::Fdo(fdo::Error::Failed(
+                "method call without path or member".to_owned(),
+            )));
+        };
+        let member = member.as_str();
+        let interface = header.interface().map(|i| i.as_str());
+        if interface == Some(PEER)
+            || (interface.is_none() && matches!(member, "Ping" | "GetMachineId"))
+        {
+            return Some(self.peer(header, member));
+        }
+        let Some(node) = classify(path.as_str()) else {
+            return Some(Reply::Fdo(fdo::Error::UnknownObject(format!(
+                "Unknown object '{path}'"
+            ))));
+        };
+        // The registry decides what exists below the root.
+        if !self.exists(&node) {
+            return Some(Reply::Fdo(fdo::Error::UnknownObject(format!(
+                "Unknown object '{path}'"
+            ))));
+        }
+        let interface = match interface {
+            Some(interface) => interface,
+            None => match self.interface_of(&node, member) {
+                Some(interface) => interface,
+                None => return Some(unknown_method("(none)", member)),
+            },
+        };
+        match interface {
+            INTROSPECTABLE if member == "Introspect" => Some(self.introspect(header, &node)),
+            PROPERTIES => Some(self.properties(message, header, &node, member)),
+            OBJECT_MANAGER if node == Node::Root => {
+                if member == "GetManagedObjects" {
+                    let registry = self.read();
+                    Some(Reply::Message(
+                        Message::method_return(header).build(&ManagedObjects(&registry)),
+                    ))
+                } else {
+                    Some(unknown_method(interface, member))
+                }
+            }
+            name if name == REGISTRY1.name && node == Node::Root => {
+                self.registry_query(message, header, member)
+            }
+            INTROSPECTABLE => Some(unknown_method(interface, member)),
+            _ => Some(Reply::Fdo(fdo::Error::UnknownInterface(format!(
+                "Unknown interface '{interface}'"
+            )))),
+        }
+    }
+
+    /// The interface of `node` that has a method `member` (calls may omit it).
+    fn interface_of(&self, node: &Node, member: &str) -> Option<&'static str> {
+        match member {
+            "Introspect" => return Some(INTROSPECTABLE),
+            "Get" | "GetAll" | "Set" => return Some(PROPERTIES),
+            "GetManagedObjects" if *node == Node::Root => return Some(OBJECT_MANAGER),
+            _ => {}
+        }
+        node.interfaces()
+            .iter()
+            .find(|i| i.methods.iter().any(|m| m.name == member))
+            .map(|i| i.name)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn exists(&self, node: &Node) -> bool {
+        let registry = self.read();
+        match node {
+            Node::Ancestor(_) | Node::Root => true,
+            Node::ParentsDir => !registry.is_empty(),
+            Node::Parent(name) => registry.get(name).is_some(),
+            Node::TypesDir(name) => registry
+                .get(name)
+                .is_some_and(|parent| !parent.info.types.is_empty()),
+            Node::Type(name, id) => registry
+                .get(name)
+                .is_some_and(|parent| parent.info.get_type(id).is_some()),
+        }
+    }
+
+    fn peer(&self, header: &Header<'_>, member: &str) -> Reply {
+        match member {
+            "Ping" => Reply::Message(Message::method_return(header).build(&())),
+            "GetMachineId" => match machine_id() {
+                Some(id) => Reply::Message(Message::method_return(header).build(&id)),
+                None => Reply::Fdo(fdo::Error::Failed("no machine id".to_owned())),
+            },
+            _ => unknown_method(PEER, member),
+        }
+    }
+
+    fn introspect(&self, header: &Header<'_>, node: &Node) -> Reply {
+        let registry = self.read();
+        let xml = match node {
+            Node::Ancestor(child) => interfaces::node_xml(&[], false, [*child]),
+            Node::Root => {
+                let children = (!registry.is_empty()).then_some("parent");
+                interfaces::node_xml(&[&REGISTRY1], true, children)
+            }
+            Node::ParentsDir => {
+                let labels: Vec<String> = registry
+                    .parents()
+                    .map(|p| label::escape(p.name()))
+                    .collect();
+                interfaces::node_xml(&[], false, labels.iter().map(String::as_str))
+            }
+            Node::Parent(name) => {
+                let has_types = registry.get(name).is_some_and(|p| !p.info.types.is_empty());
+                interfaces::node_xml(&[&PARENT1], false, has_types.then_some("type"))
+            }
+            Node::TypesDir(name) => {
+                let mut labels: Vec<String> = registry
+                    .get(name)
+                    .map(|p| p.info.types.iter().map(|t| label::escape(&t.id)).collect())
+                    .unwrap_or_default();
+                labels.sort();
+                interfaces::node_xml(&[], false, labels.iter().map(String::as_str))
+            }
+            Node::Type(..) => interfaces::node_xml(&[&MDEV_TYPE1], false, None),
+        };
+        drop(registry);
+        Reply::Message(Message::method_return(header).build(&xml))
+    }
+
+    /// All properties of `interface` on `node` (an unknown interface gives
+    /// `None`; the standard ones have none).
+    fn all_props<'r>(
+        &self,
+        registry: &'r Registry,
+        node: &Node,
+        interface: &str,
+    ) -> Option<PropMap<'r>> {
+        if [PEER, INTROSPECTABLE, PROPERTIES].contains(&interface)
+            || (interface == OBJECT_MANAGER && *node == Node::Root)
+        {
+            return Some(PropMap::default());
+        }
+        values::find_interface(node.interfaces(), interface)?;
+        match node {
+            Node::Root => Some(PropMap(vec![
+                ("Version", PropValue::Str(env!("CARGO_PKG_VERSION"))),
+                ("SeqNum", PropValue::U64(registry.seqnum())),
+                (
+                    "Parents",
+                    PropValue::Paths(
+                        registry
+                            .parents()
+                            .map(|p| label::parent_path(p.name()))
+                            .collect(),
+                    ),
+                ),
+                ("Stats", PropValue::Counters(self.stats.snapshot())),
+            ])),
+            Node::Parent(name) => registry.get(name).map(values::parent_props),
+            Node::Type(name, id) => registry
+                .get(name)
+                .and_then(|p| p.info.get_type(id))
+                .map(|t| values::type_props(name, t)),
+            _ => None,
+        }
+    }
+
+    fn properties(
+        &self,
+        message: &Message,
+        header: &Header<'_>,
+        node: &Node,
+        member: &str,
+    ) -> Reply {
+        let body = message.body();
+        match member {
+            "Get" => {
+                let (interface, name): (String, String) = match body.deserialize() {
+                    Ok(args) => args,
+                    Err(err) => return invalid_args(err),
+                };
+                let registry = self.read();
+                let Some(all) = self.all_props(&registry, node, &interface) else {
+                    return unknown_interface(&interface);
+                };
+                match values::pick(all, &name) {
+                    Some(value) => Reply::Message(Message::method_return(header).build(&value)),
+                    None => Reply::Fdo(fdo::Error::UnknownProperty(format!(
+                        "Unknown property '{name}'"
+                    ))),
+                }
+            }
+            "GetAll" => {
+                let interface: String = match body.deserialize() {
+                    Ok(args) => args,
+                    Err(err) => return invalid_args(err),
+                };
+                let registry = self.read();
+                match self.all_props(&registry, node, &interface) {
+                    Some(all) => Reply::Message(Message::method_return(header).build(&all)),
+                    None => unknown_interface(&interface),
+                }
+            }
+            "Set" => {
+                let (interface, name, _value): (String, String, OwnedVariant) =
+                    match body.deserialize() {
+                        Ok(args) => args,
+                        Err(err) => return invalid_args(err),
+                    };
+                let known = values::find_interface(node.interfaces(), &interface)
+                    .and_then(|i| i.property(&name));
+                if known.is_some() {
+                    Reply::Fdo(fdo::Error::PropertyReadOnly(format!(
+                        "Property '{name}' is read-only"
+                    )))
+                } else if values::find_interface(node.interfaces(), &interface).is_some() {
+                    Reply::Fdo(fdo::Error::UnknownProperty(format!(
+                        "Unknown property '{name}'"
+                    )))
+                } else {
+                    unknown_interface(&interface)
+                }
+            }
+            _ => unknown_method(PROPERTIES, member),
+        }
+    }
+
+    /// The read-only `Registry1` methods; `None` for the mutating ones.
+    fn registry_query(
+        &self,
+        message: &Message,
+        header: &Header<'_>,
+        member: &str,
+    ) -> Option<Reply> {
+        let body = message.body();
+        let reply = match member {
+            "ListParents" => {
+                let paths: Vec<OwnedObjectPath> = self
+                    .read()
+                    .parents()
+                    .filter_map(|p| OwnedObjectPath::try_from(label::parent_path(p.name())).ok())
+                    .collect();
+                Reply::Message(Message::method_return(header).build(&paths))
+            }
+            "GetParent" => {
+                let name: String = match body.deserialize() {
+                    Ok(name) => name,
+                    Err(err) => return Some(invalid_args(err)),
+                };
+                if self.read().get(&name).is_some() {
+                    match OwnedObjectPath::try_from(label::parent_path(&name)) {
+                        Ok(path) => Reply::Message(Message::method_return(header).build(&path)),
+                        Err(err) => Reply::Message(Err(err)),
+                    }
+                } else {
+                    Reply::Registry(Error::NotRegistered(format!(
+                        "parent {} is not registered",
+                        validate::quoted(&name)
+                    )))
+                }
+            }
+            "DumpTypes" => {
+                let parent: String = match body.deserialize() {
+                    Ok(parent) => parent,
+                    Err(err) => return Some(invalid_args(err)),
+                };
+                let only = (!parent.is_empty()).then_some(parent.as_str());
+                let document = {
+                    let registry = self.read();
+                    mdevctl_json::types_json_pretty_of(registry.parents().map(|p| &p.info), only)
+                };
+                Reply::Message(Message::method_return(header).build(&document))
+            }
+            "RegisterParent" | "UnregisterParent" | "Rescan" => return None,
+            _ => unknown_method(REGISTRY1.name, member),
+        };
+        Some(reply)
+    }
+
+    /// `RegisterParent`, `UnregisterParent`, `Rescan`: caller uid 0, valid
+    /// arguments, then the event loop.
+    async fn mutate(&self, message: &Message, header: &Header<'_>) -> Reply {
+        let member = header.member().map(|m| m.as_str()).unwrap_or_default();
+        let body = message.body();
+        // Arguments are checked for their types before the caller, as a
+        // generated interface does.
+        let result = match member {
+            "RegisterParent" => {
+                type Args = (
+                    String,
+                    HashMap<String, OwnedVariant>,
+                    Vec<HashMap<String, OwnedVariant>>,
+                );
+                let (name, options, types): Args = match body.deserialize() {
+                    Ok(args) => args,
+                    Err(err) => return invalid_args(err),
+                };
+                match self.require_root(header, member).await {
+                    Ok(owner) => self.register(owner, &name, &options, &types).await,
+                    Err(err) => Err(err),
+                }
+            }
+            "UnregisterParent" => {
+                let name: String = match body.deserialize() {
+                    Ok(name) => name,
+                    Err(err) => return invalid_args(err),
+                };
+                match self.require_root(header, member).await {
+                    Ok(caller) => self
+                        .submit(|reply| Request::Unregister {
+                            name,
+                            caller,
+                            reply,
+                        })
+                        .await
+                        .map(|()| None),
+                    Err(err) => Err(err),
+                }
+            }
+            _ => match self.require_root(header, "Rescan").await {
+                Ok(_) => self
+                    .submit(|reply| Request::Rescan { reply })
+                    .await
+                    .map(|()| None),
+                Err(err) => Err(err),
+            },
+        };
+        match result {
+            Ok(Some(path)) => Reply::Message(Message::method_return(header).build(&path)),
+            Ok(None) => Reply::Message(Message::method_return(header).build(&())),
+            Err(err) => Reply::Registry(err),
+        }
+    }
+
+    async fn register(
+        &self,
+        owner: String,
+        name: &str,
+        options: &HashMap<String, OwnedVariant>,
+        types: &[HashMap<String, OwnedVariant>],
+    ) -> Result<Option<OwnedObjectPath>, Error> {
+        let registration = validate::registration(name, options, types).map_err(|violation| {
+            log::info!(
+                "RegisterParent {} from {owner} refused: {violation}",
+                validate::quoted(name)
+            );
+            Error::from(violation)
+        })?;
+        self.submit(|reply| Request::Register {
+            registration,
+            owner,
+            reply,
+        })
+        .await
+        .map(Some)
+    }
+
+    /// Sends `request` to the event loop and waits for its reply.
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Request,
+    ) -> Result<T, Error> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.requests
+            .send(make(reply_tx))
+            .await
+            .map_err(|_| Error::failed("mdevregd is shutting down"))?;
+        reply_rx
+            .await
+            .map_err(|_| Error::failed("mdevregd is shutting down"))?
+    }
+
+    /// The caller's unique name if its uid (asked of the bus once per
+    /// connection) is 0; a denial is logged.
+    async fn require_root(&self, header: &Header<'_>, method: &str) -> Result<String, Error> {
+        let caller = auth::caller(header)?;
+        let cached = lock(&self.uids).get(&caller).copied();
+        let uid = match cached {
+            Some(uid) => Ok(uid),
+            None => auth::sender_uid(&self.bus, &caller).await.inspect(|&uid| {
+                let mut uids = lock(&self.uids);
+                if uids.len() >= UID_CACHE_MAX {
+                    uids.clear();
+                }
+                uids.insert(caller.clone(), uid);
+            }),
+        };
+        let result = match uid {
+            Ok(uid) => auth::check_uid(method, &caller, uid),
+            Err(err) => Err(Error::AccessDenied(format!(
+                "{method}: cannot determine the uid of {caller}: {err}"
+            ))),
+        };
+        match result {
+            Ok(()) => Ok(caller),
+            Err(err) => {
+                log::info!("denied: {err}");
+                Err(err)
+            }
+        }
+    }
+}
+
+fn unknown_interface(interface: &str) -> Reply {
+    Reply::Fdo(fdo::Error::UnknownInterface(format!(
+        "Unknown interface '{interface}'"
+    )))
+}
+
+/// `/etc/machine-id` (or D-Bus's copy), trimmed.
+fn machine_id() -> Option<String> {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_classify() {
+        assert_eq!(classify("/"), Some(Node::Ancestor("org")));
+        assert_eq!(classify("/org/mdevreg/Registry1"), Some(Node::Root));
+        assert_eq!(
+            classify("/org/mdevreg/Registry1/parent"),
+            Some(Node::ParentsDir)
+        );
+        assert_eq!(
+            classify("/org/mdevreg/Registry1/parent/mtty"),
+            Some(Node::Parent("mtty".to_owned()))
+        );
+        assert_eq!(
+            classify("/org/mdevreg/Registry1/parent/mtty/type"),
+            Some(Node::TypesDir("mtty".to_owned()))
+        );
+        assert_eq!(
+            classify("/org/mdevreg/Registry1/parent/mtty/type/mtty_2d1"),
+            Some(Node::Type("mtty".to_owned(), "mtty-1".to_owned()))
+        );
+        // Non-canonical labels and foreign paths name nothing.
+        assert_eq!(classify("/org/mdevreg/Registry1/parent/_6dtty"), None);
+        assert_eq!(classify("/org/other"), None);
+        assert_eq!(classify("/org/mdevreg/Registry1/parent/a/b"), None);
+    }
+}

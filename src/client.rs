@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -273,15 +273,28 @@ async fn run_query(
     match command {
         Command::Types { parent, json, .. } => {
             if json {
-                // One call: the daemon prints the document itself.
+                // One call: the daemon renders the document itself, into a
+                // file it passes over (or as a string, or not at all: an
+                // older daemon; the tree is then fetched and rendered here).
                 let registry = registry_proxy(&conn, target).await?;
-                match registry.dump_types(parent.as_deref().unwrap_or("")).await {
+                let only = parent.as_deref().unwrap_or("");
+                if let Ok(fd) = registry.dump_types_by_file_descriptor(only).await {
+                    let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+                    let mut document = Vec::new();
+                    if file.read_to_end(&mut document).is_ok() {
+                        return out
+                            .write_all(&document)
+                            .and_then(|()| out.write_all(b"\n"))
+                            .and_then(|()| out.flush())
+                            .map_err(ClientError::output);
+                    }
+                }
+                match registry.dump_types(only).await {
                     Ok(document) => {
                         return writeln!(out, "{document}")
                             .and_then(|()| out.flush())
                             .map_err(ClientError::output);
                     }
-                    // An older daemon without DumpTypes: build it here.
                     Err(RegistryError::ZBus(zbus::Error::MethodError(name, _, _)))
                         if name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod" => {}
                     Err(err) => return Err(registry_error(err, target)),

@@ -852,7 +852,15 @@ impl Daemon {
         log_warnings(&scan.warnings);
         let found = scan.parents.len();
         // Before serving: the tree is built from the result, no signals.
-        let _ = self.apply(Input::KernelScan(scan.parents));
+        // One parent at a time, so the events (each holding a copy of its
+        // parent) are dropped as they come instead of doubling the peak.
+        // The registry holds no kernel parents yet: nothing can be gone.
+        for info in scan.parents {
+            let _ = self.apply(Input::KernelParent {
+                devpath: info.devpath.clone(),
+                info: Some(info),
+            });
+        }
         log::info!(
             "found {found} kernel mdev parents under {}",
             self.sysfs_root.path().display()

@@ -106,6 +106,31 @@ fn wait_exit(child: &mut Child) -> Option<i32> {
 }
 
 /// Runs `mdevreg --bus <bus> ARGS...` to completion.
+/// `DumpTypes(parent)` called with busctl: the document string.
+fn busctl_dump_types(bus: &DbusDaemon, parent: &str) -> String {
+    let output = Command::new("busctl")
+        .arg(format!("--address={}", bus.address()))
+        .args([
+            "--json=short",
+            "call",
+            "org.mdevreg.Registry1",
+            "/org/mdevreg/Registry1",
+            "org.mdevreg.Registry1",
+            "DumpTypes",
+            "s",
+            parent,
+        ])
+        .output()
+        .expect("run busctl");
+    assert!(
+        output.status.success(),
+        "busctl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reply: Value = serde_json::from_slice(&output.stdout).expect("busctl JSON");
+    reply["data"][0].as_str().expect("a string").to_owned()
+}
+
 fn mdevreg(bus: &DbusDaemon, args: &[&str]) -> Output {
     mdevreg_on(bus.address(), args)
 }
@@ -281,6 +306,23 @@ fn types_and_list_match_the_direct_mode() {
             }
             // Same printer in both modes: the same bytes.
             assert_eq!(via_daemon, scanned, "{preset}: {args:?}");
+        }
+        // The string form of the document (what busctl and gdbus users
+        // call) is the same document as the file the CLI reads.
+        if require_tools("types_and_list_match_the_direct_mode", &["busctl"]) {
+            for parent in ["", "mtty"] {
+                let dumped = busctl_dump_types(&bus, parent);
+                let mut args = vec!["types", "--json"];
+                if !parent.is_empty() {
+                    args.extend(["--parent", parent]);
+                }
+                let scanned = stdout_of(&direct(tree.root(), &args));
+                assert_eq!(
+                    format!("{dumped}\n"),
+                    scanned,
+                    "{preset}: DumpTypes {parent:?}"
+                );
+            }
         }
         daemon.stop();
     }

@@ -125,6 +125,10 @@ pub const REGISTRY1: Interface = Interface {
             name: "DumpTypes",
             args: &[arg_in("parent", "s"), arg_out("document", "s")],
         },
+        Member {
+            name: "DumpTypesByFileDescriptor",
+            args: &[arg_in("parent", "s"), arg_out("document", "h")],
+        },
     ],
     signals: &[
         Member {

@@ -6,6 +6,7 @@
 //! ([`Registry1Proxy`], [`Parent1Proxy`], [`MdevType1Proxy`]).
 
 pub mod auth;
+mod document;
 pub mod errors;
 pub mod interfaces;
 mod proxies;

@@ -39,6 +39,9 @@ pub trait Registry1 {
     /// printed, no final newline); only `parent` if not empty.
     fn dump_types(&self, parent: &str) -> Result<String, Error>;
 
+    /// [`dump_types`](Self::dump_types) as a read-only file (offset 0).
+    fn dump_types_by_file_descriptor(&self, parent: &str) -> Result<zbus::OwnedFd, Error>;
+
     /// A parent was registered (source `kernel` or `userspace`).
     #[zbus(signal)]
     fn parent_registered(

@@ -11,6 +11,9 @@
 //! as [`Request`]s, which replies once the change is applied and visible.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::StreamExt;
@@ -25,9 +28,8 @@ use super::interfaces::{
     REGISTRY1,
 };
 use super::values::{self, ManagedObjects, PropMap, PropValue};
-use super::{auth, lock, validate, Request, Stats};
+use super::{auth, document, lock, validate, Request, Stats};
 use crate::label;
-use crate::mdevctl_json;
 use crate::registry::Registry;
 
 /// The registry as the event loop (writer) and the server (reader) share it.
@@ -111,6 +113,8 @@ pub struct Server {
     requests: mpsc::Sender<Request>,
     bus: DBusProxy<'static>,
     uids: Mutex<HashMap<String, u32>>,
+    /// The last whole `DumpTypes` document and the sequence number it shows.
+    types_cache: Mutex<Option<(u64, File)>>,
 }
 
 impl Server {
@@ -128,6 +132,7 @@ impl Server {
             requests,
             bus,
             uids: Mutex::new(HashMap::new()),
+            types_cache: Mutex::new(None),
         })
     }
 
@@ -468,17 +473,62 @@ impl Server {
                     Ok(parent) => parent,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                let only = (!parent.is_empty()).then_some(parent.as_str());
-                let document = {
-                    let registry = self.read();
-                    mdevctl_json::types_json_pretty_of(registry.parents().map(|p| &p.info), only)
+                let document = self.types_document(&parent).and_then(|mut file| {
+                    let mut text = String::new();
+                    file.read_to_string(&mut text).map(|_| text)
+                });
+                match document {
+                    Ok(text) => Reply::Message(Message::method_return(header).build(&text)),
+                    Err(err) => Reply::Fdo(fdo::Error::IOError(format!(
+                        "cannot render the types document: {err}"
+                    ))),
+                }
+            }
+            "DumpTypesByFileDescriptor" => {
+                let parent: String = match body.deserialize() {
+                    Ok(parent) => parent,
+                    Err(err) => return Some(invalid_args(err)),
                 };
-                Reply::Message(Message::method_return(header).build(&document))
+                match self.types_document(&parent) {
+                    Ok(file) => Reply::Message(
+                        Message::method_return(header).build(&zbus::Fd::from(OwnedFd::from(file))),
+                    ),
+                    Err(err) => Reply::Fdo(fdo::Error::IOError(format!(
+                        "cannot render the types document: {err}"
+                    ))),
+                }
             }
             "RegisterParent" | "UnregisterParent" | "Rescan" => return None,
             _ => unknown_method(REGISTRY1.name, member),
         };
         Some(reply)
+    }
+
+    /// The `DumpTypes` document as a read-only file of its own (offset 0).
+    /// It is written to a sealed memfd, never held in the daemon's memory;
+    /// the whole document is kept until the registry changes (every change
+    /// has a new sequence number), so a warm daemon only opens it again.
+    fn types_document(&self, parent: &str) -> io::Result<File> {
+        let registry = self.read();
+        if !parent.is_empty() {
+            let file = document::render(registry.parents().map(|p| &p.info), Some(parent))?;
+            drop(registry);
+            return document::reopen(&file);
+        }
+        let mut cache = lock(&self.types_cache);
+        match cache.as_ref() {
+            Some((seqnum, _)) if *seqnum == registry.seqnum() => {}
+            _ => {
+                *cache = None;
+                let file = document::render(registry.parents().map(|p| &p.info), None)?;
+                *cache = Some((registry.seqnum(), file));
+            }
+        }
+        drop(registry);
+        match cache.as_ref() {
+            Some((_, file)) => document::reopen(file),
+            None => Err(io::Error::other("no document")),
+        }
     }
 
     /// `RegisterParent`, `UnregisterParent`, `Rescan`: caller uid 0, valid

@@ -253,6 +253,9 @@ fn sysfs_benches(c: &mut Criterion) {
     group.bench_function("scan_100x32", |b| {
         b.iter(|| mdevreg::sysfs::scan(black_box(&root)))
     });
+    group.bench_function("scan_types_100x32", |b| {
+        b.iter(|| mdevreg::sysfs::scan_types(black_box(&root)))
+    });
     group.throughput(Throughput::Elements(1));
     group.bench_function("read_parent_32_types", |b| {
         b.iter(|| mdevreg::sysfs::read_parent(black_box(&root), black_box(&devpath)))

@@ -26,13 +26,26 @@ pub enum ReportError {
 /// Scans `root` after checking it is a directory we can list: a missing
 /// root is an error, problems inside it are warnings.
 pub fn scan_root(root: &SysfsRoot) -> Result<sysfs::Scan, ReportError> {
-    if let Err(source) = std::fs::read_dir(root.path()) {
-        return Err(ReportError::Root {
+    check_root(root)?;
+    Ok(sysfs::scan(root))
+}
+
+/// [`scan_root`] without instances ([`sysfs::scan_types`]): all `types`
+/// shows.
+pub fn scan_root_types(root: &SysfsRoot) -> Result<sysfs::Scan, ReportError> {
+    check_root(root)?;
+    Ok(sysfs::scan_types(root))
+}
+
+/// `Err` unless `root` is a directory we can list.
+fn check_root(root: &SysfsRoot) -> Result<(), ReportError> {
+    match std::fs::read_dir(root.path()) {
+        Ok(_) => Ok(()),
+        Err(source) => Err(ReportError::Root {
             path: root.path().to_path_buf(),
             source,
-        });
+        }),
     }
-    Ok(sysfs::scan(root))
 }
 
 /// Writes each warning as one `mdevreg: warning: <path>: <message>` line.
@@ -76,7 +89,7 @@ pub fn types_direct(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), ReportError> {
-    let scan = scan_root(root)?;
+    let scan = scan_root_types(root)?;
     print_warnings(&scan.warnings, err)?;
     write_types(&scan.parents, only_parent, json, out)?;
     Ok(out.flush()?)

@@ -8,7 +8,8 @@
 //! - `<parent>/subsystem` and `<parent>/driver`: symlinks, basename taken
 //!   (empty when absent);
 //! - `<parent>/mdev_supported_types/<id>/`: `device_api`, `available_instances`
-//!   (required), `name`, `description` (optional), `devices/<uuid>`;
+//!   (required), `name`, `description` (optional), `devices/<uuid>` (not by
+//!   [`scan_types`]);
 //! - `bus/mdev/devices/<uuid>` (by [`scan`] only): links to `<parent>/<uuid>`
 //!   whose `mdev_type` link names the type; instances found there but missing
 //!   from the type's `devices/` are merged in.
@@ -33,28 +34,36 @@
 //! - directory entries whose names are not UTF-8 are skipped, and so are
 //!   `devices/` entries that are not hyphenated UUIDs;
 //! - every attribute is read at most [`MAX_ATTR_BYTES`] (a larger file is an
-//!   error), opened non-blocking and accepted only if it is a regular file.
+//!   error), opened non-blocking and accepted only if it is a regular file
+//!   (checked without `fstat` where a positional read already tells, see
+//!   `read_into`; the one gap: a character device that allows positional
+//!   reads and gives a short non-empty one, such as `/dev/kmsg`).
 //!
 //! All file system access goes through [`read_attr_string`], [`read_attr_u32`],
 //! [`read_link_name`] and [`list_dir`] (plus `canonicalize` for links), or
-//! their variants relative to an open directory.
+//! their variants relative to an open directory; every attribute read ends
+//! in `read_into`.
 //!
-//! Speed (a scan reads ~25 files and links per type): [`scan`] reads parents
-//! and `bus/mdev/devices` links on up to `available_parallelism()` threads and
+//! Speed (the work is almost all system calls): [`scan`] reads parents and
+//! `bus/mdev/devices` links on up to `available_parallelism()` threads and
 //! merges in name order, so results and warnings do not depend on threads;
-//! type attributes are opened relative to the parent's open
-//! `mdev_supported_types` directory; directory entry types come from the
-//! listing; the usual instance link is resolved with `readlinkat` + `lstat`
-//! instead of `canonicalize`'s one `readlink` per path component; a short
-//! read of a regular file is its end.
+//! [`scan_types`] reads no instances (4 files per type, no directory
+//! listing); type attributes are opened relative to the parent's open
+//! `mdev_supported_types` directory and read with one `pread` into a buffer
+//! reused for the whole parent (open, read, close: 3 system calls, and no
+//! allocation per file unless a warning needs the path); directory entry
+//! types come from the listing; the usual instance link is resolved with
+//! `readlinkat` + `lstat` instead of `canonicalize`'s one `readlink` per
+//! path component.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::model::{MdevType, ParentInfo};
 use crate::paths::{devpath_name, supported_types_dir, SysfsRoot};
@@ -104,10 +113,30 @@ pub enum ParentRead {
     Bad(Warning),
 }
 
-/// Reads every parent under `class/mdev_bus` (see the module doc).
+/// Reads every parent under `class/mdev_bus` (see the module doc), with
+/// its types and their instances.
 ///
 /// A tree without `class/mdev_bus` has no parents and gives no warning.
 pub fn scan(root: &SysfsRoot) -> Scan {
+    scan_with(root, Instances::Read)
+}
+
+/// [`scan`] without instances: the same parents, types and warnings, minus
+/// everything about instances (each type's `devices` is empty; neither the
+/// types' `devices/` directories nor `bus/mdev/devices` are read). For
+/// `types`, which, like `mdevctl types`, does not show instances.
+pub fn scan_types(root: &SysfsRoot) -> Scan {
+    scan_with(root, Instances::Skip)
+}
+
+/// Whether a scan reads mdev instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Instances {
+    Read,
+    Skip,
+}
+
+fn scan_with(root: &SysfsRoot, instances: Instances) -> Scan {
     let mut warnings = Vec::new();
     let root = match root.canonicalize() {
         Ok(root) => root,
@@ -136,7 +165,8 @@ pub fn scan(root: &SysfsRoot) -> Scan {
     // order of warnings do not depend on the number of threads.
     let reads = parallel_map(&link_names, |link_name| {
         let link = bus_dir.join(link_name);
-        let read = resolve_devpath(&root, &link).map(|devpath| read_parent(&root, &devpath));
+        let read = resolve_devpath(&root, &link)
+            .map(|devpath| read_parent_with(&root, &devpath, instances));
         (link, read)
     });
 
@@ -174,7 +204,9 @@ pub fn scan(root: &SysfsRoot) -> Scan {
         }
     }
 
-    merge_bus_instances(&root, &mut parents, &mut warnings);
+    if instances == Instances::Read {
+        merge_bus_instances(&root, &mut parents, &mut warnings);
+    }
     Scan {
         parents: parents.into_values().collect(),
         warnings,
@@ -185,8 +217,11 @@ pub fn scan(root: &SysfsRoot) -> Scan {
 const ITEMS_PER_THREAD: usize = 16;
 
 /// `items.iter().map(work)` spread over up to `available_parallelism()`
-/// scoped threads, each taking one contiguous chunk; results in item order.
-/// A chunk whose thread cannot be started (or fails) is done on this thread.
+/// scoped threads; results in item order. Each thread takes the next item
+/// not yet taken, so a thread that is slowed down (by other load on the
+/// machine, or by a parent with many types) does not hold the others up.
+/// Items of a thread that cannot be started or fails are done on this
+/// thread.
 fn parallel_map<T, R, F>(items: &[T], work: F) -> Vec<R>
 where
     T: Sync,
@@ -201,38 +236,54 @@ where
     if threads == 1 {
         return items.iter().map(&work).collect();
     }
-    let chunk_len = items.len().div_ceil(threads);
-    let work = &work;
+    let next_item = AtomicUsize::new(0);
+    let take_items = || {
+        let mut done = Vec::new();
+        loop {
+            let index = next_item.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(index) else {
+                return done;
+            };
+            done.push((index, work(item)));
+        }
+    };
     std::thread::scope(|scope| {
-        let mut chunks = items.chunks(chunk_len);
-        // This thread does the first chunk itself.
-        let first = chunks.next().unwrap_or(&[]);
-        let handles: Vec<_> = chunks
-            .map(|chunk| {
-                let handle = std::thread::Builder::new()
+        let handles: Vec<_> = (1..threads)
+            .map(|_| {
+                std::thread::Builder::new()
                     .name("mdevreg-scan".to_string())
-                    .spawn_scoped(scope, move || chunk.iter().map(work).collect::<Vec<R>>());
-                (chunk, handle)
+                    .spawn_scoped(scope, take_items)
             })
             .collect();
-        let mut results: Vec<R> = first.iter().map(work).collect();
-        results.reserve(items.len() - results.len());
-        for (chunk, handle) in handles {
-            match handle
-                .map_err(|_| ())
-                .and_then(|h| h.join().map_err(|_| ()))
-            {
-                Ok(chunk_results) => results.extend(chunk_results),
-                Err(()) => results.extend(chunk.iter().map(work)),
+        // This thread takes items too.
+        let mut results: Vec<Option<R>> =
+            std::iter::repeat_with(|| None).take(items.len()).collect();
+        let mut store = |done: Vec<(usize, R)>| {
+            for (index, result) in done {
+                results[index] = Some(result);
+            }
+        };
+        store(take_items());
+        for handle in handles.into_iter().flatten() {
+            if let Ok(done) = handle.join() {
+                store(done);
             }
         }
         results
+            .into_iter()
+            .zip(items)
+            .map(|(result, item)| result.unwrap_or_else(|| work(item)))
+            .collect()
     })
 }
 
 /// Re-reads the parent at `devpath` (`/devices/...`); its name is the last
 /// component. Instances come from each type's `devices/` directory only.
 pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
+    read_parent_with(root, devpath, Instances::Read)
+}
+
+fn read_parent_with(root: &SysfsRoot, devpath: &str, instances: Instances) -> ParentRead {
     let Some(device_dir) = root.devpath_to_path(devpath) else {
         return ParentRead::Bad(Warning::new(devpath, "not a valid device path"));
     };
@@ -256,10 +307,10 @@ pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
     // Held open so each attribute open walks `<type>/<file>` only, not the
     // whole path again; without it (it vanished) full paths are used.
     let types_fd = open_dir_fd(&types_dir);
+    let mut reader = TypeReader::new(types_fd.as_ref(), &types_dir);
 
     let mut types = Vec::with_capacity(type_entries.len());
     for (id, file_type) in type_entries {
-        let type_dir = types_dir.join(&id);
         // Only directories are types; mdevctl ignores other entries too.
         // The type comes from the directory entry (no system call where the
         // file system reports it) and, like `symlink_metadata`, does not
@@ -269,14 +320,11 @@ pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
             Ok(_) => continue,
             Err(err) if is_missing(&err) => continue,
             Err(err) => {
-                warnings.push(Warning::new(type_dir, describe_io_error(&err)));
+                warnings.push(Warning::new(types_dir.join(&id), describe_io_error(&err)));
                 continue;
             }
         }
-        match read_type(
-            AttrDir::new(types_fd.as_ref(), &type_dir, &id),
-            &mut warnings,
-        ) {
+        match read_type(&mut reader, id, instances, &mut warnings) {
             Ok(mdev_type) => types.push(mdev_type),
             Err(warning) => warnings.push(warning),
         }
@@ -293,54 +341,81 @@ pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {
     ParentRead::Parent(info, warnings)
 }
 
-/// A type directory, with the `mdev_supported_types` descriptor it can be
-/// reached from: files below it are opened relative to that descriptor.
-#[derive(Clone, Copy)]
-struct AttrDir<'a> {
+/// Reads the files of one parent's type directories: opens `<id>/<file>`
+/// relative to the `mdev_supported_types` descriptor and reads into one
+/// buffer, reused for every file. Nothing is allocated per file unless
+/// something is wrong (a [`Warning`] needs the full path).
+struct TypeReader<'a> {
     types_fd: Option<&'a OwnedFd>,
-    /// Full path, for messages (and for opening when there is no descriptor).
-    path: &'a Path,
-    /// The type id: the path relative to the descriptor.
-    id: &'a str,
-}
-
-impl<'a> AttrDir<'a> {
-    fn new(types_fd: Option<&'a OwnedFd>, path: &'a Path, id: &'a str) -> AttrDir<'a> {
-        AttrDir { types_fd, path, id }
-    }
-
-    /// `<type>/<file>`: the full path and the one relative to the descriptor.
-    fn file(&self, name: &str) -> AttrFile<'a> {
-        AttrFile {
-            types_fd: self.types_fd,
-            path: self.path.join(name),
-            rel: format!("{}/{name}", self.id),
-        }
-    }
-}
-
-/// One file below an [`AttrDir`].
-struct AttrFile<'a> {
-    types_fd: Option<&'a OwnedFd>,
-    path: PathBuf,
+    /// `mdev_supported_types`, for messages (and for opening when there is
+    /// no descriptor).
+    types_dir: &'a Path,
+    /// `<id>/<file>`, rebuilt for each open.
     rel: String,
+    /// Holds the file last read.
+    buf: Vec<u8>,
 }
 
-impl AttrFile<'_> {
-    /// Opens read-only, non-blocking (a planted FIFO cannot hang us).
-    fn open(&self) -> io::Result<fs::File> {
-        let flags = nix::fcntl::OFlag::O_RDONLY
-            | nix::fcntl::OFlag::O_NONBLOCK
-            | nix::fcntl::OFlag::O_CLOEXEC;
-        match self.types_fd {
-            Some(fd) => {
-                nix::fcntl::openat(fd, self.rel.as_str(), flags, nix::sys::stat::Mode::empty())
-                    .map(fs::File::from)
-                    .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
-            }
-            None => open_nonblocking(&self.path),
+impl<'a> TypeReader<'a> {
+    fn new(types_fd: Option<&'a OwnedFd>, types_dir: &'a Path) -> TypeReader<'a> {
+        TypeReader {
+            types_fd,
+            types_dir,
+            rel: String::new(),
+            buf: Vec::new(),
         }
     }
+
+    /// Opens `<id>/<file>` read-only, non-blocking (a planted FIFO cannot
+    /// hang us).
+    fn open(&mut self, id: &str, file: &str) -> io::Result<fs::File> {
+        let Some(types_fd) = self.types_fd else {
+            return open_nonblocking(&type_file_path(self.types_dir, id, file));
+        };
+        self.rel.clear();
+        self.rel.push_str(id);
+        self.rel.push('/');
+        self.rel.push_str(file);
+        nix::fcntl::openat(
+            types_fd,
+            self.rel.as_str(),
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(fs::File::from)
+        .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
+    }
+
+    /// The contents of `<id>/<file>` (see [`read_attr_bytes`]); `Ok(None)`
+    /// when it does not exist.
+    fn read(&mut self, id: &str, file: &str) -> Result<Option<&[u8]>, Warning> {
+        let opened = match self.open(id, file) {
+            Ok(opened) => opened,
+            Err(err) if is_missing(&err) => return Ok(None),
+            Err(err) => {
+                return Err(Warning::new(
+                    type_file_path(self.types_dir, id, file),
+                    describe_io_error(&err),
+                ))
+            }
+        };
+        match read_into(&opened, &mut self.buf) {
+            Ok(len) => Ok(Some(&self.buf[..len])),
+            Err(failure) => Err(Warning::new(
+                type_file_path(self.types_dir, id, file),
+                failure.to_string(),
+            )),
+        }
+    }
+}
+
+/// `<types_dir>/<id>/<file>`.
+fn type_file_path(types_dir: &Path, id: &str, file: &str) -> PathBuf {
+    let mut path = types_dir.join(id);
+    path.push(file);
+    path
 }
 
 /// Opens a directory as a descriptor to open files relative to.
@@ -353,37 +428,77 @@ fn open_dir_fd(path: &Path) -> Option<OwnedFd> {
     .ok()
 }
 
-/// Reads one type directory; `Err` when a required attribute is bad (the
+/// Reads type directory `id`; `Err` when a required attribute is bad (the
 /// type is then skipped), non-fatal problems go to `warnings`.
-fn read_type(type_dir: AttrDir<'_>, warnings: &mut Vec<Warning>) -> Result<MdevType, Warning> {
-    let device_api_file = type_dir.file("device_api");
-    let device_api = attr_string(read_attr_file(&device_api_file)?, &device_api_file.path)?
-        .ok_or_else(|| Warning::new(&device_api_file.path, "missing; type skipped"))?;
-    let avail_file = type_dir.file("available_instances");
-    let available_instances = attr_u32(
-        attr_string(read_attr_file(&avail_file)?, &avail_file.path)?,
-        &avail_file.path,
-    )?
-    .ok_or_else(|| Warning::new(&avail_file.path, "missing; type skipped"))?;
-    let name = read_optional_text(&type_dir.file("name"), warnings);
-    let description = read_optional_text(&type_dir.file("description"), warnings);
-    let devices = read_type_devices(&type_dir.file("devices"), warnings);
+fn read_type(
+    reader: &mut TypeReader<'_>,
+    id: String,
+    instances: Instances,
+    warnings: &mut Vec<Warning>,
+) -> Result<MdevType, Warning> {
+    let types_dir = reader.types_dir;
+    let device_api = required_attr(reader, &id, "device_api")?.to_string();
+    let available_instances = parse_u32(required_attr(reader, &id, "available_instances")?)
+        .map_err(|message| {
+            Warning::new(
+                type_file_path(types_dir, &id, "available_instances"),
+                message,
+            )
+        })?;
+    let name = read_optional_text(reader, &id, "name", normalize_name, warnings);
+    let description =
+        read_optional_text(reader, &id, "description", normalize_description, warnings);
+    let devices = match instances {
+        Instances::Read => read_type_devices(&type_file_path(types_dir, &id, "devices"), warnings),
+        Instances::Skip => Vec::new(),
+    };
     Ok(MdevType {
-        id: type_dir.id.to_string(),
-        name: normalize_name(&name),
-        description: normalize_description(&description),
-        device_api: device_api.trim().to_string(),
+        id,
+        name,
+        description,
+        device_api,
         available_instances,
         devices,
     })
 }
 
-/// `name` or `description`: absent or unreadable gives "", non-UTF-8 is
-/// converted lossily, NUL bytes are dropped; each with a warning except
-/// plain absence.
-fn read_optional_text(file: &AttrFile<'_>, warnings: &mut Vec<Warning>) -> String {
-    let path = file.path.as_path();
-    let mut bytes = match read_attr_file(file) {
+/// The trimmed text of required attribute `<id>/<file>`; `Err` (the type
+/// is skipped) when it is missing or bad.
+fn required_attr<'r>(
+    reader: &'r mut TypeReader<'_>,
+    id: &str,
+    file: &str,
+) -> Result<&'r str, Warning> {
+    let types_dir = reader.types_dir;
+    let warn = |message: &str| Warning::new(type_file_path(types_dir, id, file), message);
+    let bytes = reader
+        .read(id, file)?
+        .ok_or_else(|| warn("missing; type skipped"))?;
+    required_text(bytes).map(str::trim).map_err(warn)
+}
+
+/// A required attribute's text, untrimmed, or why it is refused: a NUL byte
+/// (no D-Bus string, JSON consumer or C reader of ours could carry it) or
+/// invalid UTF-8.
+fn required_text(bytes: &[u8]) -> Result<&str, &'static str> {
+    if bytes.contains(&0) {
+        return Err("contains a NUL byte");
+    }
+    std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8")
+}
+
+/// `name` or `description`, normalised by `normalize`: absent or
+/// unreadable gives "", non-UTF-8 is converted lossily, NUL bytes are
+/// dropped; each with a warning except plain absence.
+fn read_optional_text(
+    reader: &mut TypeReader<'_>,
+    id: &str,
+    file: &str,
+    normalize: fn(&str) -> String,
+    warnings: &mut Vec<Warning>,
+) -> String {
+    let types_dir = reader.types_dir;
+    let bytes = match reader.read(id, file) {
         Ok(None) => return String::new(),
         Ok(Some(bytes)) => bytes,
         Err(warning) => {
@@ -394,22 +509,31 @@ fn read_optional_text(file: &AttrFile<'_>, warnings: &mut Vec<Warning>) -> Strin
             return String::new();
         }
     };
+    // The usual case, straight from the buffer.
+    if !bytes.contains(&0) {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return normalize(text);
+        }
+    }
+    let path = type_file_path(types_dir, id, file);
+    let mut bytes = bytes.to_vec();
     if bytes.contains(&0) {
-        warnings.push(Warning::new(path, "contains NUL bytes; removed"));
+        warnings.push(Warning::new(&path, "contains NUL bytes; removed"));
         bytes.retain(|&b| b != 0);
     }
-    String::from_utf8(bytes).unwrap_or_else(|err| {
+    let text = String::from_utf8(bytes).unwrap_or_else(|err| {
         warnings.push(Warning::new(
-            path,
+            &path,
             "not valid UTF-8; invalid bytes replaced",
         ));
         String::from_utf8_lossy(err.as_bytes()).into_owned()
-    })
+    });
+    normalize(&text)
 }
 
 /// UUIDs in `<type>/devices/`, sorted; missing directory gives none.
-fn read_type_devices(devices_dir: &AttrFile<'_>, warnings: &mut Vec<Warning>) -> Vec<String> {
-    let names = match list_dir(&devices_dir.path, warnings) {
+fn read_type_devices(devices_dir: &Path, warnings: &mut Vec<Warning>) -> Vec<String> {
+    let names = match list_dir(devices_dir, warnings) {
         Ok(names) => names.unwrap_or_default(),
         Err(warning) => {
             warnings.push(warning);
@@ -422,7 +546,7 @@ fn read_type_devices(devices_dir: &AttrFile<'_>, warnings: &mut Vec<Warning>) ->
             devices.push(name);
         } else {
             warnings.push(Warning::new(
-                devices_dir.path.join(&name),
+                devices_dir.join(&name),
                 "not a UUID; instance skipped",
             ));
         }
@@ -600,12 +724,16 @@ pub fn is_instance_name(name: &str) -> bool {
 /// Reads at most [`MAX_ATTR_BYTES`] of a regular file; `Ok(None)` when it
 /// does not exist.
 fn read_attr_bytes(path: &Path) -> Result<Option<Vec<u8>>, Warning> {
-    read_opened(open_nonblocking(path), path)
-}
-
-/// [`read_attr_bytes`] for a file below a type directory.
-fn read_attr_file(file: &AttrFile<'_>) -> Result<Option<Vec<u8>>, Warning> {
-    read_opened(file.open(), &file.path)
+    let file = match open_nonblocking(path) {
+        Ok(file) => file,
+        Err(err) if is_missing(&err) => return Ok(None),
+        Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+    };
+    let mut bytes = Vec::new();
+    let len =
+        read_into(&file, &mut bytes).map_err(|failure| Warning::new(path, failure.to_string()))?;
+    bytes.truncate(len);
+    Ok(Some(bytes))
 }
 
 /// Non-blocking so a FIFO planted in the tree cannot hang the reader.
@@ -616,102 +744,115 @@ fn open_nonblocking(path: &Path) -> io::Result<fs::File> {
         .open(path)
 }
 
-/// The rest of [`read_attr_bytes`] once the open was tried.
-fn read_opened(file: io::Result<fs::File>, path: &Path) -> Result<Option<Vec<u8>>, Warning> {
-    let file = match file {
-        Ok(file) => file,
-        Err(err) if is_missing(&err) => return Ok(None),
-        Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|err| Warning::new(path, describe_io_error(&err)))?;
-    if !meta.is_file() {
-        return Err(Warning::new(path, "not a regular file"));
-    }
-    read_regular_file(file, path).map(Some)
+/// Why the contents of an open file were refused.
+#[derive(Debug)]
+enum ReadFailure {
+    Io(io::Error),
+    NotRegular,
+    TooLarge,
 }
 
-/// Reads an open regular file to its end, at most [`MAX_ATTR_BYTES`].
-///
-/// A read that returns less than asked is taken as the end: that is how a
-/// regular file behaves on Linux (sysfs gives a whole attribute in one
-/// read), and it saves the extra read that would only return 0.
-fn read_regular_file(mut file: fs::File, path: &Path) -> Result<Vec<u8>, Warning> {
-    // Attributes are short; start on the stack, spill to the heap if not.
-    let mut small = [0u8; 4096];
-    let mut filled = 0;
-    loop {
-        match file.read(&mut small[filled..]) {
-            Ok(0) => return Ok(small[..filled].to_vec()),
-            Ok(n) => {
-                filled += n;
-                if filled < small.len() {
-                    return Ok(small[..filled].to_vec());
-                }
-                break;
-            }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+impl fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadFailure::Io(err) => f.write_str(&describe_io_error(err)),
+            ReadFailure::NotRegular => f.write_str("not a regular file"),
+            ReadFailure::TooLarge => write!(f, "larger than {MAX_ATTR_BYTES} bytes"),
         }
     }
-    let mut bytes = small.to_vec();
+}
+
+/// Size of the first read of a file: a sysfs attribute is at most a page.
+const FIRST_READ: usize = 4096;
+
+/// Reads the open `file` from its start into `buf` (grown as needed); the
+/// length read. Only a regular file of at most [`MAX_ATTR_BYTES`] is
+/// accepted.
+///
+/// The usual attribute takes one positional read and no `fstat`: a first
+/// read that returns some bytes but less than asked is a regular file's
+/// whole content. Pipes, FIFOs, sockets and terminals refuse positional
+/// reads (`ESPIPE`), and a regular file that gives a short read is at its
+/// end (that is how regular files behave on Linux; sysfs gives a whole
+/// attribute in one read). A first read that returns nothing, fills the
+/// buffer or fails is followed by an `fstat`, and anything but a regular
+/// file is refused then. So a non-regular file can only get through if it
+/// is a character device that allows positional reads and answers with a
+/// short non-empty one (such as `/dev/kmsg`); the file was opened
+/// non-blocking, so the read cannot hang either way.
+fn read_into(file: &fs::File, buf: &mut Vec<u8>) -> Result<usize, ReadFailure> {
+    if buf.len() < FIRST_READ {
+        buf.resize(FIRST_READ, 0);
+    }
+    let first = read_at_retrying(file, &mut buf[..FIRST_READ], 0);
+    if let Ok(len @ 1..FIRST_READ) = first {
+        return Ok(len);
+    }
+    // Empty, full or failed: rare for an attribute, so check what it is.
+    let meta = file.metadata().map_err(ReadFailure::Io)?;
+    if !meta.is_file() {
+        return Err(ReadFailure::NotRegular);
+    }
+    let mut filled = first.map_err(ReadFailure::Io)?;
+    if filled < FIRST_READ {
+        return Ok(filled);
+    }
     let limit = MAX_ATTR_BYTES + 1;
-    bytes.resize(limit, 0);
-    loop {
-        match file.read(&mut bytes[filled..]) {
+    buf.resize(limit, 0);
+    while filled < limit {
+        match read_at_retrying(file, &mut buf[filled..], filled as u64) {
             Ok(0) => break,
-            Ok(n) => {
-                filled += n;
-                if filled == limit {
-                    break;
-                }
-            }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(Warning::new(path, describe_io_error(&err))),
+            Ok(len) => filled += len,
+            Err(err) => return Err(ReadFailure::Io(err)),
         }
     }
     if filled > MAX_ATTR_BYTES {
-        return Err(Warning::new(
-            path,
-            format!("larger than {MAX_ATTR_BYTES} bytes"),
-        ));
+        return Err(ReadFailure::TooLarge);
     }
-    bytes.truncate(filled);
-    Ok(bytes)
+    Ok(filled)
+}
+
+/// `pread`, repeated when interrupted by a signal.
+fn read_at_retrying(file: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, offset) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
+        }
+    }
 }
 
 /// Reads an attribute as UTF-8 text, untrimmed; `Ok(None)` when absent.
 /// A NUL byte is an error: no D-Bus string, JSON consumer or C reader of
 /// ours could carry it.
 pub fn read_attr_string(path: &Path) -> Result<Option<String>, Warning> {
-    attr_string(read_attr_bytes(path)?, path)
-}
-
-fn attr_string(bytes: Option<Vec<u8>>, path: &Path) -> Result<Option<String>, Warning> {
-    match bytes {
-        None => Ok(None),
-        Some(bytes) if bytes.contains(&0) => Err(Warning::new(path, "contains a NUL byte")),
-        Some(bytes) => String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| Warning::new(path, "not valid UTF-8")),
+    let Some(bytes) = read_attr_bytes(path)? else {
+        return Ok(None);
+    };
+    if bytes.contains(&0) {
+        return Err(Warning::new(path, "contains a NUL byte"));
     }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| Warning::new(path, "not valid UTF-8"))
 }
 
 /// Reads an attribute holding one unsigned 32-bit number (surrounding
 /// whitespace allowed); `Ok(None)` when absent.
 pub fn read_attr_u32(path: &Path) -> Result<Option<u32>, Warning> {
-    attr_u32(read_attr_string(path)?, path)
-}
-
-fn attr_u32(text: Option<String>, path: &Path) -> Result<Option<u32>, Warning> {
-    let Some(text) = text else {
+    let Some(text) = read_attr_string(path)? else {
         return Ok(None);
     };
-    let trimmed = text.trim();
-    trimmed.parse::<u32>().map(Some).map_err(|_| {
+    parse_u32(text.trim())
+        .map(Some)
+        .map_err(|message| Warning::new(path, message))
+}
+
+/// A trimmed `u32` attribute's value, or the message saying it is not one.
+fn parse_u32(trimmed: &str) -> Result<u32, String> {
+    trimmed.parse::<u32>().map_err(|_| {
         let shown: String = trimmed.chars().take(40).collect();
-        Warning::new(path, format!("not a number in 0..={}: {shown:?}", u32::MAX))
+        format!("not a number in 0..={}: {shown:?}", u32::MAX)
     })
 }
 
@@ -982,6 +1123,17 @@ mod tests {
     }
 
     #[test]
+    fn parallel_map_redoes_the_items_of_a_failed_thread() {
+        let items: Vec<u32> = (0..1000).collect();
+        let doubled = parallel_map(&items, |n| {
+            // Every helper thread dies on its first item.
+            assert_ne!(std::thread::current().name(), Some("mdevreg-scan"));
+            n * 2
+        });
+        assert_eq!(doubled, items.iter().map(|n| n * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn fast_instance_link_matches_canonicalize_or_declines() {
         let dir = tmp();
         let root = fs::canonicalize(dir.path()).unwrap();
@@ -1011,6 +1163,220 @@ mod tests {
         for name in ["linked", "dangling", "other", "dotted"] {
             assert_eq!(fast(name), None, "{name}");
         }
+    }
+
+    /// Writes type `id` of parent `devices/p` (linked from
+    /// `class/mdev_bus/p`) with the given files; returns the type directory.
+    fn write_type(root: &Path, id: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let type_dir = root.join("devices/p/mdev_supported_types").join(id);
+        fs::create_dir_all(type_dir.join("devices")).unwrap();
+        for (name, contents) in files {
+            fs::write(type_dir.join(name), contents).unwrap();
+        }
+        let link = root.join("class/mdev_bus/p");
+        if fs::symlink_metadata(&link).is_err() {
+            fs::create_dir_all(root.join("class/mdev_bus")).unwrap();
+            symlink("../../devices/p", &link).unwrap();
+        }
+        type_dir
+    }
+
+    /// Adds instance `uuid` of type `id` of parent `p`: listed in the
+    /// type's `devices/` when `in_type_dir`, always in `bus/mdev/devices`.
+    fn write_instance(root: &Path, id: &str, uuid: &str, in_type_dir: bool) {
+        fs::create_dir_all(root.join("devices/p").join(uuid)).unwrap();
+        symlink(
+            format!("../mdev_supported_types/{id}"),
+            root.join("devices/p").join(uuid).join("mdev_type"),
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("bus/mdev/devices")).unwrap();
+        symlink(
+            format!("../../../devices/p/{uuid}"),
+            root.join("bus/mdev/devices").join(uuid),
+        )
+        .unwrap();
+        if in_type_dir {
+            symlink(
+                format!("../../../{uuid}"),
+                root.join("devices/p/mdev_supported_types")
+                    .join(id)
+                    .join("devices")
+                    .join(uuid),
+            )
+            .unwrap();
+        }
+    }
+
+    /// `scan` with every type's instances dropped.
+    fn without_instances(mut scan: Scan) -> Scan {
+        for parent in &mut scan.parents {
+            for mdev_type in &mut parent.types {
+                mdev_type.devices.clear();
+            }
+        }
+        scan
+    }
+
+    #[test]
+    fn scan_types_is_scan_without_instances_on_the_example_trees() {
+        for tree in ["gvt", "mixed", "broken"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/sysfs")
+                .join(tree);
+            let root = SysfsRoot::new(&dir);
+            let full = scan(&root);
+            assert!(
+                full.parents
+                    .iter()
+                    .flat_map(|parent| &parent.types)
+                    .any(|mdev_type| !mdev_type.devices.is_empty()),
+                "{tree}: has instances"
+            );
+            let types_only = scan_types(&root);
+            assert!(!types_only.parents.is_empty(), "{tree}");
+            assert_eq!(types_only, without_instances(full), "{tree}");
+        }
+    }
+
+    #[test]
+    fn scan_types_skips_bad_types_with_the_same_warnings() {
+        let dir = tmp();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let good = write_type(
+            &root,
+            "t-good",
+            &[
+                ("device_api", b" vfio-pci\n"),
+                ("available_instances", b"7\n"),
+                ("name", b" Good \n"),
+                ("description", b"a\nb\n"),
+            ],
+        );
+        write_instance(&root, "t-good", &uuid(1), true);
+        write_instance(&root, "t-good", &uuid(2), false);
+        fs::write(good.join("devices/.gitkeep"), "").unwrap();
+        let odd = write_type(
+            &root,
+            "t-odd",
+            &[
+                ("device_api", b"vfio-ccw"),
+                ("available_instances", b"0"),
+                ("name", b"na\0me\xff"),
+                ("description", &[b'x'; MAX_ATTR_BYTES + 1]),
+            ],
+        );
+        let no_api = write_type(&root, "t-no-api", &[("available_instances", b"1")]);
+        let nul_api = write_type(
+            &root,
+            "t-nul-api",
+            &[("device_api", b"vfio\0"), ("available_instances", b"1")],
+        );
+        let bad_count = write_type(
+            &root,
+            "t-bad-count",
+            &[
+                ("device_api", b"vfio-pci"),
+                ("available_instances", b"-1\n"),
+            ],
+        );
+        let fifo = write_type(&root, "t-fifo", &[("device_api", b"vfio-pci")]);
+        nix::unistd::mkfifo(
+            &fifo.join("available_instances"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        let dir_count = write_type(&root, "t-dir", &[("device_api", b"vfio-pci")]);
+        fs::create_dir(dir_count.join("available_instances")).unwrap();
+
+        let root = SysfsRoot::new(&root);
+        let full = scan(&root);
+        let types_only = scan_types(&root);
+        // The full scan found both instances (one only via bus/mdev/devices)
+        // and warned about `.gitkeep`; the types-only scan read neither.
+        let full_good = full.parents[0].get_type("t-good").unwrap();
+        assert_eq!(full_good.devices, [uuid(1), uuid(2)]);
+        let gitkeep = good.join("devices/.gitkeep");
+        assert!(full.warnings.iter().any(|w| w.path == gitkeep));
+        let mut expected = without_instances(full);
+        expected.warnings.retain(|w| w.path != gitkeep);
+        assert_eq!(types_only, expected);
+
+        let parent = &types_only.parents[0];
+        let ids: Vec<&str> = parent.types.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t-good", "t-odd"]);
+        assert_eq!(
+            parent.types[0],
+            MdevType {
+                id: "t-good".to_string(),
+                name: "Good".to_string(),
+                description: "a, b".to_string(),
+                device_api: "vfio-pci".to_string(),
+                available_instances: 7,
+                devices: Vec::new(),
+            }
+        );
+        assert_eq!(parent.types[1].name, "name\u{fffd}");
+        assert_eq!(parent.types[1].description, "");
+        let found: Vec<(PathBuf, &str)> = types_only
+            .warnings
+            .iter()
+            .map(|w| (w.path.clone(), w.message.as_str()))
+            .collect();
+        let count_message = format!("not a number in 0..={}: \"-1\"", u32::MAX);
+        let big_message = format!("larger than {MAX_ATTR_BYTES} bytes; treated as absent");
+        assert_eq!(
+            found,
+            [
+                (
+                    bad_count.join("available_instances"),
+                    count_message.as_str()
+                ),
+                (dir_count.join("available_instances"), "not a regular file"),
+                (fifo.join("available_instances"), "not a regular file"),
+                (no_api.join("device_api"), "missing; type skipped"),
+                (nul_api.join("device_api"), "contains a NUL byte"),
+                (odd.join("name"), "contains NUL bytes; removed"),
+                (odd.join("name"), "not valid UTF-8; invalid bytes replaced"),
+                (odd.join("description"), big_message.as_str()),
+            ]
+        );
+    }
+
+    fn uuid(n: u64) -> String {
+        format!("00000000-0000-4000-8000-{n:012x}")
+    }
+
+    #[test]
+    fn read_attr_around_the_first_read_size() {
+        let dir = tmp();
+        let path = dir.path().join("attr");
+        for len in [
+            0,
+            1,
+            FIRST_READ - 1,
+            FIRST_READ,
+            FIRST_READ + 1,
+            3 * FIRST_READ,
+        ] {
+            let contents: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            fs::write(&path, &contents).unwrap();
+            assert_eq!(
+                read_attr_string(&path),
+                Ok(Some(String::from_utf8(contents).unwrap())),
+                "{len}"
+            );
+        }
+        // A buffer grown by a big file still reads small ones right.
+        let mut buf = Vec::new();
+        fs::write(&path, vec![b'x'; 3 * FIRST_READ]).unwrap();
+        assert_eq!(
+            read_into(&fs::File::open(&path).unwrap(), &mut buf).unwrap(),
+            3 * FIRST_READ
+        );
+        fs::write(&path, "short").unwrap();
+        let len = read_into(&fs::File::open(&path).unwrap(), &mut buf).unwrap();
+        assert_eq!(&buf[..len], b"short");
     }
 
     #[test]

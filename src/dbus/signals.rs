@@ -122,12 +122,11 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
     messages
 }
 
-/// Sends `messages` in order; failures are logged, never fatal.
+/// Sends `messages` in order, written together (one wakeup of the bus for
+/// a parent and all its type objects); a failure is logged, never fatal.
 pub async fn send(connection: &Connection, messages: Vec<Message>) {
-    for message in messages {
-        if let Err(err) = connection.send(&message).await {
-            log::warn!("cannot send a signal: {err}");
-        }
+    if let Err(err) = connection.send_all(&messages).await {
+        log::warn!("cannot send {} signals: {err}", messages.len());
     }
 }
 

@@ -1472,8 +1472,9 @@ fn results_gap_note(text: &mut String) {
          injected in another network namespace, or about a device of another namespace (the \
          `lo` of every new `unshare -n`), are delivered only there. Anything else on the \
          machine doing that (other test suites, containers starting) shows up here as gaps; \
-         mdevregd treats each gap as a loss and rescans the whole tree, holding its event loop \
-         meanwhile, which is what the slow windows and the latency tail measure."
+         mdevregd treats each gap as a loss and rescans the whole tree on a blocking thread \
+         (uevents and calls keep being handled meanwhile; parents re-read during the scan are \
+         read again when it ends), so gaps cost CPU, not a stalled event loop."
     );
 }
 

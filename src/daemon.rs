@@ -615,42 +615,57 @@ impl Daemon {
         }
     }
 
+    /// Carries out a mutating call and replies to it. The reply goes out in
+    /// the same write as the call's signals, after them: a caller that has
+    /// its reply has been sent every signal of its change.
     async fn handle_request(&mut self, request: Request) {
         match request {
             Request::Register {
                 registration,
                 owner,
-                reply,
+                call,
             } => {
-                let result = self.register(registration, owner).await;
-                // The caller may have gone; nothing to tell then.
-                let _ = reply.send(result);
+                let (result, mut messages) = match self.register(registration, &owner) {
+                    Ok((path, messages)) => (Ok(path), messages),
+                    Err(err) => (Err(err), Vec::new()),
+                };
+                let registered = result.is_ok();
+                messages.extend(dbus::reply_to(&call, result));
+                signals::send(&self.connection, messages).await;
+                // The registrant may have left between its call and now; its
+                // NameOwnerChanged was then handled already and found nothing.
+                if registered && self.gone_owners.contains(&owner) {
+                    self.owner_gone(owner).await;
+                }
             }
-            Request::Unregister {
-                name,
-                caller,
-                reply,
-            } => {
-                let result = self.unregister(name, caller).await;
-                let _ = reply.send(result);
+            Request::Unregister { name, caller, call } => {
+                let (result, mut messages) = match self.unregister(name, caller) {
+                    Ok(messages) => (Ok(()), messages),
+                    Err(err) => (Err(err), Vec::new()),
+                };
+                messages.extend(dbus::reply_to(&call, result));
+                signals::send(&self.connection, messages).await;
             }
-            Request::Rescan { reply } => {
+            Request::Rescan { call } => {
                 self.rescan("Rescan()").await;
-                let _ = reply.send(Ok(()));
+                let reply: Vec<_> = dbus::reply_to(&call, Ok(())).into_iter().collect();
+                signals::send(&self.connection, reply).await;
             }
         }
     }
 
-    async fn register(
+    /// Registers, saves, emits the uevent; returns the object path and the
+    /// signals to send.
+    fn register(
         &mut self,
         registration: validate::Registration,
-        owner: String,
-    ) -> Result<OwnedObjectPath, dbus::Error> {
+        owner: &str,
+    ) -> Result<(OwnedObjectPath, Vec<zbus::Message>), dbus::Error> {
         let name = registration.info.name.clone();
         let lifetime = registration.lifetime;
         let input = Input::Register {
             info: registration.info,
-            owner: owner.clone(),
+            owner: owner.to_owned(),
             lifetime,
         };
         let events = self.apply(input).map_err(|err| {
@@ -662,24 +677,24 @@ impl Daemon {
             log::error!("cannot save state, refusing registration of {name:?}: {err}");
             let _ = self.apply(Input::Unregister {
                 name: name.clone(),
-                caller: owner,
+                caller: owner.to_owned(),
             });
             return Err(dbus::Error::failed(format!("cannot save state: {err}")));
         }
-        self.publish(&events).await;
+        let messages = self.publish_messages(&events);
         log::info!(
             "registered userspace parent {name:?} for {owner} (lifetime {})",
             lifetime.as_str()
         );
-        // The registrant may have left between its call and now; its
-        // NameOwnerChanged was then handled already and found nothing.
-        if self.gone_owners.contains(&owner) {
-            self.owner_gone(owner).await;
-        }
-        Ok(dbus::parent_object_path(&name))
+        Ok((dbus::parent_object_path(&name), messages))
     }
 
-    async fn unregister(&mut self, name: String, caller: String) -> Result<(), dbus::Error> {
+    /// Unregisters, saves, emits the uevent; returns the signals to send.
+    fn unregister(
+        &mut self,
+        name: String,
+        caller: String,
+    ) -> Result<Vec<zbus::Message>, dbus::Error> {
         let events = self
             .apply(Input::Unregister {
                 name: name.clone(),
@@ -690,9 +705,9 @@ impl Daemon {
                 dbus::Error::from(err)
             })?;
         self.save_if_userspace(&events);
-        self.publish(&events).await;
+        let messages = self.publish_messages(&events);
         log::info!("unregistered userspace parent {name:?} at the request of {caller}");
-        Ok(())
+        Ok(messages)
     }
 
     /// Re-adopts restored registrations whose owner is still connected;
@@ -932,6 +947,13 @@ impl Daemon {
     /// Emits uevents for userspace transitions, then shows the events on
     /// the bus.
     async fn publish(&mut self, events: &[Event]) {
+        let messages = self.publish_messages(events);
+        signals::send(&self.connection, messages).await;
+    }
+
+    /// Emits uevents for userspace transitions and returns the signals
+    /// showing `events` (for the caller to send, in order).
+    fn publish_messages(&mut self, events: &[Event]) -> Vec<zbus::Message> {
         for event in events {
             let (parent, state) = match &event.kind {
                 EventKind::ParentRegistered { parent } => (parent, MdevState::Registered),
@@ -947,8 +969,7 @@ impl Daemon {
             );
             self.emit_uevent(parent, state, event.seqnum);
         }
-        let messages = signals::build(&self.reg(), events);
-        signals::send(&self.connection, messages).await;
+        signals::build(&self.reg(), events)
     }
 
     fn emit_uevent(&mut self, parent: &Parent, state: MdevState, seqnum: u64) {

@@ -18,8 +18,7 @@ mod values;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::oneshot;
-use zbus::OwnedObjectPath;
+use zbus::{Message, OwnedObjectPath};
 
 pub use errors::Error;
 pub use proxies::{MdevType1Proxy, Parent1Proxy, Registry1Proxy};
@@ -28,25 +27,48 @@ pub use server::{Server, SharedRegistry};
 use crate::label;
 
 /// A mutating call, checked and handed from the server to the event loop,
-/// which replies once the change is applied, persisted, emitted and
-/// visible on the bus.
+/// which replies to `call` once the change is applied, persisted, emitted
+/// and its signals sent.
 #[derive(Debug)]
 pub enum Request {
     Register {
         registration: validate::Registration,
         /// Unique bus name of the caller.
         owner: String,
-        reply: oneshot::Sender<Result<OwnedObjectPath, Error>>,
+        call: Message,
     },
     Unregister {
         name: String,
         /// Unique bus name of the caller.
         caller: String,
-        reply: oneshot::Sender<Result<(), Error>>,
+        call: Message,
     },
     Rescan {
-        reply: oneshot::Sender<Result<(), Error>>,
+        call: Message,
     },
+}
+
+/// The reply to `call`: `result`'s value or error; none if the caller
+/// asked for none (or it cannot be built, which is logged).
+pub fn reply_to<T>(call: &Message, result: Result<T, Error>) -> Option<Message>
+where
+    T: serde::Serialize + zbus::DynamicType,
+{
+    let header = call.header();
+    if header
+        .primary()
+        .flags()
+        .contains(zbus::message::Flags::NO_REPLY_EXPECTED)
+    {
+        return None;
+    }
+    let reply = match result {
+        Ok(value) => Message::method_return(&header).build(&value),
+        Err(err) => zbus::DBusError::create_reply(&err, &header),
+    };
+    reply
+        .inspect_err(|err| log::warn!("cannot build a reply: {err}"))
+        .ok()
 }
 
 /// Locks `mutex`; a poisoned lock (a panic elsewhere) still yields the data,

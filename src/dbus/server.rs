@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use zbus::fdo::{self, DBusProxy};
 use zbus::message::{Flags, Header, Type as MessageType};
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
@@ -173,8 +173,9 @@ impl Server {
                 let server = Arc::clone(self);
                 tokio::spawn(async move {
                     let header = message.header();
-                    let reply = server.mutate(&message, &header).await;
-                    server.send(&header, reply, no_reply).await;
+                    if let Some(reply) = server.mutate(&message, &header).await {
+                        server.send(&header, reply, no_reply).await;
+                    }
                 });
                 return;
             }
@@ -532,13 +533,14 @@ impl Server {
     }
 
     /// `RegisterParent`, `UnregisterParent`, `Rescan`: caller uid 0, valid
-    /// arguments, then the event loop.
-    async fn mutate(&self, message: &Message, header: &Header<'_>) -> Reply {
+    /// arguments, then the event loop, which replies (`None` here); a
+    /// refused call gets its error reply from here.
+    async fn mutate(&self, message: &Message, header: &Header<'_>) -> Option<Reply> {
         let member = header.member().map(|m| m.as_str()).unwrap_or_default();
         let body = message.body();
         // Arguments are checked for their types before the caller, as a
         // generated interface does.
-        let result = match member {
+        let request = match member {
             "RegisterParent" => {
                 type Args = (
                     String,
@@ -547,81 +549,51 @@ impl Server {
                 );
                 let (name, options, types): Args = match body.deserialize() {
                     Ok(args) => args,
-                    Err(err) => return invalid_args(err),
+                    Err(err) => return Some(invalid_args(err)),
                 };
-                match self.require_root(header, member).await {
-                    Ok(owner) => self.register(owner, &name, &options, &types).await,
-                    Err(err) => Err(err),
-                }
+                self.require_root(header, member).await.and_then(|owner| {
+                    validate::registration(&name, &options, &types)
+                        .map_err(|violation| {
+                            log::info!(
+                                "RegisterParent {} from {owner} refused: {violation}",
+                                validate::quoted(&name)
+                            );
+                            Error::from(violation)
+                        })
+                        .map(|registration| Request::Register {
+                            registration,
+                            owner,
+                            call: message.clone(),
+                        })
+                })
             }
             "UnregisterParent" => {
                 let name: String = match body.deserialize() {
                     Ok(name) => name,
-                    Err(err) => return invalid_args(err),
+                    Err(err) => return Some(invalid_args(err)),
                 };
-                match self.require_root(header, member).await {
-                    Ok(caller) => self
-                        .submit(|reply| Request::Unregister {
-                            name,
-                            caller,
-                            reply,
-                        })
-                        .await
-                        .map(|()| None),
-                    Err(err) => Err(err),
-                }
-            }
-            _ => match self.require_root(header, "Rescan").await {
-                Ok(_) => self
-                    .submit(|reply| Request::Rescan { reply })
+                self.require_root(header, member)
                     .await
-                    .map(|()| None),
-                Err(err) => Err(err),
-            },
+                    .map(|caller| Request::Unregister {
+                        name,
+                        caller,
+                        call: message.clone(),
+                    })
+            }
+            _ => self
+                .require_root(header, "Rescan")
+                .await
+                .map(|_| Request::Rescan {
+                    call: message.clone(),
+                }),
         };
-        match result {
-            Ok(Some(path)) => Reply::Message(Message::method_return(header).build(&path)),
-            Ok(None) => Reply::Message(Message::method_return(header).build(&())),
-            Err(err) => Reply::Registry(err),
+        match request {
+            Ok(request) => match self.requests.send(request).await {
+                Ok(()) => None,
+                Err(_) => Some(Reply::Registry(Error::failed("mdevregd is shutting down"))),
+            },
+            Err(err) => Some(Reply::Registry(err)),
         }
-    }
-
-    async fn register(
-        &self,
-        owner: String,
-        name: &str,
-        options: &HashMap<String, OwnedVariant>,
-        types: &[HashMap<String, OwnedVariant>],
-    ) -> Result<Option<OwnedObjectPath>, Error> {
-        let registration = validate::registration(name, options, types).map_err(|violation| {
-            log::info!(
-                "RegisterParent {} from {owner} refused: {violation}",
-                validate::quoted(name)
-            );
-            Error::from(violation)
-        })?;
-        self.submit(|reply| Request::Register {
-            registration,
-            owner,
-            reply,
-        })
-        .await
-        .map(Some)
-    }
-
-    /// Sends `request` to the event loop and waits for its reply.
-    async fn submit<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Request,
-    ) -> Result<T, Error> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.requests
-            .send(make(reply_tx))
-            .await
-            .map_err(|_| Error::failed("mdevregd is shutting down"))?;
-        reply_rx
-            .await
-            .map_err(|_| Error::failed("mdevregd is shutting down"))?
     }
 
     /// The caller's unique name if its uid (asked of the bus once per

@@ -305,11 +305,11 @@ async fn run_query(
             report::write_types(&infos, parent.as_deref(), json, out).map_err(ClientError::output)
         }
         Command::List { json, .. } => {
-            let parents = fetch_parents(&conn, target).await?;
+            let parents = fetch_parents_fast(&conn, target, None).await?;
             report::write_list(&parents, json, out).map_err(ClientError::output)
         }
         Command::Show { parent, json } => {
-            let parents = fetch_parents(&conn, target).await?;
+            let parents = fetch_parents_fast(&conn, target, Some(&parent)).await?;
             let Some(found) = parents.iter().find(|p| p.info.name == parent) else {
                 return Err(ClientError::Runtime(format!("no parent named {parent}")));
             };
@@ -346,6 +346,34 @@ async fn registry_proxy<'c>(
         .await
         .map_err(RegistryError::from)
         .map_err(|e| registry_error(e, target))
+}
+
+/// Every parent with its types (or just `only`, if the daemon can filter),
+/// from the file `DumpParentsByFileDescriptor` returns; from
+/// `GetManagedObjects` if that is not there (an older daemon).
+pub async fn fetch_parents_fast(
+    conn: &Connection,
+    target: &BusTarget,
+    only: Option<&str>,
+) -> Result<Vec<Parent>, ClientError> {
+    let registry = registry_proxy(conn, target).await?;
+    if let Ok(fd) = registry
+        .dump_parents_by_file_descriptor(only.unwrap_or(""))
+        .await
+    {
+        let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+        let mut document = Vec::new();
+        if file.read_to_end(&mut document).is_ok() {
+            if let Ok(mut parents) = serde_json::from_slice::<Vec<Parent>>(&document) {
+                for parent in &mut parents {
+                    parent.info.normalize();
+                }
+                parents.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+                return Ok(parents);
+            }
+        }
+    }
+    fetch_parents(conn, target).await
 }
 
 /// Every parent with its types, from one `GetManagedObjects` call.

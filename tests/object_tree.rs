@@ -338,3 +338,70 @@ fn missing_things_get_standard_errors() {
         assert!(!xml.contains("org.mdevreg.MdevType1"), "{xml}");
     });
 }
+
+/// Reads all of a file descriptor handed over by the daemon.
+fn read_fd(fd: zbus::OwnedFd) -> String {
+    use std::io::Read;
+    let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+    let mut text = String::new();
+    file.read_to_string(&mut text).expect("read the document");
+    text
+}
+
+#[test]
+fn documents_by_file_descriptor_match_the_calls() {
+    run(
+        "documents_by_file_descriptor_match_the_calls",
+        &[],
+        || async {
+            let tree = tree();
+            let setup = Setup::start(tree.root(), |_| {}).await;
+            register_vgpu(&setup).await;
+            let registry = setup.registry().await;
+
+            // The types document: the same by string and by file, twice (the
+            // second from the cache, read again from offset 0).
+            let by_string = registry.dump_types("").await.expect("DumpTypes");
+            for _ in 0..2 {
+                let fd = registry
+                    .dump_types_by_file_descriptor("")
+                    .await
+                    .expect("DumpTypesByFileDescriptor");
+                assert_eq!(read_fd(fd), by_string);
+            }
+            let doc: serde_json::Value = serde_json::from_str(&by_string).expect("JSON");
+            let names: Vec<&String> = doc[0].as_object().expect("object").keys().collect();
+            assert_eq!(names, ["0000:00:02.0", "mtty", "vgpu0"]);
+
+            // The parents document: every registered parent, or just one.
+            let fd = registry
+                .dump_parents_by_file_descriptor("")
+                .await
+                .expect("DumpParentsByFileDescriptor");
+            let parents: Vec<mdevreg::model::Parent> =
+                serde_json::from_str(&read_fd(fd)).expect("parents JSON");
+            let listed: Vec<String> = registry
+                .list_parents()
+                .await
+                .expect("ListParents")
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect();
+            let dumped: Vec<String> = parents
+                .iter()
+                .map(|p| label::parent_path(p.name()))
+                .collect();
+            assert_eq!(dumped, listed);
+            let fd = registry
+                .dump_parents_by_file_descriptor("vgpu0")
+                .await
+                .expect("DumpParentsByFileDescriptor vgpu0");
+            let one: Vec<mdevreg::model::Parent> =
+                serde_json::from_str(&read_fd(fd)).expect("parents JSON");
+            assert_eq!(one.len(), 1);
+            assert_eq!(one[0].source, mdevreg::model::Source::Userspace);
+            let ids: Vec<&str> = one[0].info.types.iter().map(|t| t.id.as_str()).collect();
+            assert_eq!(ids, ["t-1", "t.2"]);
+        },
+    );
+}

@@ -12,7 +12,9 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
 use crate::mdevctl_json;
-use crate::model::ParentInfo;
+use serde::Serializer;
+
+use crate::model::{Parent, ParentInfo};
 
 /// Writes the document of `parents` (only `only_parent` if given) to a new
 /// memfd, sealed against any change.
@@ -20,13 +22,32 @@ pub fn render<'a>(
     parents: impl IntoIterator<Item = &'a ParentInfo>,
     only_parent: Option<&str>,
 ) -> io::Result<File> {
+    render_with(|writer| mdevctl_json::write_types_json_pretty(writer, parents, only_parent))
+}
+
+/// Writes `parents` (only the one called `only_parent` if given) as a JSON
+/// array in their serde form (that of the state files) to a sealed memfd:
+/// what `DumpParentsByFileDescriptor` hands out for `list` and `show`.
+pub fn render_parents<'a>(
+    parents: impl Iterator<Item = &'a Parent>,
+    only_parent: Option<&str>,
+) -> io::Result<File> {
+    render_with(|writer| {
+        let selected = parents.filter(|p| only_parent.is_none_or(|name| p.name() == name));
+        let mut serializer = serde_json::Serializer::new(writer);
+        serializer.collect_seq(selected).map_err(io::Error::other)
+    })
+}
+
+/// A new memfd holding what `write` writes, sealed against any change.
+fn render_with(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<File> {
     let fd = memfd_create(
-        c"mdevreg-types.json",
+        c"mdevreg-document.json",
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )?;
     let file = File::from(fd);
     let mut writer = BufWriter::with_capacity(64 * 1024, &file);
-    mdevctl_json::write_types_json_pretty(&mut writer, parents, only_parent)?;
+    write(&mut writer)?;
     writer.flush()?;
     drop(writer);
     fcntl(
@@ -80,6 +101,24 @@ mod tests {
                 .expect("read");
             assert_eq!(text, expected);
         }
+        // The parents' form reads back as the same parents.
+        let kernel = crate::mdevctl_json::kernel_parent(parent.clone());
+        let memfd_parents = render_parents([&kernel].into_iter(), None).expect("render");
+        let mut text = String::new();
+        reopen(&memfd_parents)
+            .expect("reopen")
+            .read_to_string(&mut text)
+            .expect("read");
+        let back: Vec<Parent> = serde_json::from_str(&text).expect("parents JSON");
+        assert_eq!(back, [kernel.clone()]);
+        let none = render_parents([&kernel].into_iter(), Some("other")).expect("render");
+        let mut text = String::new();
+        reopen(&none)
+            .expect("reopen")
+            .read_to_string(&mut text)
+            .expect("read");
+        assert_eq!(text, "[]");
+
         // Sealed: a writable reopen may exist, but writing fails.
         let writable = std::fs::OpenOptions::new()
             .write(true)

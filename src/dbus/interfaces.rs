@@ -129,6 +129,10 @@ pub const REGISTRY1: Interface = Interface {
             name: "DumpTypesByFileDescriptor",
             args: &[arg_in("parent", "s"), arg_out("document", "h")],
         },
+        Member {
+            name: "DumpParentsByFileDescriptor",
+            args: &[arg_in("parent", "s"), arg_out("document", "h")],
+        },
     ],
     signals: &[
         Member {

@@ -42,6 +42,10 @@ pub trait Registry1 {
     /// [`dump_types`](Self::dump_types) as a read-only file (offset 0).
     fn dump_types_by_file_descriptor(&self, parent: &str) -> Result<zbus::OwnedFd, Error>;
 
+    /// Every parent (only `parent` if not empty) as a JSON array of the
+    /// registry's parents, in a read-only file (offset 0).
+    fn dump_parents_by_file_descriptor(&self, parent: &str) -> Result<zbus::OwnedFd, Error>;
+
     /// A parent was registered (source `kernel` or `userspace`).
     #[zbus(signal)]
     fn parent_registered(

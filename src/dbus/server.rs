@@ -485,6 +485,25 @@ impl Server {
                     ))),
                 }
             }
+            "DumpParentsByFileDescriptor" => {
+                let parent: String = match body.deserialize() {
+                    Ok(parent) => parent,
+                    Err(err) => return Some(invalid_args(err)),
+                };
+                let only = (!parent.is_empty()).then_some(parent.as_str());
+                let file = {
+                    let registry = self.read();
+                    document::render_parents(registry.parents(), only)
+                };
+                match file.and_then(|file| document::reopen(&file)) {
+                    Ok(file) => Reply::Message(
+                        Message::method_return(header).build(&zbus::Fd::from(OwnedFd::from(file))),
+                    ),
+                    Err(err) => Reply::Fdo(fdo::Error::IOError(format!(
+                        "cannot render the parents document: {err}"
+                    ))),
+                }
+            }
             "DumpTypesByFileDescriptor" => {
                 let parent: String = match body.deserialize() {
                     Ok(parent) => parent,

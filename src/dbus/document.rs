@@ -110,7 +110,7 @@ mod tests {
             .read_to_string(&mut text)
             .expect("read");
         let back: Vec<Parent> = serde_json::from_str(&text).expect("parents JSON");
-        assert_eq!(back, [kernel.clone()]);
+        assert_eq!(back, std::slice::from_ref(&kernel));
         let none = render_parents([&kernel].into_iter(), Some("other")).expect("render");
         let mut text = String::new();
         reopen(&none)

@@ -233,9 +233,13 @@ pub async fn run(
 
     // Watch owners leave before checking the restored ones, so none is missed.
     let owner_watch = spawn_owner_watch(&bus, sources_tx.clone()).await?;
-    match connection
-        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
-        .await?
+    // Asked of the bus directly: `Connection::request_name` expects zbus's
+    // object server (and warns without one); `server` answers the calls.
+    let bus_name = zbus::names::WellKnownName::from_static_str_unchecked(BUS_NAME);
+    match bus
+        .request_name(bus_name.clone(), RequestNameFlags::DO_NOT_QUEUE)
+        .await
+        .map_err(zbus::Error::from)?
     {
         RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => {}
         RequestNameReply::Exists | RequestNameReply::InQueue => return Err(DaemonError::NameTaken),
@@ -270,7 +274,7 @@ pub async fn run(
     }
     daemon.save_state();
     if result.is_ok() {
-        if let Err(err) = connection.release_name(BUS_NAME).await {
+        if let Err(err) = bus.release_name(bus_name).await {
             log::warn!("cannot release {BUS_NAME}: {err}");
         }
         log::info!("stopped");

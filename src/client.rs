@@ -279,9 +279,7 @@ async fn run_query(
                 let registry = registry_proxy(&conn, target).await?;
                 let only = parent.as_deref().unwrap_or("");
                 if let Ok(fd) = registry.dump_types_by_file_descriptor(only).await {
-                    let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
-                    let mut document = Vec::new();
-                    if file.read_to_end(&mut document).is_ok() {
+                    if let Ok(document) = read_document(fd) {
                         return out
                             .write_all(&document)
                             .and_then(|()| out.write_all(b"\n"))
@@ -348,6 +346,13 @@ async fn registry_proxy<'c>(
         .map_err(|e| registry_error(e, target))
 }
 
+/// All of a document the daemon handed over as a file descriptor.
+fn read_document(fd: zbus::OwnedFd) -> io::Result<Vec<u8>> {
+    let mut document = Vec::new();
+    std::fs::File::from(std::os::fd::OwnedFd::from(fd)).read_to_end(&mut document)?;
+    Ok(document)
+}
+
 /// Every parent with its types (or just `only`, if the daemon can filter),
 /// from the file `DumpParentsByFileDescriptor` returns; from
 /// `GetManagedObjects` if that is not there (an older daemon).
@@ -361,9 +366,7 @@ pub async fn fetch_parents_fast(
         .dump_parents_by_file_descriptor(only.unwrap_or(""))
         .await
     {
-        let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
-        let mut document = Vec::new();
-        if file.read_to_end(&mut document).is_ok() {
+        if let Ok(document) = read_document(fd) {
             if let Ok(mut parents) = serde_json::from_slice::<Vec<Parent>>(&document) {
                 for parent in &mut parents {
                     parent.info.normalize();

@@ -1048,13 +1048,8 @@ impl Daemon {
     }
 }
 
-/// Whether `event` changes what the state files hold.
-#[cfg(test)]
-fn touches_userspace(event: &Event) -> bool {
-    userspace_lifetime(event).is_some()
-}
-
-/// The lifetime (state file) of the userspace registration `event` changes.
+/// The lifetime (state file) of the userspace registration `event`
+/// changes; `None` if it changes no state file.
 fn userspace_lifetime(event: &Event) -> Option<Lifetime> {
     let parent = match &event.kind {
         EventKind::ParentRegistered { parent } | EventKind::ParentUnregistered { parent } => parent,
@@ -1144,7 +1139,10 @@ mod tests {
                 parent: parent(source),
             },
         };
-        assert!(touches_userspace(&registered(Source::Userspace)));
-        assert!(!touches_userspace(&registered(Source::Kernel)));
+        assert_eq!(
+            userspace_lifetime(&registered(Source::Userspace)),
+            Some(Lifetime::Persistent)
+        );
+        assert_eq!(userspace_lifetime(&registered(Source::Kernel)), None);
     }
 }

@@ -27,36 +27,12 @@ pub fn types_document(parents: &[ParentInfo], only_parent: Option<&str>) -> Valu
 /// [`types_document`] printed as mdevctl prints it (pretty, mdevctl's key
 /// order), without the final newline.
 pub fn types_json_pretty(parents: &[ParentInfo], only_parent: Option<&str>) -> String {
-    types_json_pretty_of(parents, only_parent)
+    serde_json::to_string_pretty(&TypesDocument::new(parents, only_parent))
+        .unwrap_or_else(|_| "[]".to_string())
 }
 
-/// [`types_json_pretty`] of borrowed parents (the daemon's registry).
-pub fn types_json_pretty_of<'a>(
-    parents: impl IntoIterator<Item = &'a ParentInfo>,
-    only_parent: Option<&str>,
-) -> String {
-    types_json_pretty_sized(parents, only_parent, 0)
-}
-
-/// [`types_json_pretty_of`] written into a buffer of `capacity` bytes to
-/// start with (the size of the last document avoids regrowing a large one).
-pub fn types_json_pretty_sized<'a>(
-    parents: impl IntoIterator<Item = &'a ParentInfo>,
-    only_parent: Option<&str>,
-    capacity: usize,
-) -> String {
-    let document = TypesDocument {
-        parents: selected_parents(parents, only_parent),
-    };
-    let mut buffer = Vec::with_capacity(capacity);
-    match serde_json::to_writer_pretty(&mut buffer, &document) {
-        // serde_json writes only UTF-8.
-        Ok(()) => String::from_utf8(buffer).unwrap_or_else(|_| "[]".to_string()),
-        Err(_) => "[]".to_string(),
-    }
-}
-
-/// [`types_json_pretty_of`] written to `writer`.
+/// [`types_json_pretty`] of borrowed parents (the daemon's registry),
+/// written to `writer`.
 pub fn write_types_json_pretty<'a>(
     writer: impl std::io::Write,
     parents: impl IntoIterator<Item = &'a ParentInfo>,

@@ -495,28 +495,18 @@ impl Server {
                     let registry = self.read();
                     document::render_parents(registry.parents(), only)
                 };
-                match file.and_then(|file| document::reopen(&file)) {
-                    Ok(file) => Reply::Message(
-                        Message::method_return(header).build(&zbus::Fd::from(OwnedFd::from(file))),
-                    ),
-                    Err(err) => Reply::Fdo(fdo::Error::IOError(format!(
-                        "cannot render the parents document: {err}"
-                    ))),
-                }
+                fd_reply(
+                    header,
+                    file.and_then(|file| document::reopen(&file)),
+                    "parents",
+                )
             }
             "DumpTypesByFileDescriptor" => {
                 let parent: String = match body.deserialize() {
                     Ok(parent) => parent,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                match self.types_document(&parent) {
-                    Ok(file) => Reply::Message(
-                        Message::method_return(header).build(&zbus::Fd::from(OwnedFd::from(file))),
-                    ),
-                    Err(err) => Reply::Fdo(fdo::Error::IOError(format!(
-                        "cannot render the types document: {err}"
-                    ))),
-                }
+                fd_reply(header, self.types_document(&parent), "types")
             }
             "RegisterParent" | "UnregisterParent" | "Rescan" => return None,
             _ => unknown_method(REGISTRY1.name, member),
@@ -643,6 +633,19 @@ impl Server {
                 Err(err)
             }
         }
+    }
+}
+
+/// The reply handing over a rendered `what` document, or the error that
+/// kept it from being rendered.
+fn fd_reply(header: &Header<'_>, file: io::Result<File>, what: &str) -> Reply {
+    match file {
+        Ok(file) => Reply::Message(
+            Message::method_return(header).build(&zbus::Fd::from(OwnedFd::from(file))),
+        ),
+        Err(err) => Reply::Fdo(fdo::Error::IOError(format!(
+            "cannot render the {what} document: {err}"
+        ))),
     }
 }
 

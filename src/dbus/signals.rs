@@ -41,15 +41,12 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
                     .and_then(|()| removed(&mut messages, parent))
             }
             EventKind::ParentUpdated { before, after } => {
-                let names: Vec<&str> = [
+                let names = changed_names([
                     ("DevPath", before.info.devpath != after.info.devpath),
                     ("Subsystem", before.info.subsystem != after.info.subsystem),
                     ("Driver", before.info.driver != after.info.driver),
                     ("Owner", before.owner != after.owner),
-                ]
-                .into_iter()
-                .filter_map(|(name, changed)| changed.then_some(name))
-                .collect();
+                ]);
                 changed(
                     &mut messages,
                     &label::parent_path(after.name()),
@@ -78,7 +75,7 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
                 before,
                 after,
             } => {
-                let names: Vec<&str> = [
+                let names = changed_names([
                     ("Name", before.name != after.name),
                     ("Description", before.description != after.description),
                     ("DeviceApi", before.device_api != after.device_api),
@@ -87,10 +84,7 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
                         before.available_instances != after.available_instances,
                     ),
                     ("Devices", before.devices != after.devices),
-                ]
-                .into_iter()
-                .filter_map(|(name, changed)| changed.then_some(name))
-                .collect();
+                ]);
                 changed(
                     &mut messages,
                     &label::type_path(parent, &after.id),
@@ -120,6 +114,14 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
         log::warn!("root PropertiesChanged not built: {err}");
     }
     messages
+}
+
+/// The property names whose flag is set.
+fn changed_names<const N: usize>(flags: [(&'static str, bool); N]) -> Vec<&'static str> {
+    flags
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
 }
 
 /// Sends `messages` in order, written together (one wakeup of the bus for

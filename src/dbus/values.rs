@@ -97,7 +97,7 @@ impl Serialize for IfaceMap<'_> {
     }
 }
 
-/// A property of `interface` by name, from `all` (its full list).
+/// The property called `name` from `all` (an interface's full list).
 pub fn pick<'a>(all: PropMap<'a>, name: &str) -> Option<PropValue<'a>> {
     all.0
         .into_iter()

@@ -7,6 +7,7 @@
 
 pub mod exposition;
 pub mod http;
+pub mod outputs;
 pub mod textfile;
 
 use std::collections::BTreeMap;

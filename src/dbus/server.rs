@@ -28,7 +28,8 @@ use super::interfaces::{
     REGISTRY1,
 };
 use super::values::{self, ManagedObjects, PropMap, PropValue};
-use super::{auth, document, lock, validate, Request, Stats};
+use super::{auth, document, lock, validate, Request};
+use crate::daemon::Counters;
 use crate::label;
 use crate::registry::Registry;
 
@@ -109,7 +110,7 @@ fn invalid_args(err: zbus::Error) -> Reply {
 pub struct Server {
     connection: Connection,
     registry: SharedRegistry,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     requests: mpsc::Sender<Request>,
     bus: DBusProxy<'static>,
     uids: Mutex<HashMap<String, u32>>,
@@ -121,7 +122,7 @@ impl Server {
     pub fn new(
         connection: Connection,
         registry: SharedRegistry,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
         requests: mpsc::Sender<Request>,
         bus: DBusProxy<'static>,
     ) -> Arc<Server> {

@@ -228,6 +228,11 @@ mod tests {
             assert_eq!(kind.index(), index);
             assert_eq!(kind.key(), format!("uevents_rejected_{}", kind.name()));
         }
+        // The metrics' `reason` label values are these names.
+        assert_eq!(
+            crate::metrics::REJECT_REASONS,
+            RejectKind::ALL.map(RejectKind::name)
+        );
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub use self::sources::{Hint, SourceMessage};
 
 use self::event_loop::EventLoop;
 use crate::cli::EmitMode;
+use crate::dbus::auth::AuthPolicy;
 use crate::dbus::{validate, Server, SharedRegistry};
 use crate::emit::UeventSink;
 use crate::label::BUS_NAME;
@@ -77,6 +78,8 @@ pub struct Config {
     pub netlink: bool,
     /// Receive buffer of the uevent socket in bytes (`None`: the default).
     pub receive_buffer: Option<usize>,
+    /// Who may call the mutating methods besides uid 0.
+    pub auth: AuthPolicy,
 }
 
 /// Why the daemon stopped with an error.
@@ -179,6 +182,7 @@ pub async fn run(
         Arc::clone(&counters),
         requests_tx,
         bus.clone(),
+        config.auth,
     );
 
     let mut core = Core::new(Arc::clone(&registry), Arc::clone(&counters));

@@ -17,9 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use mdevreg::metrics::http::{ExpositionSource, Limits, MetricsListener};
-use mdevreg::metrics::{
-    counters_from_stats, ExpositionCache, Format, MetricsSource, RegistryView,
-};
+use mdevreg::metrics::{counters_from_stats, ExpositionCache, Format, MetricsSource, RegistryView};
 use mdevreg::model::{MdevType, ParentInfo};
 use mdevreg::registry::{Input, Registry};
 
@@ -153,7 +151,10 @@ fn scrape(listener: &MetricsListener, accept: &str) -> usize {
     .expect("write");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read");
-    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"), "scrape failed");
+    assert!(
+        response.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "scrape failed"
+    );
     response.len()
 }
 
@@ -299,8 +300,10 @@ fn main() {
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -341,7 +344,10 @@ fn main() {
     let dir = target_dir().join("bench");
     let _ = std::fs::create_dir_all(&dir);
     std::fs::write(dir.join("metrics.json"), json).expect("write metrics.json");
-    println!("wrote BENCHMARKS.md and {}", dir.join("metrics.json").display());
+    println!(
+        "wrote BENCHMARKS.md and {}",
+        dir.join("metrics.json").display()
+    );
 }
 
 const BEGIN: &str = "<!-- metrics bench: begin -->";
@@ -360,7 +366,10 @@ fn replace_section(current: &str, section: &str) -> String {
                 after.strip_prefix('\n').unwrap_or(after)
             )
         }
-        _ => format!("{}\n{section}", current.trim_end_matches('\n').to_owned() + "\n"),
+        _ => format!(
+            "{}\n{section}",
+            current.trim_end_matches('\n').to_owned() + "\n"
+        ),
     }
 }
 

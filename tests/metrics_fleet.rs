@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,12 +22,13 @@ use common::daemon::{wait_ready, Daemon, DaemonOptions};
 use common::prereq::{open_tempdir, run};
 use common::prometheus::{loopback_up, sample_value, NodeExporter, Prometheus};
 use common::registry_client::{connect, registry_proxy};
-use common::sysfs_fixture::{uuid_for, FakeSysfs, ParentSpec, TypeSpec};
+use common::sysfs_fixture::{uuid_for, FakeSysfs, ParentSpec};
+use mdevreg::client::TypeArg;
 use mdevreg::dbus::MdevType1Proxy;
 use mdevreg::netlink::UeventEmitter;
 use mdevreg::uevent::Uevent;
 use zbus::proxy::CacheProperties;
-use zbus::{Connection, Variant};
+use zbus::Connection;
 
 const LISTEN_HOSTS: usize = 20;
 const FIRST_PORT: u16 = 19100;
@@ -91,7 +92,11 @@ fn build_tree(index: usize, expected: &mut Expected) -> (FakeSysfs, Option<Paren
         1 => {
             add(&ParentSpec::gvt());
             add(&ParentSpec::mdpy());
-            tree.add_instance("0000:00:02.0", "i915-GVTg_V5_4", &uuid_for(2000 + index as u64));
+            tree.add_instance(
+                "0000:00:02.0",
+                "i915-GVTg_V5_4",
+                &uuid_for(2000 + index as u64),
+            );
             expected.instances += 1;
         }
         _ => {
@@ -112,7 +117,7 @@ async fn start_host(
     instance: String,
 ) -> Host {
     let (tree, gpu) = build_tree(index, expected);
-    let bus = DbusDaemon::start_permissive_high_limits();
+    let bus = DbusDaemon::start_permissive();
     let state = work.join(format!("state-{index}"));
     fs::create_dir_all(&state).expect("state dir");
     let mut options = DaemonOptions::new(tree.root(), &state);
@@ -173,15 +178,16 @@ fn wait_scraped_after(prometheus: &Prometheus, instances: &[&str], since: f64) {
 }
 
 async fn register(client: &Connection, name: &str, type_id: &str, type_name: &str, available: u32) {
-    let mut types = vec![std::collections::HashMap::from([
-        ("Id", Variant::from(type_id.to_owned())),
-        ("DeviceApi", Variant::from("vfio-pci")),
-        ("AvailableInstances", Variant::from(available)),
-        ("Name", Variant::from(type_name.to_owned())),
-    ])];
+    let mdev_type = TypeArg {
+        id: type_id.to_owned(),
+        device_api: "vfio-pci".to_owned(),
+        available_instances: available,
+        name: Some(type_name.to_owned()),
+        description: None,
+    };
     registry_proxy(client)
         .await
-        .register_parent(name, std::collections::HashMap::new(), std::mem::take(&mut types))
+        .register_parent(name, HashMap::new(), vec![mdev_type.to_dict()])
         .await
         .unwrap_or_else(|err| panic!("RegisterParent {name}: {err}"));
 }
@@ -224,7 +230,8 @@ fn a_fleet_scraped_by_prometheus_adds_up() {
                 format!("127.0.0.1:{NODE_EXPORTER_PORT}"),
             )
             .await;
-            let _node_exporter = NodeExporter::start(&textfile_dir, work.path(), NODE_EXPORTER_PORT);
+            let _node_exporter =
+                NodeExporter::start(&textfile_dir, work.path(), NODE_EXPORTER_PORT);
 
             let targets: Vec<String> = (0..LISTEN_HOSTS)
                 .map(|i| format!("'127.0.0.1:{}'", FIRST_PORT + i as u16))
@@ -287,7 +294,14 @@ fn a_fleet_scraped_by_prometheus_adds_up() {
             // textfile host, and a sysfs change on an NVIDIA-like host,
             // announced by a kernel uevent.
             register(&hosts[1].client, "fleet-demo", "demo-1", "Fleet Demo", 5).await;
-            register(&textfile_host.client, "fleet-textfile", "demo-1", "Fleet Demo", 7).await;
+            register(
+                &textfile_host.client,
+                "fleet-textfile",
+                "demo-1",
+                "Fleet Demo",
+                7,
+            )
+            .await;
             *expected
                 .available_by_name
                 .entry("Fleet Demo".to_owned())
@@ -308,13 +322,17 @@ fn a_fleet_scraped_by_prometheus_adds_up() {
             // Wait until the daemon has re-read it (its own D-Bus view).
             let type_proxy = MdevType1Proxy::builder(&hosts[3].client)
                 .path(mdevreg::dbus::type_object_path(gpu.name(), &changed.id))
-                .expect("type path")
                 .cache_properties(CacheProperties::No)
                 .build()
                 .await
                 .expect("MdevType1 proxy");
             let deadline = Instant::now() + SCRAPE_TIMEOUT;
-            while type_proxy.available_instances().await.expect("AvailableInstances") != 1 {
+            while type_proxy
+                .available_instances()
+                .await
+                .expect("AvailableInstances")
+                != 1
+            {
                 assert!(Instant::now() < deadline, "host 3 never re-read its GPU");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -359,7 +377,8 @@ fn a_fleet_scraped_by_prometheus_adds_up() {
                 )),
                 Some(1.0)
             );
-            for host in hosts.iter_mut().chain(std::iter::once(&mut { textfile_host })) {
+            let mut textfile_host = textfile_host;
+            for host in hosts.iter_mut().chain(std::iter::once(&mut textfile_host)) {
                 host.daemon.assert_alive("after the fleet test");
             }
         },

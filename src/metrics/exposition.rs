@@ -260,7 +260,11 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
                 }
             }
             for (type_id, (name, count)) in &creatable {
-                let labels = [("physical_device", device), ("type", type_id), ("name", name)];
+                let labels = [
+                    ("physical_device", device),
+                    ("type", type_id),
+                    ("name", name),
+                ];
                 family.encode_family(&labels)?.encode_gauge(count)?;
             }
         }

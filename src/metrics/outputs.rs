@@ -8,7 +8,9 @@
 //! is rewritten by a task that waits for a change, lets further changes
 //! within [`TEXTFILE_DELAY`] join it, then renders and writes on a blocking
 //! thread: a burst of uevents costs one rewrite, and nothing is rendered
-//! or written on the event loop. Nothing wakes while nothing changes.
+//! or written on the event loop. Counters that move without reaching the
+//! loop (rejected netlink messages) are picked up every
+//! [`TEXTFILE_REFRESH`]; the file is only rewritten when its text changed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ use super::{Format, MetricsSource};
 
 /// How long the textfile writer waits for more changes before writing.
 pub const TEXTFILE_DELAY: Duration = Duration::from_millis(200);
+/// How often the textfile writer looks at the counters without being told.
+pub const TEXTFILE_REFRESH: Duration = Duration::from_secs(30);
 
 /// What the daemon was asked to expose.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -143,7 +147,11 @@ impl MetricsOutputs {
 
     /// A handle the uevent reader can hold to report changes.
     pub fn notifier(&self) -> ChangeNotifier {
-        ChangeNotifier(self.textfile_task.is_some().then(|| Arc::clone(&self.changed)))
+        ChangeNotifier(
+            self.textfile_task
+                .is_some()
+                .then(|| Arc::clone(&self.changed)),
+        )
     }
 }
 
@@ -175,8 +183,10 @@ async fn rewrite_on_change(
 ) {
     let mut failing = false;
     loop {
-        changed.notified().await;
-        tokio::time::sleep(TEXTFILE_DELAY).await;
+        tokio::select! {
+            () = changed.notified() => tokio::time::sleep(TEXTFILE_DELAY).await,
+            () = tokio::time::sleep(TEXTFILE_REFRESH) => {}
+        }
         let render = Arc::clone(&source);
         let joined = tokio::task::spawn_blocking(move || {
             let result = writer.write(&render.exposition(Format::Text));

@@ -29,7 +29,9 @@ pub fn loopback_up() {
 /// `GET path` on 127.0.0.1:port; returns the status code and the body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;
@@ -82,7 +84,10 @@ impl Prometheus {
         let log = fs::File::create(dir.join("prometheus.log")).expect("prometheus log");
         let mut child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -109,7 +114,10 @@ impl Prometheus {
     /// A query whose result is one number (or none: `None`).
     pub fn scalar(&self, promql: &str) -> Option<f64> {
         let result = self.query(promql);
-        assert!(result.len() <= 1, "{promql}: more than one series: {result:?}");
+        assert!(
+            result.len() <= 1,
+            "{promql}: more than one series: {result:?}"
+        );
         result.first().map(sample_value)
     }
 }

@@ -29,7 +29,8 @@ use super::interfaces::{
     REGISTRY1,
 };
 use super::values::{self, ManagedObjects, PropMap};
-use super::{document, lock, validate, Request, Stats};
+use super::{document, lock, validate, Request};
+use crate::daemon::Counters;
 use crate::label;
 use crate::registry::Registry;
 
@@ -125,7 +126,7 @@ fn invalid_args(err: zbus::Error) -> Reply {
 pub struct Server {
     connection: Connection,
     registry: SharedRegistry,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     requests: mpsc::Sender<Request>,
     bus: DBusProxy<'static>,
     uids: Mutex<HashMap<String, u32>>,
@@ -139,7 +140,7 @@ impl Server {
     pub fn new(
         connection: Connection,
         registry: SharedRegistry,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
         requests: mpsc::Sender<Request>,
         bus: DBusProxy<'static>,
         auth: AuthPolicy,

@@ -23,11 +23,11 @@ use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Str};
 
-use crate::cli::{Command, RegisterArgs};
+use crate::cli::{BackendFilter, Command, RegisterArgs};
 use crate::dbus::{Error as RegistryError, Registry1Proxy};
 use crate::label;
 use crate::mdevctl_json::{parent_json, parent_text};
-use crate::model::{Lifetime, MdevType, Parent, ParentInfo, Source};
+use crate::model::{Backend, Lifetime, MdevType, Parent, ParentInfo, Source};
 use crate::report;
 
 /// D-Bus interface names the client reads from `GetManagedObjects`.
@@ -271,8 +271,14 @@ async fn run_query(
 ) -> Result<(), ClientError> {
     let conn = target.connect().await?;
     match command {
-        Command::Types { parent, json, .. } => {
-            if json {
+        Command::Types {
+            parent,
+            json,
+            backend,
+            ..
+        } => {
+            // The daemon's documents are mdevctl's (mdev parents only).
+            if json && backend == BackendFilter::Mdev {
                 // One call: the daemon renders the document itself, into a
                 // file it passes over (or as a string, or not at all: an
                 // older daemon; the tree is then fetched and rendered here).
@@ -298,9 +304,15 @@ async fn run_query(
                     Err(err) => return Err(registry_error(err, target)),
                 }
             }
-            let parents = fetch_parents(&conn, target).await?;
+            let parents = fetch_parents_fast(&conn, target, parent.as_deref()).await?;
             let infos: Vec<ParentInfo> = parents.into_iter().map(|p| p.info).collect();
+            let infos = report::select_backend(infos, backend);
             report::write_types(&infos, parent.as_deref(), json, out).map_err(ClientError::output)
+        }
+        Command::Capacity { json, .. } => {
+            let parents = fetch_parents_fast(&conn, target, None).await?;
+            report::write_capacity(parents.iter().map(|p| &p.info), json, out)
+                .map_err(ClientError::output)
         }
         Command::List { json, .. } => {
             let parents = fetch_parents_fast(&conn, target, None).await?;
@@ -453,6 +465,19 @@ where
     T::try_from(value).map_err(|err| format!("property {key} has type {signature}: {err}"))
 }
 
+/// [`take`], or the default when the property is absent.
+fn take_or_default<T>(props: &mut Props, key: &str) -> Result<T, String>
+where
+    T: TryFrom<OwnedVariant> + Default,
+    T::Error: fmt::Display,
+{
+    if props.contains_key(key) {
+        take(props, key)
+    } else {
+        Ok(T::default())
+    }
+}
+
 fn parent_from_props(props: &mut Props) -> Result<Parent, String> {
     let source: String = take(props, "Source")?;
     let source = match source.as_str() {
@@ -473,6 +498,14 @@ fn parent_from_props(props: &mut Props) -> Result<Parent, String> {
             devpath: take(props, "DevPath")?,
             subsystem: take(props, "Subsystem")?,
             driver: take(props, "Driver")?,
+            // Optional: a daemon from before backends has neither.
+            backend: match take_or_default::<String>(props, "Backend")?.as_str() {
+                "" => Backend::Mdev,
+                other => {
+                    Backend::parse(other).ok_or_else(|| format!("unknown Backend {other:?}"))?
+                }
+            },
+            physical_device: take_or_default(props, "PhysicalDevice")?,
             types: Vec::new(),
         },
         source,

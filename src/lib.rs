@@ -5,6 +5,7 @@
 //! in `dbus`, uevent emission in `emit`, the state files in `persist`).
 
 pub mod bus_host;
+pub mod capacity;
 pub mod cli;
 pub mod client;
 pub mod daemon;
@@ -15,9 +16,11 @@ pub mod logging;
 pub mod mdevctl_json;
 pub mod model;
 pub mod netlink;
+pub mod nvidia_vfio;
 pub mod paths;
 pub mod persist;
 pub mod registry;
 pub mod report;
+pub mod synth_uevent;
 pub mod sysfs;
 pub mod uevent;

@@ -55,7 +55,8 @@ pub enum EventKind {
     ParentUnregistered {
         parent: Parent,
     },
-    /// Devpath, subsystem, driver or owner changed (types unchanged).
+    /// Devpath, subsystem, driver, backend, physical device or owner changed
+    /// (type changes come as their own events after this one).
     ParentUpdated {
         before: Parent,
         after: Parent,
@@ -290,7 +291,9 @@ impl Registry {
         let name = before.name().to_owned();
         let attrs_changed = before.info.devpath != info.devpath
             || before.info.subsystem != info.subsystem
-            || before.info.driver != info.driver;
+            || before.info.driver != info.driver
+            || before.info.backend != info.backend
+            || before.info.physical_device != info.physical_device;
         let mut kinds = Vec::new();
         diff_types(&name, &before.info.types, &info.types, &mut kinds);
         if !attrs_changed && kinds.is_empty() {

@@ -346,10 +346,21 @@ fn committed_example_trees() {
     if !ready("committed_example_trees") {
         return;
     }
-    for name in ["gvt", "mixed"] {
+    // `nvidia-mixed` has NVIDIA vendor-specific VFIO VFs beside the mdev
+    // parents: mdevctl does not see them, and neither does `types` by default.
+    for name in ["gvt", "mixed", "nvidia-mixed"] {
         let doc = assert_types_parity(&example_tree(name), None);
         assert!(!parent_names(&doc).is_empty(), "{name}");
     }
+    // A vendor-VFIO-only host: both print the empty document (mdevreg warns
+    // about the sample's malformed `creatable_vgpu_types` line).
+    let vfio = example_tree("nvidia-vfio");
+    let theirs = mdevctl(&vfio, &["types", "--dumpjson"]);
+    assert!(theirs.status.success(), "{}", text(&theirs.stderr));
+    let ours = mdevreg(&vfio, &["types", "--json"]);
+    assert!(ours.status.success(), "{}", text(&ours.stderr));
+    assert_eq!(text(&ours.stdout), text(&theirs.stdout));
+    assert_eq!(text(&ours.stdout).trim(), "[]");
     // The broken sample is refused by mdevctl and read with warnings by mdevreg.
     let broken = example_tree("broken");
     assert!(!mdevctl(&broken, &["types", "--dumpjson"]).status.success());

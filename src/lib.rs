@@ -14,6 +14,7 @@ pub mod emit;
 pub mod label;
 pub mod logging;
 pub mod mdevctl_json;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod nvidia_vfio;

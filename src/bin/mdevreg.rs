@@ -1,5 +1,5 @@
 //! `mdevreg`: the command-line client. With `--sysfs-root` the `types`,
-//! `list` and `capacity` commands scan sysfs directly ([`mdevreg::report`]); everything else
+//! `list`, `capacity` and `metrics` commands scan sysfs directly ([`mdevreg::report`]); everything else
 //! goes to the daemon over D-Bus ([`mdevreg::client`]).
 //!
 //! Exit codes: 0 ok, 1 runtime error (one line naming the cause), 2 usage.
@@ -61,6 +61,11 @@ fn run(cli: MdevregCli) -> Result<(), ClientError> {
             json,
             sysfs_root: Some(root),
         } => report::list_direct(&SysfsRoot::new(root), json, &mut out, &mut err)
+            .map_err(direct_failed),
+        Command::Metrics {
+            openmetrics,
+            sysfs_root: Some(root),
+        } => report::metrics_direct(&SysfsRoot::new(root), openmetrics, &mut out, &mut err)
             .map_err(direct_failed),
         command => {
             let result = client::run(&cli.bus, command, &mut out);

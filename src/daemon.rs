@@ -23,6 +23,7 @@ use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath};
 
 use crate::cli::EmitMode;
+use crate::dbus::auth::AuthPolicy;
 use crate::dbus::{self, signals, validate, Request, Server, SharedRegistry, Stats};
 use crate::emit::{Emitted, MdevState, UeventSink, SEQNUM_KEY};
 use crate::label::BUS_NAME;
@@ -95,6 +96,8 @@ pub struct Config {
     pub netlink: bool,
     /// Receive buffer of the uevent socket in bytes (`None`: the default).
     pub receive_buffer: Option<usize>,
+    /// Who may call the mutating methods besides uid 0.
+    pub auth: AuthPolicy,
 }
 
 /// Why the daemon stopped with an error.
@@ -211,6 +214,7 @@ pub async fn run(
         Arc::clone(&stats),
         requests_tx,
         bus.clone(),
+        config.auth,
     );
 
     let mut daemon = Daemon {

@@ -7,7 +7,7 @@
 //! type id and looked up when a call arrives, so the daemon holds each
 //! parent's data once however many types it has. Queries are answered in
 //! arrival order under a short read lock; mutating calls are checked
-//! (caller uid, arguments) on their own task and handed to the event loop
+//! (caller authorised by [`auth::authorize`], arguments) on their own task and handed to the event loop
 //! as [`Request`]s, which replies once the change is applied and visible.
 
 use std::collections::HashMap;
@@ -22,13 +22,14 @@ use zbus::fdo::{self, DBusProxy};
 use zbus::message::{Flags, Header, Type as MessageType};
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
+use super::auth::{self, Action, AuthPolicy};
 use super::errors::Error;
 use super::interfaces::{
     self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
     REGISTRY1,
 };
 use super::values::{self, ManagedObjects, PropMap};
-use super::{auth, document, lock, validate, Request, Stats};
+use super::{document, lock, validate, Request, Stats};
 use crate::capacity;
 use crate::label;
 use crate::registry::Registry;
@@ -114,6 +115,8 @@ pub struct Server {
     requests: mpsc::Sender<Request>,
     bus: DBusProxy<'static>,
     uids: Mutex<HashMap<String, u32>>,
+    /// Who may call the mutating methods.
+    auth: AuthPolicy,
     /// The last whole `DumpTypes` document and the sequence number it shows.
     types_cache: Mutex<Option<(u64, File)>>,
 }
@@ -125,6 +128,7 @@ impl Server {
         stats: Arc<Stats>,
         requests: mpsc::Sender<Request>,
         bus: DBusProxy<'static>,
+        auth: AuthPolicy,
     ) -> Arc<Server> {
         Arc::new(Server {
             connection,
@@ -133,6 +137,7 @@ impl Server {
             requests,
             bus,
             uids: Mutex::new(HashMap::new()),
+            auth,
             types_cache: Mutex::new(None),
         })
     }
@@ -553,7 +558,7 @@ impl Server {
         }
     }
 
-    /// `RegisterParent`, `UnregisterParent`, `Rescan`: caller uid 0, valid
+    /// `RegisterParent`, `UnregisterParent`, `Rescan`: an authorised caller, valid
     /// arguments, then the event loop, which replies (`None` here); a
     /// refused call gets its error reply from here.
     async fn mutate(&self, message: &Message, header: &Header<'_>) -> Option<Reply> {
@@ -572,28 +577,30 @@ impl Server {
                     Ok(args) => args,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                self.require_root(header, member).await.and_then(|owner| {
-                    validate::registration(&name, &options, &types)
-                        .map_err(|violation| {
-                            log::info!(
-                                "RegisterParent {} from {owner} refused: {violation}",
-                                validate::quoted(&name)
-                            );
-                            Error::from(violation)
-                        })
-                        .map(|registration| Request::Register {
-                            registration,
-                            owner,
-                            call: message.clone(),
-                        })
-                })
+                self.authorized(header, Action::RegisterParent)
+                    .await
+                    .and_then(|owner| {
+                        validate::registration(&name, &options, &types)
+                            .map_err(|violation| {
+                                log::info!(
+                                    "RegisterParent {} from {owner} refused: {violation}",
+                                    validate::quoted(&name)
+                                );
+                                Error::from(violation)
+                            })
+                            .map(|registration| Request::Register {
+                                registration,
+                                owner,
+                                call: message.clone(),
+                            })
+                    })
             }
             "UnregisterParent" => {
                 let name: String = match body.deserialize() {
                     Ok(name) => name,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                self.require_root(header, member)
+                self.authorized(header, Action::UnregisterParent)
                     .await
                     .map(|caller| Request::Unregister {
                         name,
@@ -602,7 +609,7 @@ impl Server {
                     })
             }
             _ => self
-                .require_root(header, "Rescan")
+                .authorized(header, Action::Rescan)
                 .await
                 .map(|_| Request::Rescan {
                     call: message.clone(),
@@ -617,9 +624,11 @@ impl Server {
         }
     }
 
-    /// The caller's unique name if its uid (asked of the bus once per
-    /// connection) is 0; a denial is logged.
-    async fn require_root(&self, header: &Header<'_>, method: &str) -> Result<String, Error> {
+    /// The caller's unique name if [`auth::authorize`] lets it do `action`
+    /// (its uid is asked of the bus once per connection); a denial is
+    /// logged.
+    async fn authorized(&self, header: &Header<'_>, action: Action) -> Result<String, Error> {
+        let method = action.method();
         let caller = auth::caller(header)?;
         let cached = lock(&self.uids).get(&caller).copied();
         let uid = match cached {
@@ -633,7 +642,10 @@ impl Server {
             }),
         };
         let result = match uid {
-            Ok(uid) => auth::check_uid(method, &caller, uid),
+            Ok(uid) => {
+                let who = auth::Caller { name: &caller, uid };
+                auth::authorize(&self.auth, action, who).await
+            }
             Err(err) => Err(Error::AccessDenied(format!(
                 "{method}: cannot determine the uid of {caller}: {err}"
             ))),

@@ -88,6 +88,8 @@ impl Daemon {
             .arg(&options.sysfs_root)
             .arg("--state-dir")
             .arg(&options.state_dir)
+            .arg("--runtime-dir")
+            .arg(&options.state_dir)
             .arg("--emit")
             .arg(options.emit);
         if !options.netlink {

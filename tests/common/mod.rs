@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod daemon;
 pub mod helper_process;
+pub mod lines;
 pub mod metrics;
 pub mod netns;
 pub mod prereq;

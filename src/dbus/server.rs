@@ -29,8 +29,9 @@ use super::interfaces::{
     REGISTRY1,
 };
 use super::values::{self, ManagedObjects, PropMap};
-use super::{document, lock, validate, Request, Stats};
+use super::{document, lock, validate, Request};
 use crate::capacity;
+use crate::daemon::Counters;
 use crate::label;
 use crate::registry::Registry;
 
@@ -111,7 +112,7 @@ fn invalid_args(err: zbus::Error) -> Reply {
 pub struct Server {
     connection: Connection,
     registry: SharedRegistry,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     requests: mpsc::Sender<Request>,
     bus: DBusProxy<'static>,
     uids: Mutex<HashMap<String, u32>>,
@@ -125,7 +126,7 @@ impl Server {
     pub fn new(
         connection: Connection,
         registry: SharedRegistry,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
         requests: mpsc::Sender<Request>,
         bus: DBusProxy<'static>,
         auth: AuthPolicy,

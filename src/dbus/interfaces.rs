@@ -218,7 +218,7 @@ properties! {
         /// Version of mdevregd.
         version: String = "Version", Const, PropValue::Str(env!("CARGO_PKG_VERSION"));
         /// Sequence number of the last registry event.
-        seq_num: u64 = "SeqNum", Value, PropValue::U64(registry.seqnum());
+        seq_num: u64 = "SeqNum", Never, PropValue::U64(registry.seqnum());
         /// Object paths of all registered parents, sorted by name.
         parents: Vec<OwnedObjectPath> = "Parents", Invalidates, PropValue::Paths(
             registry.parents().map(|p| label::parent_path(p.name())).collect()

@@ -87,11 +87,10 @@ impl EventLoop {
                 call,
             } => self.core.register(registration, owner, call),
             Request::Unregister { name, caller, call } => self.core.unregister(name, caller, call),
-            Request::Rescan { call } => {
-                self.core.count_rescan("Rescan()");
-                let scan = sysfs::scan(&self.sysfs_root);
-                self.core.rescanned(scan, call)
-            }
+            Request::Rescan { call } => Commit {
+                start_scan: self.core.rescan_call(call),
+                ..Commit::default()
+            },
         };
         self.commit(commit).await;
     }

@@ -147,17 +147,20 @@ impl RegistryView for RwLock<Registry> {
 
 /// The backend of a parent, for the `backend` label.
 ///
-/// Until parents carry a backend (the vendor-VFIO issue), every parent
-/// comes from the mdev core.
-pub fn backend(_parent: &Parent) -> &str {
-    "mdev"
+/// The parent's backend: `mdev` or `nvidia-vfio`.
+pub fn backend(parent: &Parent) -> &str {
+    parent.info.backend.as_str()
 }
 
 /// The physical device a parent's capacity belongs to: its
-/// `PhysicalDevice` (the PF behind an SR-IOV VF) once parents carry one,
-/// else the parent itself.
+/// `PhysicalDevice` (the PF behind an SR-IOV VF) when it has one, else the
+/// parent itself.
 pub fn physical_device(parent: &Parent) -> &str {
-    parent.name()
+    if parent.info.physical_device.is_empty() {
+        parent.name()
+    } else {
+        &parent.info.physical_device
+    }
 }
 
 /// HELP texts, one per family.
@@ -232,16 +235,15 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
         }
     }
     {
-        // (physical device, type id) -> (type name, creatable); the name
-        // of the first parent that has the type.
-        let mut creatable: BTreeMap<(&str, &str), (&str, u64)> = BTreeMap::new();
+        // Parents grouped by physical device (few groups), then per group
+        // type id -> (type name, creatable), the name of the first parent
+        // that has the type: small maps, not one entry per type of the host.
+        let mut devices: BTreeMap<&str, Vec<&Parent>> = BTreeMap::new();
         for parent in parents.parents() {
-            for mdev_type in &parent.info.types {
-                let entry = creatable
-                    .entry((physical_device(parent), mdev_type.id.as_str()))
-                    .or_insert((mdev_type.name.as_str(), 0));
-                entry.1 += u64::from(mdev_type.available_instances);
-            }
+            devices
+                .entry(physical_device(parent))
+                .or_default()
+                .push(parent);
         }
         let mut family = encoder.encode_descriptor(
             "mdevreg_physical_device_creatable",
@@ -249,13 +251,25 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
             None,
             MetricType::Gauge,
         )?;
-        for ((device, type_id), (name, count)) in creatable {
-            let labels = [
-                ("physical_device", device),
-                ("type", type_id),
-                ("name", name),
-            ];
-            family.encode_family(&labels)?.encode_gauge(&count)?;
+        let mut creatable: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+        for (device, members) in devices {
+            creatable.clear();
+            for parent in members {
+                for mdev_type in &parent.info.types {
+                    let entry = creatable
+                        .entry(mdev_type.id.as_str())
+                        .or_insert((mdev_type.name.as_str(), 0));
+                    entry.1 += u64::from(mdev_type.available_instances);
+                }
+            }
+            for (type_id, (name, count)) in &creatable {
+                let labels = [
+                    ("physical_device", device),
+                    ("type", type_id),
+                    ("name", name),
+                ];
+                family.encode_family(&labels)?.encode_gauge(count)?;
+            }
         }
     }
     encoder

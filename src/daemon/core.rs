@@ -93,10 +93,13 @@ impl Core {
     pub fn load_initial(&mut self, scan: Scan) {
         // The registry holds no kernel parents yet: nothing can be gone.
         for info in scan.parents {
-            let _ = self.apply(Input::KernelParent {
+            let events = self.apply(Input::KernelParent {
                 devpath: info.devpath.clone(),
                 info: Some(info),
             });
+            for event in events.iter().flatten() {
+                self.counters.registry_event(&event.kind);
+            }
         }
     }
 

@@ -105,6 +105,9 @@ impl Sink {
                 }
             }
         }
+        for event in &commit.events {
+            self.counters.registry_event(&event.kind);
+        }
         let mut messages = signals::build(&self.reg(), &commit.events);
         let mut commit = commit;
         let replied_ok =

@@ -38,6 +38,8 @@ pub struct DaemonOptions {
     pub netlink: bool,
     /// `-v` (debug logs: rejections and reconciliation details).
     pub verbose: bool,
+    /// More arguments, appended as given (`--metrics-listen ...`).
+    pub extra_args: Vec<String>,
 }
 
 impl DaemonOptions {
@@ -49,6 +51,7 @@ impl DaemonOptions {
             emit: "auto",
             netlink: true,
             verbose: true,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl Daemon {
         if options.verbose {
             command.arg("-v");
         }
+        command.args(&options.extra_args);
         let child = command
             .env_remove("JOURNAL_STREAM")
             .env("RUST_BACKTRACE", "1")

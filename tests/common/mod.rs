@@ -8,6 +8,7 @@ pub mod lines;
 pub mod metrics;
 pub mod netns;
 pub mod prereq;
+pub mod prometheus;
 pub mod registry_client;
 pub mod registry_signals;
 pub mod sysfs_fixture;

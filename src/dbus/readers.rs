@@ -92,7 +92,10 @@ mod tests {
         // The same uid waits...
         let waiting =
             tokio::time::timeout(Duration::from_millis(50), limits.acquire(Some(65534))).await;
-        assert!(waiting.is_err(), "a second large reply of one uid must wait");
+        assert!(
+            waiting.is_err(),
+            "a second large reply of one uid must wait"
+        );
         // ...another uid does not.
         let other = tokio::time::timeout(Duration::from_secs(10), limits.acquire(Some(0))).await;
         let other = other.expect("another uid has its own turn");

@@ -28,8 +28,8 @@ use super::interfaces::{
     self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
     REGISTRY1,
 };
-use super::values::{self, ManagedObjects, PropMap};
 use super::readers::{self, ReaderLimits};
+use super::values::{self, ManagedObjects, PropMap};
 use super::{document, lock, validate, Request};
 use crate::daemon::Counters;
 use crate::label;
@@ -204,7 +204,10 @@ impl Server {
             return;
         }
         let no_reply = header.primary().flags().contains(Flags::NO_REPLY_EXPECTED);
-        if header.member().is_some_and(|member| readers::is_large(member)) {
+        if header
+            .member()
+            .is_some_and(|member| readers::is_large(member))
+        {
             // Off this task and the event loop: built on a blocking thread
             // from the snapshot, within the caller's uid's bound.
             let server = Arc::clone(self);

@@ -31,6 +31,20 @@ pub enum Command {
         /// Scan this sysfs root directly instead of asking the daemon.
         #[arg(long, value_name = "DIR")]
         sysfs_root: Option<PathBuf>,
+        /// Which parents: `mdev` (the default: exactly mdevctl's output) or
+        /// `all` (NVIDIA vendor-specific VFIO parents too, in the same shape).
+        #[arg(long, value_enum, default_value = "mdev")]
+        backend: BackendFilter,
+    },
+    /// vGPU capacity per physical GPU: for each type, how many more the
+    /// GPU's parents (SR-IOV siblings) list as creatable now (an upper
+    /// bound when sizes mix) and how many they hold.
+    Capacity {
+        #[arg(long)]
+        json: bool,
+        /// Scan this sysfs root directly instead of asking the daemon.
+        #[arg(long, value_name = "DIR")]
+        sysfs_root: Option<PathBuf>,
     },
     /// List parents with their types and active mdevs.
     List {
@@ -87,7 +101,9 @@ pub struct RegisterArgs {
         required = true
     )]
     pub types: Vec<String>,
-    /// Device path (default `/devices/virtual/mdevreg/<name>`).
+    /// Device path (default `/devices/virtual/mdevreg/<name>`). Its last
+    /// component is the device's kernel name in udev rules (`$kernel`,
+    /// e.g. in mdevctl's `/etc/mdevctl.d/$kernel`), not NAME.
     #[arg(long)]
     pub devpath: Option<String>,
     /// Subsystem (default `mdevreg`).
@@ -99,6 +115,16 @@ pub struct RegisterArgs {
     /// Keep the registration after this command exits, until unregistered.
     #[arg(long)]
     pub persistent: bool,
+}
+
+/// Which parents `types` shows.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendFilter {
+    /// mdev parents only: the `mdevctl types` output.
+    #[default]
+    Mdev,
+    /// Every backend (NVIDIA vendor-specific VFIO parents too).
+    All,
 }
 
 /// How mdevregd tells the world about userspace transitions.
@@ -145,6 +171,11 @@ pub struct MdevregdCli {
     /// overflow tests and benchmarks.
     #[arg(long, value_name = "BYTES")]
     pub receive_buffer: Option<usize>,
+    /// Seconds between checks of NVIDIA vendor-specific VFIO parents
+    /// (placing a vGPU sends no uevent); fractions allowed, at least 0.01.
+    /// Nothing is polled while there is no such parent.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_poll_interval)]
+    pub poll_interval: std::time::Duration,
     /// Serve Prometheus metrics over HTTP (`GET /metrics`) on this
     /// address, e.g. `127.0.0.1:9850` (off by default).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -157,4 +188,37 @@ pub struct MdevregdCli {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--poll-interval`: seconds (fractions allowed), 0.01 ..= 86400.
+fn parse_poll_interval(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {text:?}"))?;
+    if !(0.01..=86_400.0).contains(&seconds) {
+        return Err(format!("{text} s is outside 0.01 ..= 86400"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_interval_bounds() {
+        assert_eq!(
+            parse_poll_interval("2"),
+            Ok(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_poll_interval("0.5"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        for bad in ["0", "-1", "x", "NaN", "1e9"] {
+            assert!(parse_poll_interval(bad).is_err(), "{bad}");
+        }
+        let cli = MdevregdCli::try_parse_from(["mdevregd"]).unwrap();
+        assert_eq!(cli.poll_interval, std::time::Duration::from_secs(2));
+    }
 }

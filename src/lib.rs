@@ -5,6 +5,7 @@
 //! in `dbus`, uevent emission in `emit`, the state files in `persist`).
 
 pub mod bus_host;
+pub mod capacity;
 pub mod cli;
 pub mod client;
 pub mod daemon;
@@ -16,9 +17,11 @@ pub mod mdevctl_json;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod nvidia_vfio;
 pub mod paths;
 pub mod persist;
 pub mod registry;
 pub mod report;
+pub mod synth_uevent;
 pub mod sysfs;
 pub mod uevent;

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::model::{Lifetime, MdevType, Parent, ParentInfo, Source};
+use crate::model::{Backend, Lifetime, MdevType, Parent, ParentInfo, Source};
 
 /// At most this many userspace parents per owner connection.
 pub const MAX_PARENTS_PER_OWNER: usize = 256;
@@ -56,7 +56,8 @@ pub enum EventKind {
     ParentUnregistered {
         parent: Parent,
     },
-    /// Devpath, subsystem, driver or owner changed (types unchanged).
+    /// Devpath, subsystem, driver, backend, physical device or owner changed
+    /// (type changes come as their own events after this one).
     ParentUpdated {
         before: Parent,
         after: Parent,
@@ -210,14 +211,23 @@ impl Registry {
         self.waiting.values()
     }
 
-    /// The kernel parent (registered or waiting) whose devpath is `devpath`
-    /// or an ancestor of it (an mdev instance below the parent, say).
+    /// The kernel mdev parent (registered or waiting) whose devpath is
+    /// `devpath` or an ancestor of it (an mdev instance below the parent,
+    /// say). Vendor-VFIO parents are not mdev parents: they are re-read
+    /// together with their siblings, never one by one.
     pub fn kernel_devpath_owner(&self, devpath: &str) -> Option<&str> {
         // The devpath itself, then each directory above it: a lookup each.
         let mut candidate = devpath;
         loop {
-            if let Some((registered, _)) = self.kernel_devpaths.get_key_value(candidate) {
-                return Some(registered.as_str());
+            if let Some((registered, names)) = self.kernel_devpaths.get_key_value(candidate) {
+                let mdev = names.iter().any(|name| {
+                    self.parents
+                        .get(name)
+                        .is_some_and(|parent| parent.info.backend == Backend::Mdev)
+                });
+                if mdev {
+                    return Some(registered.as_str());
+                }
             }
             match candidate.rsplit_once('/') {
                 Some((above, _)) if !above.is_empty() => candidate = above,
@@ -226,6 +236,7 @@ impl Registry {
         }
         self.waiting
             .values()
+            .filter(|info| info.backend == Backend::Mdev)
             .find(|info| is_same_or_below(devpath, &info.devpath))
             .map(|info| info.devpath.as_str())
     }
@@ -330,7 +341,9 @@ impl Registry {
         let name = before.name().to_owned();
         let attrs_changed = before.info.devpath != info.devpath
             || before.info.subsystem != info.subsystem
-            || before.info.driver != info.driver;
+            || before.info.driver != info.driver
+            || before.info.backend != info.backend
+            || before.info.physical_device != info.physical_device;
         let mut kinds = Vec::new();
         diff_types(&name, &before.info.types, &info.types, &mut kinds);
         if !attrs_changed && kinds.is_empty() {

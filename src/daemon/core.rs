@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::io;
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::Arc;
 
 use zbus::Message;
 
@@ -117,18 +117,19 @@ impl Core {
         }
     }
 
-    /// The registry, for reading.
-    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The registry as of now.
+    pub fn registry(&self) -> Arc<Registry> {
+        dbus::snapshot(&self.registry)
     }
 
+    /// Applies `input` to the registry (the only writer). Readers keep the
+    /// snapshot they hold; the parent map is copied only if one does.
     fn apply(&self, input: Input) -> Result<Vec<Event>, crate::registry::Error> {
-        self.registry
+        let mut shared = self
+            .registry
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .apply(input)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::make_mut(&mut shared).apply(input)
     }
 
     /// Loads the first scan, before anything is served: no commit (the

@@ -183,7 +183,7 @@ pub async fn run(
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
-    let registry: SharedRegistry = Arc::new(RwLock::new(registry));
+    let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
     let server = Server::new(
         connection.clone(),
         Arc::clone(&registry),

@@ -13,7 +13,7 @@
 //! an observer), fed by every commit.
 
 use std::io;
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::Arc;
 
 use zbus::Connection;
 
@@ -67,10 +67,8 @@ pub struct Sink {
 }
 
 impl Sink {
-    fn reg(&self) -> RwLockReadGuard<'_, Registry> {
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn reg(&self) -> Arc<Registry> {
+        crate::dbus::snapshot(&self.registry)
     }
 
     /// Carries `commit` out (see the module doc for the order).
@@ -137,10 +135,7 @@ impl Sink {
             follow_up.recheck_owner = commit.recheck_owner.take();
         }
         if !self.observers.is_empty() {
-            let registry = self
-                .registry
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let registry = self.reg();
             for observer in &mut self.observers {
                 observer.committed(&registry, &commit);
             }

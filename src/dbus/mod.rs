@@ -10,6 +10,7 @@ pub mod auth;
 mod document;
 pub mod errors;
 pub mod interfaces;
+pub mod readers;
 pub mod server;
 pub mod signals;
 pub mod validate;
@@ -21,7 +22,7 @@ use zbus::{Message, OwnedObjectPath};
 
 pub use errors::Error;
 pub use interfaces::{MdevType1Proxy, Parent1Proxy, Registry1Proxy};
-pub use server::{Server, SharedRegistry};
+pub use server::{snapshot, Server, SharedRegistry};
 
 use crate::label;
 

@@ -130,7 +130,9 @@ impl<P: Parents + Send + Sync + 'static> RegistryView for P {
     }
 }
 
-impl RegistryView for RwLock<Registry> {
+/// The daemon's shared registry: the snapshot of the last commit, taken
+/// once per encoding (no lock held while encoding).
+impl RegistryView for RwLock<Arc<Registry>> {
     fn seqnum(&self) -> u64 {
         self.read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -138,9 +140,11 @@ impl RegistryView for RwLock<Registry> {
     }
 
     fn with_parents(&self, f: &mut dyn FnMut(&dyn Parents) -> fmt::Result) -> fmt::Result {
-        let registry = self
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = Arc::clone(
+            &self
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         f(&*registry)
     }
 }

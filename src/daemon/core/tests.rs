@@ -95,7 +95,7 @@ fn call(member: &str) -> Message {
 
 fn core() -> (Core, Arc<Counters>) {
     let counters = Arc::new(Counters::new());
-    let registry: SharedRegistry = Arc::new(std::sync::RwLock::new(Registry::new()));
+    let registry: SharedRegistry = Arc::new(std::sync::RwLock::new(Arc::new(Registry::new())));
     (Core::new(registry, Arc::clone(&counters)), counters)
 }
 

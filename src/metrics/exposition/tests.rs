@@ -203,16 +203,14 @@ fn creatable_sums_the_parents_of_one_physical_device() {
 
 #[test]
 fn the_cache_renders_once_per_sequence_number() {
-    let shared = Arc::new(RwLock::new(two_gpus()));
+    let shared = Arc::new(RwLock::new(Arc::new(two_gpus())));
     let view: Arc<dyn RegistryView> = shared.clone();
     let cache = ExpositionCache::new();
     let first = cache.registry_part(&view);
     let again = cache.registry_part(&view);
     assert_eq!(first.as_ptr(), again.as_ptr(), "the cached text is reused");
 
-    shared
-        .write()
-        .expect("lock")
+    Arc::make_mut(&mut shared.write().expect("lock"))
         .apply(Input::KernelParent {
             devpath: "/devices/pci0000:00/0000:3c:00.0".to_owned(),
             info: Some(parent(

@@ -30,6 +30,13 @@ pub const MAX_PARENTS_PER_OWNER: usize = 256;
 pub enum Input {
     /// A full sysfs scan: every kernel parent present now.
     KernelScan(Vec<ParentInfo>),
+    /// A scan of one backend's kernel parents only (the vendor-VFIO VFs,
+    /// re-read together): every kernel parent of `backend` present now;
+    /// kernel parents of other backends are left alone.
+    BackendScan {
+        backend: Backend,
+        parents: Vec<ParentInfo>,
+    },
     /// A re-read of one devpath: `Some` if a parent is there, `None` if not.
     KernelParent {
         devpath: String,
@@ -245,7 +252,10 @@ impl Registry {
     pub fn apply(&mut self, input: Input) -> Result<Vec<Event>, Error> {
         let mut events = Vec::new();
         match input {
-            Input::KernelScan(infos) => self.kernel_scan(infos, &mut events),
+            Input::KernelScan(infos) => self.kernel_scan(infos, None, &mut events),
+            Input::BackendScan { backend, parents } => {
+                self.kernel_scan(parents, Some(backend), &mut events)
+            }
             Input::KernelParent { devpath, info } => match info {
                 Some(info) => {
                     // A stale entry at the same devpath under another name
@@ -274,22 +284,32 @@ impl Registry {
         });
     }
 
-    fn kernel_scan(&mut self, infos: Vec<ParentInfo>, events: &mut Vec<Event>) {
+    /// A scan of all kernel parents, or (with `only`) of one backend's.
+    fn kernel_scan(
+        &mut self,
+        infos: Vec<ParentInfo>,
+        only: Option<Backend>,
+        events: &mut Vec<Event>,
+    ) {
+        let covered = |info: &ParentInfo| only.is_none_or(|backend| info.backend == backend);
         let mut seen = BTreeMap::new();
-        for mut info in infos {
+        for mut info in infos.into_iter().filter(|info| covered(info)) {
             info.normalize();
             seen.entry(info.name.clone()).or_insert(info);
         }
         let gone: Vec<String> = self
             .parents
             .values()
-            .filter(|p| p.source == Source::Kernel && !seen.contains_key(p.name()))
+            .filter(|p| {
+                p.source == Source::Kernel && covered(&p.info) && !seen.contains_key(p.name())
+            })
             .map(|p| p.name().to_owned())
             .collect();
         for name in gone {
             self.remove(&name, events);
         }
-        self.waiting.retain(|name, _| seen.contains_key(name));
+        self.waiting
+            .retain(|name, info| !covered(info) || seen.contains_key(name));
         for info in seen.into_values() {
             self.kernel_present(info, events);
         }

@@ -82,6 +82,8 @@ pub struct Config {
     pub receive_buffer: Option<usize>,
     /// Who may call the mutating methods besides uid 0.
     pub auth: AuthPolicy,
+    /// How often NVIDIA vendor-VFIO parents are checked (`--poll-interval`).
+    pub poll_interval: std::time::Duration,
     /// Prometheus metrics outputs (`--metrics-listen`, `--metrics-textfile`).
     pub metrics: MetricsConfig,
 }
@@ -225,10 +227,12 @@ pub async fn run(
             stores: config.stores.clone(),
             counters: Arc::clone(&counters),
             observers,
+            sysfs_root: config.sysfs_root.clone(),
         },
         sysfs_root: config.sysfs_root.clone(),
         bus: bus.clone(),
         scan_job: None,
+        poll_interval: config.poll_interval,
     };
     let server_task = server.start().await?;
     daemon.sink.save_all();

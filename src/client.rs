@@ -23,12 +23,13 @@ use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Str};
 
-use crate::cli::{Command, RegisterArgs};
+use crate::cli::{Command, RegisterArgs, WaitArgs};
 use crate::dbus::{Error as RegistryError, Registry1Proxy};
 use crate::label;
 use crate::mdevctl_json::{parent_json, parent_text};
 use crate::model::{Lifetime, MdevType, Parent, ParentInfo, Source};
 use crate::report;
+use crate::wait;
 
 /// D-Bus interface names the client reads from `GetManagedObjects`.
 const PARENT_IFACE: &str = "org.mdevreg.Parent1";
@@ -238,6 +239,21 @@ fn string_variant(text: &str) -> OwnedVariant {
     OwnedVariant::from(Str::from(text.to_owned()))
 }
 
+/// The condition of `wait`, or a usage error for a bad parent name.
+pub fn wait_condition(args: &WaitArgs) -> Result<wait::Condition, ClientError> {
+    if !crate::persist::is_valid_parent_name(&args.parent) {
+        return Err(ClientError::Usage(format!(
+            "invalid parent name {:?}: want 1..=255 bytes of [A-Za-z0-9:._-], not . or ..",
+            args.parent
+        )));
+    }
+    Ok(wait::Condition {
+        parent: args.parent.clone(),
+        type_id: args.type_id.clone(),
+        available: args.available,
+    })
+}
+
 /// Runs a daemon command on a fresh current-thread runtime. `types` and
 /// `list` with `--sysfs-root` are not daemon commands (see [`report`]).
 pub fn run(bus: &str, command: Command, out: &mut dyn Write) -> Result<(), ClientError> {
@@ -247,6 +263,9 @@ pub fn run(bus: &str, command: Command, out: &mut dyn Write) -> Result<(), Clien
         Command::Register(args) => Some(Registration::from_args(args)?),
         _ => None,
     };
+    if let Command::Wait(args) = &command {
+        wait_condition(args)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -258,6 +277,10 @@ pub fn run(bus: &str, command: Command, out: &mut dyn Write) -> Result<(), Clien
             }
             // Monitor subscribes before anything else is asked or printed.
             (Command::Monitor { json }, _) => monitor(&target, json, out).await,
+            (Command::Wait(args), _) => {
+                let condition = wait_condition(&args)?;
+                wait::wait_dbus(&target, &condition, args.timeout, &mut io::stderr()).await
+            }
             (command, _) => run_query(&target, command, out).await,
         }
     })
@@ -329,7 +352,7 @@ async fn run_query(
                 .map_err(|e| registry_error(e, target))
         }
         // Dispatched by `run`, never passed here.
-        Command::Monitor { .. } | Command::Register(_) => Ok(()),
+        Command::Monitor { .. } | Command::Register(_) | Command::Wait(_) => Ok(()),
     }?;
     out.flush().map_err(ClientError::output)
 }
@@ -479,6 +502,8 @@ fn parent_from_props(props: &mut Props) -> Result<Parent, String> {
         owner: take(props, "Owner")?,
         lifetime,
         registered_seqnum: take(props, "RegisteredSeqNum")?,
+        // Not a property: only the daemon decides on it.
+        uid: 0,
     })
 }
 
@@ -790,6 +815,11 @@ async fn register(
             }
         }
     }
+}
+
+/// Whether `err` is the bus saying nobody owns `org.mdevreg.Registry1`.
+pub fn is_no_daemon_error(err: &zbus::Error) -> bool {
+    reply_name(err).is_some_and(|(name, _)| NO_DAEMON_ERRORS.contains(&name.as_str()))
 }
 
 /// Error names meaning nobody owns `org.mdevreg.Registry1`.

@@ -22,6 +22,7 @@ use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath};
 
+use crate::boundary;
 use crate::cli::EmitMode;
 use crate::dbus::{self, signals, validate, Request, Server, SharedRegistry, Stats};
 use crate::emit::{Emitted, MdevState, UeventSink, SEQNUM_KEY};
@@ -67,9 +68,13 @@ pub mod counters {
     pub const EMIT_FAILURES: &str = "uevent_emit_failures";
     /// State file saves that failed.
     pub const SAVE_FAILURES: &str = "state_save_failures";
+    /// Uevents of userspace parents not emitted because their location
+    /// now names a kernel device or subsystem.
+    pub const BOUNDARY_REFUSALS: &str = "uevents_refused_boundary";
 
     /// Every fixed counter, shown as 0 until bumped.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
+        BOUNDARY_REFUSALS,
         UEVENTS,
         OWN_EVENTS,
         IGNORED,
@@ -627,9 +632,10 @@ impl Daemon {
             Request::Register {
                 registration,
                 owner,
+                uid,
                 call,
             } => {
-                let (result, mut messages) = match self.register(registration, &owner) {
+                let (result, mut messages) = match self.register(registration, &owner, uid) {
                     Ok((path, messages)) => (Ok(path), messages),
                     Err(err) => (Err(err), Vec::new()),
                 };
@@ -642,8 +648,13 @@ impl Daemon {
                     self.owner_gone(owner).await;
                 }
             }
-            Request::Unregister { name, caller, call } => {
-                let (result, mut messages) = match self.unregister(name, caller) {
+            Request::Unregister {
+                name,
+                caller,
+                uid,
+                call,
+            } => {
+                let (result, mut messages) = match self.unregister(name, caller, uid) {
                     Ok(messages) => (Ok(()), messages),
                     Err(err) => (Err(err), Vec::new()),
                 };
@@ -664,13 +675,25 @@ impl Daemon {
         &mut self,
         registration: validate::Registration,
         owner: &str,
+        uid: u32,
     ) -> Result<(OwnedObjectPath, Vec<zbus::Message>), dbus::Error> {
         let name = registration.info.name.clone();
         let lifetime = registration.lifetime;
+        // Every caller, root too: a userspace parent names no kernel device.
+        boundary::check(
+            &self.sysfs_root,
+            &registration.info.devpath,
+            &registration.info.subsystem,
+        )
+        .map_err(|crossing| {
+            log::info!("RegisterParent {name:?} from {owner} refused: {crossing}");
+            dbus::Error::InvalidArgument(crossing.to_string())
+        })?;
         let input = Input::Register {
             info: registration.info,
             owner: owner.to_owned(),
             lifetime,
+            uid,
         };
         let events = self.apply(input).map_err(|err| {
             log::info!("RegisterParent from {owner} refused: {err}");
@@ -682,6 +705,7 @@ impl Daemon {
             let _ = self.apply(Input::Unregister {
                 name: name.clone(),
                 caller: owner.to_owned(),
+                uid,
             });
             return Err(dbus::Error::failed(format!("cannot save state: {err}")));
         }
@@ -698,11 +722,13 @@ impl Daemon {
         &mut self,
         name: String,
         caller: String,
+        uid: u32,
     ) -> Result<Vec<zbus::Message>, dbus::Error> {
         let events = self
             .apply(Input::Unregister {
                 name: name.clone(),
                 caller: caller.clone(),
+                uid,
             })
             .map_err(|err| {
                 log::info!("UnregisterParent from {caller} refused: {err}");
@@ -977,6 +1003,22 @@ impl Daemon {
     }
 
     fn emit_uevent(&mut self, parent: &Parent, state: MdevState, seqnum: u64) {
+        if parent.source == Source::Userspace {
+            // Checked again: a device may have appeared there since.
+            if let Err(crossing) = boundary::check(
+                &self.sysfs_root,
+                &parent.info.devpath,
+                &parent.info.subsystem,
+            ) {
+                self.stats.bump(counters::BOUNDARY_REFUSALS);
+                log::warn!(
+                    "not emitting the {} uevent of {:?}: {crossing}",
+                    state.as_str(),
+                    parent.name()
+                );
+                return;
+            }
+        }
         match self.sink.emit(parent, state, seqnum) {
             Ok(Emitted::Injected) => {
                 self.stats.bump(counters::INJECTED);
@@ -1132,6 +1174,7 @@ mod tests {
             owner: String::new(),
             lifetime: Lifetime::Persistent,
             registered_seqnum: 1,
+            uid: 0,
         };
         let registered = |source| Event {
             seqnum: 1,

@@ -4,6 +4,8 @@
 //! the pure `registry`; its events go to the sinks (D-Bus signals and objects
 //! in `dbus`, uevent emission in `emit`, the state files in `persist`).
 
+pub mod boot;
+pub mod boundary;
 pub mod bus_host;
 pub mod cli;
 pub mod client;
@@ -21,3 +23,4 @@ pub mod registry;
 pub mod report;
 pub mod sysfs;
 pub mod uevent;
+pub mod wait;

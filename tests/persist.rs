@@ -33,6 +33,7 @@ fn record(name: &str, lifetime: Lifetime, seqnum: u64) -> StoredRegistration {
             },
             lifetime,
             registered_seqnum: seqnum,
+            uid: 0,
         },
     }
 }

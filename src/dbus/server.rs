@@ -22,13 +22,15 @@ use zbus::fdo::{self, DBusProxy};
 use zbus::message::{Flags, Header, Type as MessageType};
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
+use super::auth::{self, Caller};
 use super::errors::Error;
 use super::interfaces::{
     self, Interface, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
     REGISTRY1,
 };
+use super::polkit::Action;
 use super::values::{self, ManagedObjects, PropMap, PropValue};
-use super::{auth, document, lock, validate, Request, Stats};
+use super::{document, lock, validate, Request, Stats};
 use crate::label;
 use crate::registry::Registry;
 
@@ -541,9 +543,11 @@ impl Server {
         }
     }
 
-    /// `RegisterParent`, `UnregisterParent`, `Rescan`: caller uid 0, valid
-    /// arguments, then the event loop, which replies (`None` here); a
-    /// refused call gets its error reply from here.
+    /// `RegisterParent`, `UnregisterParent`, `Rescan`: valid arguments, an
+    /// authorised caller (root, or polkit says so: [`auth::authorize`]),
+    /// for callers other than root the default location, then the event
+    /// loop, which replies (`None` here); a refused call gets its error
+    /// reply from here.
     async fn mutate(&self, message: &Message, header: &Header<'_>) -> Option<Reply> {
         let member = header.member().map(|m| m.as_str()).unwrap_or_default();
         let body = message.body();
@@ -560,37 +564,29 @@ impl Server {
                     Ok(args) => args,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                self.require_root(header, member).await.and_then(|owner| {
-                    validate::registration(&name, &options, &types)
-                        .map_err(|violation| {
-                            log::info!(
-                                "RegisterParent {} from {owner} refused: {violation}",
-                                validate::quoted(&name)
-                            );
-                            Error::from(violation)
-                        })
-                        .map(|registration| Request::Register {
-                            registration,
-                            owner,
-                            call: message.clone(),
-                        })
-                })
+                self.register_request(message, header, &name, &options, &types)
+                    .await
             }
             "UnregisterParent" => {
                 let name: String = match body.deserialize() {
                     Ok(name) => name,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                self.require_root(header, member)
+                match self
+                    .authorized_caller(header, Action::UnregisterParent, &name, false)
                     .await
-                    .map(|caller| Request::Unregister {
+                {
+                    Ok(caller) => Ok(Request::Unregister {
                         name,
-                        caller,
+                        caller: caller.name,
+                        uid: caller.uid,
                         call: message.clone(),
-                    })
+                    }),
+                    Err(err) => Err(err),
+                }
             }
             _ => self
-                .require_root(header, "Rescan")
+                .authorized_caller(header, Action::Rescan, "", false)
                 .await
                 .map(|_| Request::Rescan {
                     call: message.clone(),
@@ -605,34 +601,89 @@ impl Server {
         }
     }
 
-    /// The caller's unique name if its uid (asked of the bus once per
-    /// connection) is 0; a denial is logged.
-    async fn require_root(&self, header: &Header<'_>, method: &str) -> Result<String, Error> {
-        let caller = auth::caller(header)?;
-        let cached = lock(&self.uids).get(&caller).copied();
+    /// Checks a `RegisterParent` call: arguments, caller, location.
+    async fn register_request(
+        &self,
+        message: &Message,
+        header: &Header<'_>,
+        name: &str,
+        options: &HashMap<String, OwnedVariant>,
+        types: &[HashMap<String, OwnedVariant>],
+    ) -> Result<Request, Error> {
+        let refused = |who: &str, violation: validate::Violation| {
+            log::info!(
+                "RegisterParent {} from {who} refused: {violation}",
+                validate::quoted(name)
+            );
+            Error::from(violation)
+        };
+        let registration = validate::registration(name, options, types).map_err(|violation| {
+            let who = header.sender().map(|s| s.to_string()).unwrap_or_default();
+            refused(&who, violation)
+        })?;
+        let caller = self
+            .authorized_caller(
+                header,
+                Action::RegisterParent,
+                name,
+                registration.allow_interaction,
+            )
+            .await?;
+        if !caller.is_root() {
+            validate::require_default_location(&registration)
+                .map_err(|violation| refused(&caller.name, violation))?;
+        }
+        Ok(Request::Register {
+            registration,
+            owner: caller.name,
+            uid: caller.uid,
+            call: message.clone(),
+        })
+    }
+
+    /// The caller (its uid asked of the bus once per connection) if it may
+    /// call `action` on `parent`; a denial is logged.
+    async fn authorized_caller(
+        &self,
+        header: &Header<'_>,
+        action: Action,
+        parent: &str,
+        allow_interaction: bool,
+    ) -> Result<Caller, Error> {
+        let method = action.method();
+        let result = match self.caller(header).await {
+            Ok(caller) => {
+                auth::authorize(&self.connection, &caller, action, parent, allow_interaction)
+                    .await
+                    .map(|()| caller)
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &result {
+            log::info!("{method} denied: {err}");
+        }
+        result
+    }
+
+    /// The caller of `header`'s message with its uid as the bus reports it.
+    async fn caller(&self, header: &Header<'_>) -> Result<Caller, Error> {
+        let name = auth::caller(header)?;
+        let cached = lock(&self.uids).get(&name).copied();
         let uid = match cached {
-            Some(uid) => Ok(uid),
-            None => auth::sender_uid(&self.bus, &caller).await.inspect(|&uid| {
+            Some(uid) => uid,
+            None => {
+                let uid = auth::sender_uid(&self.bus, &name).await.map_err(|err| {
+                    Error::AccessDenied(format!("cannot determine the uid of {name}: {err}"))
+                })?;
                 let mut uids = lock(&self.uids);
                 if uids.len() >= UID_CACHE_MAX {
                     uids.clear();
                 }
-                uids.insert(caller.clone(), uid);
-            }),
-        };
-        let result = match uid {
-            Ok(uid) => auth::check_uid(method, &caller, uid),
-            Err(err) => Err(Error::AccessDenied(format!(
-                "{method}: cannot determine the uid of {caller}: {err}"
-            ))),
-        };
-        match result {
-            Ok(()) => Ok(caller),
-            Err(err) => {
-                log::info!("denied: {err}");
-                Err(err)
+                uids.insert(name.clone(), uid);
+                uid
             }
-        }
+        };
+        Ok(Caller { name, uid })
     }
 }
 

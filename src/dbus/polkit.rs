@@ -1,0 +1,202 @@
+//! The polkit client: asks `org.freedesktop.PolicyKit1.Authority` whether a
+//! caller (subject `system-bus-name`, its unique bus name) may do one of
+//! mdevreg's [`Action`]s, with the parent name as the detail `parent` so
+//! rules can grant per parent (`action.lookup("parent")`). A plain zbus
+//! proxy; the answer is an [`Outcome`], polkit missing from the bus is told
+//! apart from a refusal.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use zbus::zvariant::Type;
+use zbus::Connection;
+use zbus::Variant;
+
+/// Well-known name of polkitd.
+pub const POLKIT_BUS_NAME: &str = "org.freedesktop.PolicyKit1";
+/// The detail carrying the parent name (empty for `Rescan`).
+pub const PARENT_DETAIL: &str = "parent";
+/// `CheckAuthorization` flag: polkit may ask the user to authenticate.
+const ALLOW_USER_INTERACTION: u32 = 1;
+
+/// mdevreg's polkit actions (`packaging/polkit/org.mdevreg.Registry1.policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    RegisterParent,
+    UnregisterParent,
+    Rescan,
+}
+
+impl Action {
+    /// Every action, as the policy file declares them.
+    pub const ALL: [Action; 3] = [
+        Action::RegisterParent,
+        Action::UnregisterParent,
+        Action::Rescan,
+    ];
+
+    /// The polkit action id.
+    pub fn id(self) -> &'static str {
+        match self {
+            Action::RegisterParent => "org.mdevreg.register-parent",
+            Action::UnregisterParent => "org.mdevreg.unregister-parent",
+            Action::Rescan => "org.mdevreg.rescan",
+        }
+    }
+
+    /// The D-Bus method it guards.
+    pub fn method(self) -> &'static str {
+        match self {
+            Action::RegisterParent => "RegisterParent",
+            Action::UnregisterParent => "UnregisterParent",
+            Action::Rescan => "Rescan",
+        }
+    }
+
+    /// The action guarding `method`, if it is a mutator.
+    pub fn for_method(method: &str) -> Option<Action> {
+        Action::ALL
+            .into_iter()
+            .find(|action| action.method() == method)
+    }
+}
+
+/// polkit's subject: `(sa{sv})`.
+#[derive(Debug, Serialize, Type)]
+struct Subject<'a> {
+    kind: &'a str,
+    details: HashMap<&'a str, Variant<'a>>,
+}
+
+/// polkit's answer: `(bba{ss})`.
+#[derive(Debug, Deserialize, Type)]
+struct AuthorizationResult {
+    is_authorized: bool,
+    is_challenge: bool,
+    #[allow(dead_code)]
+    details: HashMap<String, String>,
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.PolicyKit1.Authority",
+    default_service = "org.freedesktop.PolicyKit1",
+    default_path = "/org/freedesktop/PolicyKit1/Authority"
+)]
+trait Authority {
+    fn check_authorization(
+        &self,
+        subject: &Subject<'_>,
+        action_id: &str,
+        details: &HashMap<&str, &str>,
+        flags: u32,
+        cancellation_id: &str,
+    ) -> zbus::Result<AuthorizationResult>;
+}
+
+/// What polkit said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Authorized,
+    /// Refused; `challenge`: it would have been allowed after
+    /// authenticating (the caller did not set `AllowInteraction`).
+    NotAuthorized {
+        challenge: bool,
+    },
+    /// polkitd is not on the bus (or cannot be started).
+    Unavailable(String),
+    /// polkitd answered with an error.
+    Failed(String),
+}
+
+/// Error names meaning nobody serves polkit on this bus.
+const UNAVAILABLE_ERRORS: [&str; 4] = [
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+    "org.freedesktop.DBus.Error.NoReply",
+];
+
+/// Asks polkit whether the connection `caller` (a unique bus name) may do
+/// `action` on `parent`.
+pub async fn check(
+    connection: &Connection,
+    caller: &str,
+    action: Action,
+    parent: &str,
+    allow_interaction: bool,
+) -> Outcome {
+    let proxy = match AuthorityProxy::builder(connection)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+    {
+        Ok(proxy) => proxy,
+        Err(err) => return Outcome::Failed(err.to_string()),
+    };
+    let subject = Subject {
+        kind: "system-bus-name",
+        details: HashMap::from([("name", Variant::from(caller))]),
+    };
+    let details = HashMap::from([(PARENT_DETAIL, parent)]);
+    let flags = if allow_interaction {
+        ALLOW_USER_INTERACTION
+    } else {
+        0
+    };
+    match proxy
+        .check_authorization(&subject, action.id(), &details, flags, "")
+        .await
+    {
+        Ok(result) if result.is_authorized => Outcome::Authorized,
+        Ok(result) => Outcome::NotAuthorized {
+            challenge: result.is_challenge,
+        },
+        Err(zbus::Error::MethodError(name, description, _))
+            if UNAVAILABLE_ERRORS.contains(&name.as_str()) =>
+        {
+            Outcome::Unavailable(description.unwrap_or_else(|| name.to_string()))
+        }
+        Err(err) => Outcome::Failed(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_map_to_methods_and_ids() {
+        for action in Action::ALL {
+            assert_eq!(Action::for_method(action.method()), Some(action));
+            assert!(action.id().starts_with("org.mdevreg."));
+        }
+        assert_eq!(Action::for_method("ListParents"), None);
+        assert_eq!(Action::RegisterParent.id(), "org.mdevreg.register-parent");
+    }
+
+    #[test]
+    fn wire_signatures_are_polkits() {
+        assert_eq!(Subject::SIGNATURE.to_string(), "(sa{sv})");
+        assert_eq!(AuthorizationResult::SIGNATURE.to_string(), "(bba{ss})");
+    }
+
+    #[test]
+    fn the_shipped_policy_declares_every_action() {
+        let policy = include_str!("../../packaging/polkit/org.mdevreg.Registry1.policy");
+        for action in Action::ALL {
+            let start = policy
+                .find(&format!("<action id=\"{}\">", action.id()))
+                .unwrap_or_else(|| panic!("{} missing from the policy", action.id()));
+            let end = start + policy[start..].find("</action>").expect("</action>");
+            let body = &policy[start..end];
+            for default in ["allow_any", "allow_inactive", "allow_active"] {
+                assert!(
+                    body.contains(&format!("<{default}>auth_admin</{default}>")),
+                    "{}: {default} is not auth_admin",
+                    action.id()
+                );
+            }
+            assert!(body.contains("<message>") && body.contains("<description>"));
+        }
+    }
+}

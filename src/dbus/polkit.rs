@@ -116,6 +116,19 @@ const UNAVAILABLE_ERRORS: [&str; 4] = [
     "org.freedesktop.DBus.Error.NoReply",
 ];
 
+/// The D-Bus error name of an error reply (zbus maps the standard ones to
+/// `fdo::Error`).
+fn error_name(err: &zbus::Error) -> Option<String> {
+    match err {
+        zbus::Error::MethodError(name, _, _) => Some(name.to_string()),
+        zbus::Error::FDO(fdo) => {
+            use zbus::DBusError;
+            Some(fdo.name().to_string())
+        }
+        _ => None,
+    }
+}
+
 /// Asks polkit whether the connection `caller` (a unique bus name) may do
 /// `action` on `parent`.
 pub async fn check(
@@ -151,12 +164,12 @@ pub async fn check(
         Ok(result) => Outcome::NotAuthorized {
             challenge: result.is_challenge,
         },
-        Err(zbus::Error::MethodError(name, description, _))
-            if UNAVAILABLE_ERRORS.contains(&name.as_str()) =>
-        {
-            Outcome::Unavailable(description.unwrap_or_else(|| name.to_string()))
-        }
-        Err(err) => Outcome::Failed(err.to_string()),
+        Err(err) => match error_name(&err) {
+            Some(name) if UNAVAILABLE_ERRORS.contains(&name.as_str()) => {
+                Outcome::Unavailable(err.to_string())
+            }
+            _ => Outcome::Failed(err.to_string()),
+        },
     }
 }
 

@@ -3,8 +3,10 @@
 
 pub mod bus;
 pub mod daemon;
+pub mod gdbus;
 pub mod helper_process;
 pub mod netns;
+pub mod polkit;
 pub mod prereq;
 pub mod registry_client;
 pub mod registry_signals;

@@ -1,6 +1,8 @@
-//! State files for userspace registrations: owner-bound ones under
-//! `/run/mdevreg`, persistent ones under `/var/lib/mdevreg` (or both in one
-//! `--state-dir`). Writes are atomic (temp file, fsync, rename, fsync dir);
+//! State files for userspace registrations: owner-bound ones in the runtime
+//! directory (`--runtime-dir`, default `/run/mdevreg`), persistent ones in
+//! the state directory (`--state-dir`, default `/var/lib/mdevreg`); for a
+//! daemon not run by root the defaults follow `$XDG_RUNTIME_DIR` and
+//! `$XDG_STATE_HOME` ([`StateDirs::resolve`]). Writes are atomic (temp file, fsync, rename, fsync dir);
 //! loading never fails: a missing file is empty, a damaged one is moved aside
 //! with a warning, and invalid records are dropped with a warning.
 
@@ -92,18 +94,79 @@ pub struct StateStores {
     pub persistent: StateStore,
 }
 
+/// Where a daemon keeps its state: owner-bound registrations (and anything
+/// else that must not outlive the boot) in `runtime`, persistent ones in
+/// `state`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDirs {
+    pub runtime: PathBuf,
+    pub state: PathBuf,
+}
+
+impl StateDirs {
+    /// The directories from `--runtime-dir` / `--state-dir` if given, else
+    /// the defaults for a daemon running as `euid`: `/run/mdevreg` and
+    /// `/var/lib/mdevreg` for root; for any other user
+    /// `$XDG_RUNTIME_DIR/mdevreg` and `$XDG_STATE_HOME/mdevreg` (that is
+    /// `~/.local/state/mdevreg` when unset), as the XDG base directory
+    /// specification says. `env` reads the environment (empty values count
+    /// as unset). An error names what is missing.
+    pub fn resolve(
+        runtime_dir: Option<&Path>,
+        state_dir: Option<&Path>,
+        euid: u32,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<StateDirs, String> {
+        let env = |name: &str| {
+            env(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+                // The specification: relative paths are invalid, ignore them.
+                .filter(|path| path.is_absolute())
+        };
+        let runtime = match runtime_dir {
+            Some(dir) => dir.to_path_buf(),
+            None if euid == 0 => PathBuf::from(OWNER_STATE_DIR),
+            None => env("XDG_RUNTIME_DIR")
+                .map(|dir| dir.join("mdevreg"))
+                .ok_or_else(|| {
+                    "XDG_RUNTIME_DIR is not set: pass --runtime-dir DIR (a directory only \
+                     this user can write, cleared at boot)"
+                        .to_owned()
+                })?,
+        };
+        let state = match state_dir {
+            Some(dir) => dir.to_path_buf(),
+            None if euid == 0 => PathBuf::from(PERSISTENT_STATE_DIR),
+            None => env("XDG_STATE_HOME")
+                .or_else(|| env("HOME").map(|home| home.join(".local/state")))
+                .map(|dir| dir.join("mdevreg"))
+                .ok_or_else(|| {
+                    "neither XDG_STATE_HOME nor HOME is set: pass --state-dir DIR".to_owned()
+                })?,
+        };
+        Ok(StateDirs { runtime, state })
+    }
+}
+
 impl StateStores {
-    /// The stores in their default directories, or both in `state_dir`.
-    pub fn new(state_dir: Option<&Path>) -> Self {
-        let owner_dir = state_dir.unwrap_or(Path::new(OWNER_STATE_DIR));
-        let persistent_dir = state_dir.unwrap_or(Path::new(PERSISTENT_STATE_DIR));
+    /// The stores in `dirs`.
+    pub fn new(dirs: &StateDirs) -> Self {
         StateStores {
-            owner: StateStore::new(owner_dir.join(OWNER_STATE_FILE), Lifetime::Owner),
+            owner: StateStore::new(dirs.runtime.join(OWNER_STATE_FILE), Lifetime::Owner),
             persistent: StateStore::new(
-                persistent_dir.join(PERSISTENT_STATE_FILE),
+                dirs.state.join(PERSISTENT_STATE_FILE),
                 Lifetime::Persistent,
             ),
         }
+    }
+
+    /// Both stores in one directory (tests, benchmarks).
+    pub fn in_dir(dir: &Path) -> Self {
+        StateStores::new(&StateDirs {
+            runtime: dir.to_path_buf(),
+            state: dir.to_path_buf(),
+        })
     }
 
     /// The store that keeps registrations of `lifetime` (`None` for kernel parents).
@@ -443,6 +506,7 @@ fn validate_record(parent: &Parent, lifetime: Lifetime) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
 
     #[test]
     fn parent_names() {
@@ -454,9 +518,19 @@ mod tests {
         }
     }
 
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| OsString::from(value))
+        }
+    }
+
     #[test]
     fn default_locations() {
-        let stores = StateStores::new(None);
+        let dirs =
+            StateDirs::resolve(None, None, 0, env(&[("XDG_RUNTIME_DIR", "/run/user/0")])).unwrap();
+        let stores = StateStores::new(&dirs);
         assert_eq!(
             stores.owner.path(),
             Path::new("/run/mdevreg/owner-registrations.json")
@@ -465,11 +539,44 @@ mod tests {
             stores.persistent.path(),
             Path::new("/var/lib/mdevreg/persistent-registrations.json")
         );
-        let stores = StateStores::new(Some(Path::new("/tmp/x")));
+        let stores = StateStores::in_dir(Path::new("/tmp/x"));
         assert_eq!(stores.owner.path().parent(), Some(Path::new("/tmp/x")));
         assert_eq!(stores.persistent.path().parent(), Some(Path::new("/tmp/x")));
         assert_ne!(stores.owner.path(), stores.persistent.path());
         assert!(stores.for_lifetime(Lifetime::Kernel).is_none());
+    }
+
+    #[test]
+    fn unprivileged_defaults_follow_xdg() {
+        let vars = [("XDG_RUNTIME_DIR", "/run/user/1000"), ("HOME", "/home/u")];
+        let dirs = StateDirs::resolve(None, None, 1000, env(&vars)).unwrap();
+        assert_eq!(dirs.runtime, Path::new("/run/user/1000/mdevreg"));
+        assert_eq!(dirs.state, Path::new("/home/u/.local/state/mdevreg"));
+        let vars = [
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ("XDG_STATE_HOME", "/srv/state"),
+            ("HOME", "/home/u"),
+        ];
+        let dirs = StateDirs::resolve(None, None, 1000, env(&vars)).unwrap();
+        assert_eq!(dirs.state, Path::new("/srv/state/mdevreg"));
+        // Flags win; relative or empty variables count as unset.
+        let dirs = StateDirs::resolve(Some(Path::new("/r")), Some(Path::new("/s")), 1000, env(&[]))
+            .unwrap();
+        assert_eq!(
+            (dirs.runtime.as_path(), dirs.state.as_path()),
+            (Path::new("/r"), Path::new("/s"))
+        );
+        let err =
+            StateDirs::resolve(None, None, 1000, env(&[("XDG_RUNTIME_DIR", "rel")])).unwrap_err();
+        assert!(err.contains("--runtime-dir"), "{err}");
+        let err = StateDirs::resolve(
+            None,
+            None,
+            1000,
+            env(&[("XDG_RUNTIME_DIR", "/run/user/1000"), ("HOME", "")]),
+        )
+        .unwrap_err();
+        assert!(err.contains("--state-dir"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Checks the shipped `dbus/org.mdevreg.Registry1.xml` against what the
-//! running `mdevregd` reports: the daemon on a private dbus-daemon serves a
+//! Checks the shipped `dbus/org.mdevreg.Registry1.xml`: xmllint and
+//! gdbus-codegen accept it; it describes the interface tables of
+//! `src/dbus/interfaces.rs`; and it matches what the running `mdevregd`
+//! reports: the daemon on a private dbus-daemon serves a
 //! kernel parent from a fake sysfs tree, `gdbus introspect --xml` reads the
 //! root, parent and type objects, and the `org.mdevreg.*` interfaces are
 //! compared as normalised models (methods with their arguments' names, types
@@ -17,7 +19,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::bus::DbusDaemon;
-use common::netns::missing_prerequisite;
+use common::prereq;
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
 
 const BUS_NAME: &str = "org.mdevreg.Registry1";
@@ -40,8 +42,8 @@ struct Interface {
     properties: BTreeMap<String, (String, String, String)>,
 }
 
-/// One `<...>` tag: its name, attributes, and whether it closes (`</x>`) or
-/// is self-closing (`<x/>`).
+/// One element: its name, attributes, and whether it closes (`</x>`) or
+/// is empty (`<x/>`).
 struct Tag {
     name: String,
     attrs: BTreeMap<String, String>,
@@ -49,37 +51,47 @@ struct Tag {
     self_closing: bool,
 }
 
+/// The elements of `xml`, read by a real XML parser (quick-xml, with
+/// comment and end-tag checks on); any well-formedness error panics with
+/// its position.
 fn tags(xml: &str) -> Vec<Tag> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    reader.config_mut().check_comments = true;
+    reader.config_mut().check_end_names = true;
     let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find('<') {
-        rest = &rest[start..];
-        if rest.starts_with("<!--") {
-            let end = rest.find("-->").expect("unterminated comment");
-            rest = &rest[end + 3..];
-            continue;
-        }
-        let end = rest.find('>').expect("unterminated tag");
-        let body = &rest[1..end];
-        rest = &rest[end + 1..];
-        if body.starts_with('!') || body.starts_with('?') {
-            continue;
-        }
-        let closing = body.starts_with('/');
-        let self_closing = body.ends_with('/');
-        let body = body.trim_start_matches('/').trim_end_matches('/');
-        let (name, mut attr_text) = body.split_once(char::is_whitespace).unwrap_or((body, ""));
+    loop {
+        let event = reader.read_event().unwrap_or_else(|err| {
+            panic!(
+                "not well-formed XML at byte {}: {err}",
+                reader.error_position()
+            )
+        });
+        let (element, closing, self_closing) = match event {
+            Event::Start(element) => (element, false, false),
+            Event::Empty(element) => (element, false, true),
+            Event::End(end) => {
+                out.push(Tag {
+                    name: end.name().as_ref().to_owned(),
+                    attrs: BTreeMap::new(),
+                    closing: true,
+                    self_closing: false,
+                });
+                continue;
+            }
+            Event::Eof => break,
+            _ => continue,
+        };
         let mut attrs = BTreeMap::new();
-        while let Some(eq) = attr_text.find('=') {
-            let key = attr_text[..eq].trim().to_owned();
-            let after = attr_text[eq + 1..].trim_start();
-            let quote = after.chars().next().expect("attribute value");
-            let value_end = after[1..].find(quote).expect("closing quote") + 1;
-            attrs.insert(key, after[1..value_end].to_owned());
-            attr_text = &after[value_end + 1..];
+        for attr in element.attributes() {
+            let attr = attr.expect("well-formed attribute");
+            let value = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .expect("attribute value");
+            attrs.insert(attr.key.as_ref().to_owned(), value.into_owned());
         }
         out.push(Tag {
-            name: name.to_owned(),
+            name: element.name().as_ref().to_owned(),
             attrs,
             closing,
             self_closing,
@@ -217,22 +229,94 @@ impl Drop for Daemon {
     }
 }
 
-fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+fn shipped_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.mdevreg.Registry1.xml")
+}
+
+/// `xmllint --noout` and `gdbus-codegen` (the tools a distribution and a
+/// GLib client use on the installed file) accept the shipped XML.
+#[test]
+fn shipped_xml_is_accepted_by_xmllint_and_gdbus_codegen() {
+    const TEST: &str = "shipped_xml_is_accepted_by_xmllint_and_gdbus_codegen";
+    if !prereq::require_tools(TEST, &["xmllint", "gdbus-codegen"]) {
+        return;
+    }
+    let file = shipped_path();
+    let output = Command::new("xmllint")
+        .arg("--noout")
+        .arg(&file)
+        .output()
+        .expect("run xmllint");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "xmllint --noout {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out_dir = tempfile::tempdir().expect("output dir");
+    let output = Command::new("gdbus-codegen")
+        .current_dir(out_dir.path())
+        .args([
+            "--interface-prefix",
+            "org.mdevreg.",
+            "--c-namespace",
+            "Mdevreg",
+        ])
+        .args(["--generate-c-code", "mdevreg-generated"])
+        .arg(&file)
+        .output()
+        .expect("run gdbus-codegen");
+    assert!(
+        output.status.success(),
+        "gdbus-codegen {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let header = std::fs::read_to_string(out_dir.path().join("mdevreg-generated.h"))
+        .expect("generated header");
+    for symbol in [
+        "mdevreg_registry1_call_register_parent",
+        "mdevreg_parent1_get_dev_path",
+        "mdevreg_mdev_type1_get_available_instances",
+    ] {
+        assert!(header.contains(symbol), "gdbus-codegen made no {symbol}");
+    }
+}
+
+/// The shipped file describes exactly the interfaces of
+/// `mdevreg::dbus::interfaces` (the tables the daemon serves from).
+#[test]
+fn shipped_xml_matches_the_interface_tables() {
+    use mdevreg::dbus::interfaces::{node_xml, MDEV_TYPE1, PARENT1, REGISTRY1};
+    let file_model = model(&std::fs::read_to_string(shipped_path()).expect("read shipped XML"));
+    let tables = model(&node_xml(&[&REGISTRY1, &PARENT1, &MDEV_TYPE1], true, None));
+    assert_eq!(
+        file_model.keys().collect::<Vec<_>>(),
+        tables.keys().collect::<Vec<_>>()
+    );
+    for (name, table) in &tables {
+        assert_eq!(
+            &file_model[name], table,
+            "{name}: dbus/org.mdevreg.Registry1.xml (left) differs from src/dbus/interfaces.rs (right)"
+        );
+    }
+}
+
+/// The parser the models use rejects what xmllint rejects (the bug the
+/// old hand-written tag scanner missed).
+#[test]
+#[should_panic(expected = "not well-formed")]
+fn model_rejects_double_hyphen_in_comments() {
+    model("<node><!-- mdevctl types --dumpjson --></node>");
 }
 
 #[test]
 fn shipped_introspection_matches_the_daemon() {
     const TEST: &str = "shipped_introspection_matches_the_daemon";
-    for tool in ["dbus-daemon", "gdbus"] {
-        if !have_tool(tool) {
-            missing_prerequisite::<()>(TEST, &format!("{tool} not found in PATH"));
-            return;
-        }
+    if !prereq::require_tools(TEST, &["dbus-daemon", "gdbus"]) {
+        return;
     }
-    let file_path: PathBuf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.mdevreg.Registry1.xml");
+    let file_path = shipped_path();
     let file_xml = std::fs::read_to_string(&file_path).expect("read shipped XML");
     let file_model = model(&file_xml);
     assert_eq!(

@@ -39,7 +39,7 @@ fn record(name: &str, lifetime: Lifetime, seqnum: u64) -> StoredRegistration {
 }
 
 fn persistent_store(dir: &Path) -> StateStore {
-    StateStores::new(Some(dir)).persistent
+    StateStores::in_dir(dir).persistent
 }
 
 /// Names of the files in `dir`, sorted.
@@ -88,7 +88,7 @@ fn missing_file_is_empty_without_warning() {
 fn round_trip_keeps_records_and_seqnum() {
     let dir = tempfile::tempdir().unwrap();
     // The directory is created on first save.
-    let stores = StateStores::new(Some(&dir.path().join("state")));
+    let stores = StateStores::in_dir(&dir.path().join("state"));
     let persistent = vec![
         record("mtty", Lifetime::Persistent, 3),
         record("0000:00:02.0", Lifetime::Persistent, 7),

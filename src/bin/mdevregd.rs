@@ -13,7 +13,7 @@ use mdevreg::cli::MdevregdCli;
 use mdevreg::daemon::{self, BusChoice, Config};
 use mdevreg::logging;
 use mdevreg::paths::SysfsRoot;
-use mdevreg::persist::StateStores;
+use mdevreg::persist::{StateDirs, StateStores, OWNER_STATE_DIR, PERSISTENT_STATE_DIR};
 
 fn main() -> ExitCode {
     let cli = MdevregdCli::parse();
@@ -73,7 +73,13 @@ async fn run(cli: MdevregdCli) -> ExitCode {
     };
     let config = Config {
         sysfs_root: SysfsRoot::new(&cli.sysfs_root),
-        stores: StateStores::new(cli.state_dir.as_deref()),
+        stores: match cli.state_dir.as_deref() {
+            Some(dir) => StateStores::in_dir(dir),
+            None => StateStores::new(&StateDirs {
+                runtime: OWNER_STATE_DIR.into(),
+                state: PERSISTENT_STATE_DIR.into(),
+            }),
+        },
         emit: cli.emit,
         netlink: !cli.no_netlink,
         receive_buffer: cli.receive_buffer,

@@ -1,12 +1,42 @@
-//! The shape of mdevreg's three D-Bus interfaces as data (methods, signals,
-//! properties with their EmitsChangedSignal behaviour), and the
-//! introspection XML built from it for every node of the object tree.
+//! The one source of truth for mdevreg's three D-Bus interfaces: their
+//! methods, signals and properties (name, type, EmitsChangedSignal
+//! behaviour and how each value is read from the registry), from which
+//! everything else derives:
 //!
-//! The server answers `Properties.GetAll` and `Introspect` from these tables,
-//! so what is announced and what is served cannot drift apart;
-//! `tests/introspection_xml.rs` checks the shipped XML against the daemon.
+//! - the introspection XML of every node ([`node_xml`]), which
+//!   `tests/introspection_xml.rs` compares with the shipped
+//!   `dbus/org.mdevreg.Registry1.xml` (checked with xmllint and
+//!   gdbus-codegen) and with the running daemon;
+//! - `Properties.Get`/`GetAll`, `GetManagedObjects` and `InterfacesAdded`
+//!   (the `get` of each [`Property`]);
+//! - `PropertiesChanged` (the properties whose value differs, compared
+//!   through the same `get`);
+//! - the in-argument check of every method call (a body whose signature is
+//!   not the method's in-arguments gets `InvalidArgs`);
+//! - the client proxies [`Registry1Proxy`], [`Parent1Proxy`] and
+//!   [`MdevType1Proxy`]: each property's Rust type gives both the proxy
+//!   accessor and the D-Bus signature in the tables.
+//!
+//! **Adding a property is a one-place change**: one line in the
+//! `properties!` invocation of its interface below (accessor name, Rust
+//! type, D-Bus name, [`Emits`], the expression reading it), plus the same
+//! line in `dbus/org.mdevreg.Registry1.xml` (the test says what is
+//! missing). Methods and signals are listed in the [`Interface`] constants
+//! below; a new method also needs its arm in the server and the proxy.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+
+use zbus::zvariant::Type;
+use zbus::Signature;
+use zbus::{ObjectPath, OwnedObjectPath, OwnedVariant};
+
+use super::errors::Error;
+use super::values::{type_paths, PropValue};
+use super::Stats;
+use crate::label;
+use crate::model::{MdevType, Parent};
+use crate::registry::Registry;
 
 /// One argument of a method or signal.
 #[derive(Debug)]
@@ -24,6 +54,17 @@ pub struct Member {
     pub args: &'static [Arg],
 }
 
+impl Member {
+    /// The signature a call's body must have: the in-arguments, in order.
+    pub fn in_signature(&self) -> String {
+        self.args
+            .iter()
+            .filter(|arg| !arg.out)
+            .map(|arg| arg.signature)
+            .collect()
+    }
+}
+
 /// How a property's changes are signalled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emits {
@@ -37,12 +78,41 @@ pub enum Emits {
     Never,
 }
 
+/// The object a property is read from.
+#[derive(Clone, Copy)]
+pub enum Object<'a> {
+    /// The root object: the registry and the daemon's counters.
+    Root {
+        registry: &'a Registry,
+        stats: &'a Stats,
+    },
+    Parent(&'a Parent),
+    Type {
+        parent: &'a str,
+        mdev_type: &'a MdevType,
+    },
+}
+
+/// Reads a property of an object (`None`: the object has no such interface).
+pub type Getter = for<'a> fn(Object<'a>) -> Option<PropValue<'a>>;
+
 /// A read-only property.
-#[derive(Debug)]
 pub struct Property {
     pub name: &'static str,
-    pub signature: &'static str,
+    /// From the Rust type the proxy reads it as.
+    pub signature: &'static Signature,
     pub emits: Emits,
+    pub get: Getter,
+}
+
+impl std::fmt::Debug for Property {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Property")
+            .field("name", &self.name)
+            .field("signature", &self.signature.to_string())
+            .field("emits", &self.emits)
+            .finish()
+    }
 }
 
 /// One interface.
@@ -58,6 +128,11 @@ impl Interface {
     /// The property called `name`.
     pub fn property(&self, name: &str) -> Option<&'static Property> {
         self.properties.iter().find(|p| p.name == name)
+    }
+
+    /// The method called `name`.
+    pub fn method(&self, name: &str) -> Option<&'static Member> {
+        self.methods.iter().find(|m| m.name == name)
     }
 }
 
@@ -77,12 +152,173 @@ const fn arg_out(name: &'static str, signature: &'static str) -> Arg {
     }
 }
 
-const fn prop(name: &'static str, signature: &'static str, emits: Emits) -> Property {
-    Property {
-        name,
-        signature,
-        emits,
+/// Declares the property table `$table` of an interface and its client
+/// proxy `$proxy` from one list: for each property its proxy accessor, Rust
+/// type (giving the D-Bus signature), D-Bus name, [`Emits`] and the
+/// expression reading it from the object matched by `$object`. Items in
+/// `methods { ... }` (methods, signals; `&self` is implied) are added to the
+/// proxy trait.
+macro_rules! properties {
+    (
+        $(#[$proxy_doc:meta])*
+        proxy $proxy:ident ($($proxy_attr:tt)*);
+        $table:ident for $object:pat => {
+            $(
+                $(#[$doc:meta])*
+                $accessor:ident: $ty:ty = $name:literal, $emits:ident, $get:expr;
+            )*
+        }
+        methods {
+            $(
+                $(#[$method_attr:meta])*
+                fn $method:ident($($arg:ident: $arg_ty:ty),* $(,)?) -> $ret:ty;
+            )*
+        }
+    ) => {
+        const $table: &[Property] = &[
+            $(
+                Property {
+                    name: $name,
+                    signature: <$ty as Type>::SIGNATURE,
+                    emits: Emits::$emits,
+                    get: |object| match object {
+                        #[allow(unused_variables)]
+                        $object => Some($get),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    },
+                },
+            )*
+        ];
+
+        $(#[$proxy_doc])*
+        #[zbus::proxy($($proxy_attr)*)]
+        pub trait $proxy {
+            $(
+                $(#[$method_attr])*
+                fn $method(&self, $($arg: $arg_ty),*) -> $ret;
+            )*
+            $(
+                $(#[$doc])*
+                #[zbus(property, name = $name)]
+                fn $accessor(&self) -> zbus::Result<$ty>;
+            )*
+        }
+    };
+}
+
+properties! {
+    /// `org.mdevreg.Registry1` on the root object.
+    proxy Registry1 (
+        interface = "org.mdevreg.Registry1",
+        default_service = "org.mdevreg.Registry1",
+        default_path = "/org/mdevreg/Registry1"
+    );
+    REGISTRY1_PROPERTIES for Object::Root { registry, stats } => {
+        /// Version of mdevregd.
+        version: String = "Version", Const, PropValue::Str(env!("CARGO_PKG_VERSION"));
+        /// Sequence number of the last registry event.
+        seq_num: u64 = "SeqNum", Value, PropValue::U64(registry.seqnum());
+        /// Object paths of all registered parents, sorted by name.
+        parents: Vec<OwnedObjectPath> = "Parents", Invalidates, PropValue::Paths(
+            registry.parents().map(|p| label::parent_path(p.name())).collect()
+        );
+        /// Daemon counters, keys in sorted order.
+        stats: HashMap<String, u64> = "Stats", Never, PropValue::Counters(stats.snapshot());
     }
+    methods {
+        /// Object paths of all registered parents, sorted by name.
+        fn list_parents() -> Result<Vec<OwnedObjectPath>, Error>;
+
+        /// Object path of the parent called `name`.
+        fn get_parent(name: &str) -> Result<OwnedObjectPath, Error>;
+
+        /// Registers a userspace parent.
+        fn register_parent(
+            name: &str,
+            options: HashMap<String, OwnedVariant>,
+            types: Vec<HashMap<String, OwnedVariant>>,
+        ) -> Result<OwnedObjectPath, Error>;
+
+        /// Unregisters a userspace parent.
+        fn unregister_parent(name: &str) -> Result<(), Error>;
+
+        /// Re-reads all of sysfs and reconciles.
+        fn rescan() -> Result<(), Error>;
+
+        /// The `mdevctl types --dumpjson` document of the registry (pretty
+        /// printed, no final newline); only `parent` if not empty.
+        fn dump_types(parent: &str) -> Result<String, Error>;
+
+        /// [`dump_types`](Self::dump_types) as a read-only file (offset 0).
+        fn dump_types_by_file_descriptor(parent: &str) -> Result<zbus::OwnedFd, Error>;
+
+        /// Every parent (only `parent` if not empty) as a JSON array of the
+        /// registry's parents, in a read-only file (offset 0).
+        fn dump_parents_by_file_descriptor(parent: &str) -> Result<zbus::OwnedFd, Error>;
+
+        /// A parent was registered (source `kernel` or `userspace`).
+        #[zbus(signal)]
+        fn parent_registered(
+            parent: ObjectPath<'_>,
+            name: &str,
+            source: &str,
+            seqnum: u64,
+        ) -> zbus::Result<()>;
+
+        /// A parent was unregistered (source `kernel` or `userspace`).
+        #[zbus(signal)]
+        fn parent_unregistered(
+            parent: ObjectPath<'_>,
+            name: &str,
+            source: &str,
+            seqnum: u64,
+        ) -> zbus::Result<()>;
+    }
+}
+
+properties! {
+    /// `org.mdevreg.Parent1` on a parent object.
+    proxy Parent1 (
+        interface = "org.mdevreg.Parent1",
+        default_service = "org.mdevreg.Registry1"
+    );
+    PARENT1_PROPERTIES for Object::Parent(parent) => {
+        name: String = "Name", Const, PropValue::Str(parent.name());
+        dev_path: String = "DevPath", Value, PropValue::Str(&parent.info.devpath);
+        subsystem: String = "Subsystem", Value, PropValue::Str(&parent.info.subsystem);
+        driver: String = "Driver", Value, PropValue::Str(&parent.info.driver);
+        /// `kernel` or `userspace`.
+        source: String = "Source", Const, PropValue::Str(parent.source.as_str());
+        /// Unique bus name of the owner (empty for kernel parents).
+        owner: String = "Owner", Value, PropValue::Str(&parent.owner);
+        lifetime: String = "Lifetime", Const, PropValue::Str(parent.lifetime.as_str());
+        registered_seq_num: u64 = "RegisteredSeqNum", Const,
+            PropValue::U64(parent.registered_seqnum);
+        /// Object paths of the parent's types, in type id order.
+        types: Vec<OwnedObjectPath> = "Types", Value, PropValue::Paths(type_paths(parent));
+    }
+    methods {}
+}
+
+properties! {
+    /// `org.mdevreg.MdevType1` on a type object.
+    proxy MdevType1 (
+        interface = "org.mdevreg.MdevType1",
+        default_service = "org.mdevreg.Registry1"
+    );
+    MDEV_TYPE1_PROPERTIES for Object::Type { parent, mdev_type } => {
+        id: String = "Id", Const, PropValue::Str(&mdev_type.id);
+        name: String = "Name", Value, PropValue::Str(&mdev_type.name);
+        description: String = "Description", Value, PropValue::Str(&mdev_type.description);
+        device_api: String = "DeviceApi", Value, PropValue::Str(&mdev_type.device_api);
+        available_instances: u32 = "AvailableInstances", Value,
+            PropValue::U32(mdev_type.available_instances);
+        /// UUIDs of the type's mdev instances.
+        devices: Vec<String> = "Devices", Value, PropValue::Strs(&mdev_type.devices);
+        parent: OwnedObjectPath = "Parent", Const, PropValue::Path(label::parent_path(parent));
+    }
+    methods {}
 }
 
 const PARENT_SIGNAL_ARGS: &[Arg] = &[
@@ -144,12 +380,7 @@ pub const REGISTRY1: Interface = Interface {
             args: PARENT_SIGNAL_ARGS,
         },
     ],
-    properties: &[
-        prop("Version", "s", Emits::Const),
-        prop("SeqNum", "t", Emits::Value),
-        prop("Parents", "ao", Emits::Invalidates),
-        prop("Stats", "a{st}", Emits::Never),
-    ],
+    properties: REGISTRY1_PROPERTIES,
 };
 
 /// `org.mdevreg.Parent1` on each parent object.
@@ -157,17 +388,7 @@ pub const PARENT1: Interface = Interface {
     name: "org.mdevreg.Parent1",
     methods: &[],
     signals: &[],
-    properties: &[
-        prop("Name", "s", Emits::Const),
-        prop("DevPath", "s", Emits::Value),
-        prop("Subsystem", "s", Emits::Value),
-        prop("Driver", "s", Emits::Value),
-        prop("Source", "s", Emits::Const),
-        prop("Owner", "s", Emits::Value),
-        prop("Lifetime", "s", Emits::Const),
-        prop("RegisteredSeqNum", "t", Emits::Const),
-        prop("Types", "ao", Emits::Value),
-    ],
+    properties: PARENT1_PROPERTIES,
 };
 
 /// `org.mdevreg.MdevType1` on each type object.
@@ -175,15 +396,7 @@ pub const MDEV_TYPE1: Interface = Interface {
     name: "org.mdevreg.MdevType1",
     methods: &[],
     signals: &[],
-    properties: &[
-        prop("Id", "s", Emits::Const),
-        prop("Name", "s", Emits::Value),
-        prop("Description", "s", Emits::Value),
-        prop("DeviceApi", "s", Emits::Value),
-        prop("AvailableInstances", "u", Emits::Value),
-        prop("Devices", "as", Emits::Value),
-        prop("Parent", "o", Emits::Const),
-    ],
+    properties: MDEV_TYPE1_PROPERTIES,
 };
 
 pub const PEER: &str = "org.freedesktop.DBus.Peer";
@@ -321,9 +534,63 @@ fn interface_xml(interface: &Interface, xml: &mut String) {
     xml.push_str("  </interface>\n");
 }
 
+/// The value of every property of `interface` on `object`, in table order
+/// (empty if `object` does not have `interface`).
+pub fn all_values<'a>(
+    interface: &Interface,
+    object: Object<'a>,
+) -> Vec<(&'static str, PropValue<'a>)> {
+    interface
+        .properties
+        .iter()
+        .filter_map(|property| (property.get)(object).map(|value| (property.name, value)))
+        .collect()
+}
+
+/// The names of the properties of `interface` that signal their new value
+/// (`Emits::Value`) and whose value differs between `before` and `after`.
+pub fn changed_values(
+    interface: &Interface,
+    before: Object<'_>,
+    after: Object<'_>,
+) -> Vec<&'static str> {
+    interface
+        .properties
+        .iter()
+        .filter(|property| property.emits == Emits::Value)
+        .filter(|property| (property.get)(before) != (property.get)(after))
+        .map(|property| property.name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Lifetime, ParentInfo, Source};
+
+    fn sample() -> Parent {
+        Parent {
+            info: ParentInfo {
+                name: "mtty".into(),
+                devpath: "/devices/virtual/mtty/mtty".into(),
+                subsystem: "mtty".into(),
+                driver: "mtty".into(),
+                types: vec![MdevType {
+                    id: "mtty-1".into(),
+                    name: "Single port".into(),
+                    description: String::new(),
+                    device_api: "vfio-pci".into(),
+                    available_instances: 3,
+                    devices: vec!["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001".into()],
+                }],
+            },
+            source: Source::Kernel,
+            owner: String::new(),
+            lifetime: Lifetime::Kernel,
+            registered_seqnum: 1,
+            uid: 0,
+        }
+    }
 
     #[test]
     fn signatures_parse() {
@@ -338,10 +605,95 @@ mod tests {
                     );
                 }
             }
-            for property in interface.properties {
-                assert!(zbus::Signature::try_from(property.signature).is_ok());
+        }
+    }
+
+    /// Every getter yields a value of its declared (proxy) type, on its own
+    /// object only.
+    #[test]
+    fn getters_match_declared_types() {
+        let parent = sample();
+        let registry = Registry::new();
+        let stats = Stats::default();
+        stats.bump("uevents_received");
+        let objects = [
+            (
+                &REGISTRY1,
+                Object::Root {
+                    registry: &registry,
+                    stats: &stats,
+                },
+            ),
+            (&PARENT1, Object::Parent(&parent)),
+            (
+                &MDEV_TYPE1,
+                Object::Type {
+                    parent: "mtty",
+                    mdev_type: &parent.info.types[0],
+                },
+            ),
+        ];
+        for (interface, object) in objects {
+            let values = all_values(interface, object);
+            assert_eq!(
+                values.len(),
+                interface.properties.len(),
+                "{}",
+                interface.name
+            );
+            for (property, (name, value)) in interface.properties.iter().zip(&values) {
+                assert_eq!(property.name, *name);
+                assert_eq!(
+                    value.signature(),
+                    property.signature.to_string(),
+                    "{}.{name}",
+                    interface.name
+                );
+            }
+            for (other, other_object) in objects {
+                if !std::ptr::eq(other, interface) {
+                    assert!(all_values(interface, other_object).is_empty());
+                }
             }
         }
+    }
+
+    #[test]
+    fn changed_values_compare_through_getters() {
+        let before = sample();
+        let mut after = before.clone();
+        after.owner = ":1.5".into();
+        after.info.driver = "other".into();
+        assert_eq!(
+            changed_values(&PARENT1, Object::Parent(&before), Object::Parent(&after)),
+            ["Driver", "Owner"]
+        );
+        let mut mdev_type = before.info.types[0].clone();
+        mdev_type.available_instances = 2;
+        assert_eq!(
+            changed_values(
+                &MDEV_TYPE1,
+                Object::Type {
+                    parent: "mtty",
+                    mdev_type: &before.info.types[0]
+                },
+                Object::Type {
+                    parent: "mtty",
+                    mdev_type: &mdev_type
+                }
+            ),
+            ["AvailableInstances"]
+        );
+    }
+
+    #[test]
+    fn in_signatures() {
+        assert_eq!(
+            REGISTRY1.method("RegisterParent").unwrap().in_signature(),
+            "sa{sv}aa{sv}"
+        );
+        assert_eq!(REGISTRY1.method("Rescan").unwrap().in_signature(), "");
+        assert_eq!(REGISTRY1.method("ListParents").unwrap().in_signature(), "");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The D-Bus side of mdevregd: the three interfaces (`Registry1` on the root
 //! object beside the ObjectManager, `Parent1` and `MdevType1` objects) as
-//! data ([`interfaces`]), the [`server`] answering calls from the shared
+//! data ([`interfaces`], the one place that names their members and
+//! properties, and where a property is added), the [`server`] answering calls from the shared
 //! registry, the [`signals`] built from registry events, their typed errors,
 //! caller authorisation, argument validation, and the client proxies
 //! ([`Registry1Proxy`], [`Parent1Proxy`], [`MdevType1Proxy`]).
@@ -10,7 +11,6 @@ mod document;
 pub mod errors;
 pub mod interfaces;
 pub mod polkit;
-mod proxies;
 pub mod server;
 pub mod signals;
 pub mod validate;
@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use zbus::{Message, OwnedObjectPath};
 
 pub use errors::Error;
-pub use proxies::{MdevType1Proxy, Parent1Proxy, Registry1Proxy};
+pub use interfaces::{MdevType1Proxy, Parent1Proxy, Registry1Proxy};
 pub use server::{Server, SharedRegistry};
 
 use crate::label;

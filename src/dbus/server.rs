@@ -25,11 +25,11 @@ use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, Owned
 use super::auth::{self, Caller};
 use super::errors::Error;
 use super::interfaces::{
-    self, Interface, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
+    self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
     REGISTRY1,
 };
 use super::polkit::Action;
-use super::values::{self, ManagedObjects, PropMap, PropValue};
+use super::values::{self, ManagedObjects, PropMap};
 use super::{document, lock, validate, Request, Stats};
 use crate::label;
 use crate::registry::Registry;
@@ -339,42 +339,37 @@ impl Server {
         Reply::Message(Message::method_return(header).build(&xml))
     }
 
-    /// All properties of `interface` on `node` (an unknown interface gives
-    /// `None`; the standard ones have none).
-    fn all_props<'r>(
-        &self,
+    /// The object behind `node` whose interface is called `interface`
+    /// (`Err(true)`: a standard interface, without properties; `Err(false)`:
+    /// no such interface, or the object is gone).
+    fn object<'r>(
+        &'r self,
         registry: &'r Registry,
-        node: &Node,
+        node: &'r Node,
         interface: &str,
-    ) -> Option<PropMap<'r>> {
+    ) -> Result<(&'static Interface, Object<'r>), bool> {
         if [PEER, INTROSPECTABLE, PROPERTIES].contains(&interface)
             || (interface == OBJECT_MANAGER && *node == Node::Root)
         {
-            return Some(PropMap::default());
+            return Err(true);
         }
-        values::find_interface(node.interfaces(), interface)?;
-        match node {
-            Node::Root => Some(PropMap(vec![
-                ("Version", PropValue::Str(env!("CARGO_PKG_VERSION"))),
-                ("SeqNum", PropValue::U64(registry.seqnum())),
-                (
-                    "Parents",
-                    PropValue::Paths(
-                        registry
-                            .parents()
-                            .map(|p| label::parent_path(p.name()))
-                            .collect(),
-                    ),
-                ),
-                ("Stats", PropValue::Counters(self.stats.snapshot())),
-            ])),
-            Node::Parent(name) => registry.get(name).map(values::parent_props),
-            Node::Type(name, id) => registry
-                .get(name)
-                .and_then(|p| p.info.get_type(id))
-                .map(|t| values::type_props(name, t)),
-            _ => None,
-        }
+        let found = values::find_interface(node.interfaces(), interface).ok_or(false)?;
+        let object = match node {
+            Node::Root => Object::Root {
+                registry,
+                stats: &self.stats,
+            },
+            Node::Parent(name) => Object::Parent(registry.get(name).ok_or(false)?),
+            Node::Type(name, id) => Object::Type {
+                parent: name,
+                mdev_type: registry
+                    .get(name)
+                    .and_then(|p| p.info.get_type(id))
+                    .ok_or(false)?,
+            },
+            _ => return Err(false),
+        };
+        Ok((found, object))
     }
 
     fn properties(
@@ -392,14 +387,14 @@ impl Server {
                     Err(err) => return invalid_args(err),
                 };
                 let registry = self.read();
-                let Some(all) = self.all_props(&registry, node, &interface) else {
-                    return unknown_interface(&interface);
+                let (found, object) = match self.object(&registry, node, &interface) {
+                    Ok(found) => found,
+                    Err(true) => return unknown_property(&name),
+                    Err(false) => return unknown_interface(&interface),
                 };
-                match values::pick(all, &name) {
+                match found.property(&name).and_then(|p| (p.get)(object)) {
                     Some(value) => Reply::Message(Message::method_return(header).build(&value)),
-                    None => Reply::Fdo(fdo::Error::UnknownProperty(format!(
-                        "Unknown property '{name}'"
-                    ))),
+                    None => unknown_property(&name),
                 }
             }
             "GetAll" => {
@@ -408,10 +403,12 @@ impl Server {
                     Err(err) => return invalid_args(err),
                 };
                 let registry = self.read();
-                match self.all_props(&registry, node, &interface) {
-                    Some(all) => Reply::Message(Message::method_return(header).build(&all)),
-                    None => unknown_interface(&interface),
-                }
+                let all = match self.object(&registry, node, &interface) {
+                    Ok((found, object)) => PropMap(interfaces::all_values(found, object)),
+                    Err(true) => PropMap::default(),
+                    Err(false) => return unknown_interface(&interface),
+                };
+                Reply::Message(Message::method_return(header).build(&all))
             }
             "Set" => {
                 let (interface, name, _value): (String, String, OwnedVariant) =
@@ -698,6 +695,12 @@ fn fd_reply(header: &Header<'_>, file: io::Result<File>, what: &str) -> Reply {
             "cannot render the {what} document: {err}"
         ))),
     }
+}
+
+fn unknown_property(name: &str) -> Reply {
+    Reply::Fdo(fdo::Error::UnknownProperty(format!(
+        "Unknown property '{name}'"
+    )))
 }
 
 fn unknown_interface(interface: &str) -> Reply {

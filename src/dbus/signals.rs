@@ -12,11 +12,18 @@
 
 use zbus::{Connection, Message, ObjectPath};
 
-use super::interfaces::{MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PROPERTIES, REGISTRY1};
+use super::interfaces::{
+    self, Emits, Object, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PROPERTIES, REGISTRY1,
+};
 use super::values::{self, IfaceMap, PropMap, PropValue};
 use crate::label;
 use crate::model::{MdevType, Parent};
 use crate::registry::{Event, EventKind, Registry};
+
+/// `Parent1.Types`, sent on its own after type events.
+const TYPES: &str = "Types";
+/// `Registry1.SeqNum`, sent after every batch of events.
+const SEQNUM: &str = "SeqNum";
 
 /// The signals showing `events` (already applied to `registry`), in order,
 /// ending with the root's `PropertiesChanged` (`SeqNum`, and `Parents`
@@ -41,12 +48,15 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
                     .and_then(|()| removed(&mut messages, parent))
             }
             EventKind::ParentUpdated { before, after } => {
-                let names = changed_names([
-                    ("DevPath", before.info.devpath != after.info.devpath),
-                    ("Subsystem", before.info.subsystem != after.info.subsystem),
-                    ("Driver", before.info.driver != after.info.driver),
-                    ("Owner", before.owner != after.owner),
-                ]);
+                // `Types` changes come with the type events that follow.
+                let names: Vec<&str> = interfaces::changed_values(
+                    &PARENT1,
+                    Object::Parent(before),
+                    Object::Parent(after),
+                )
+                .into_iter()
+                .filter(|name| *name != TYPES)
+                .collect();
                 changed(
                     &mut messages,
                     &label::parent_path(after.name()),
@@ -75,16 +85,17 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
                 before,
                 after,
             } => {
-                let names = changed_names([
-                    ("Name", before.name != after.name),
-                    ("Description", before.description != after.description),
-                    ("DeviceApi", before.device_api != after.device_api),
-                    (
-                        "AvailableInstances",
-                        before.available_instances != after.available_instances,
-                    ),
-                    ("Devices", before.devices != after.devices),
-                ]);
+                let names = interfaces::changed_values(
+                    &MDEV_TYPE1,
+                    Object::Type {
+                        parent,
+                        mdev_type: before,
+                    },
+                    Object::Type {
+                        parent,
+                        mdev_type: after,
+                    },
+                );
                 changed(
                     &mut messages,
                     &label::type_path(parent, &after.id),
@@ -103,25 +114,23 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
         }
     }
     let seqnum = events.last().map_or(0, |event| event.seqnum);
-    let invalidated: &[&str] = if parents_changed { &["Parents"] } else { &[] };
+    // Large values (`Parents`) are only named as invalidated.
+    let invalidated: Vec<&str> = REGISTRY1
+        .properties
+        .iter()
+        .filter(|p| parents_changed && p.emits == Emits::Invalidates)
+        .map(|p| p.name)
+        .collect();
     if let Err(err) = changed(
         &mut messages,
         label::ROOT_PATH,
         REGISTRY1.name,
-        PropMap(vec![("SeqNum", PropValue::U64(seqnum))]),
-        invalidated,
+        PropMap(vec![(SEQNUM, PropValue::U64(seqnum))]),
+        &invalidated,
     ) {
         log::warn!("root PropertiesChanged not built: {err}");
     }
     messages
-}
-
-/// The property names whose flag is set.
-fn changed_names<const N: usize>(flags: [(&'static str, bool); N]) -> Vec<&'static str> {
-    flags
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
 }
 
 /// Sends `messages` in order, written together (one wakeup of the bus for
@@ -256,10 +265,18 @@ fn types_changed(
         messages,
         &label::parent_path(parent),
         PARENT1.name,
-        PropMap(vec![(
-            "Types",
-            PropValue::Paths(values::type_paths(current)),
-        )]),
+        values::only(values::parent_props(current), &[TYPES]),
         &[],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_properties_exist() {
+        assert!(PARENT1.property(TYPES).is_some());
+        assert!(REGISTRY1.property(SEQNUM).is_some());
+    }
 }

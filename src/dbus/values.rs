@@ -11,13 +11,13 @@ use serde::Serialize;
 use zbus::as_variant;
 use zbus::{OwnedObjectPath, OwnedVariant, Signature, Type};
 
-use super::interfaces::{Interface, MDEV_TYPE1, PARENT1};
+use super::interfaces::{all_values, Interface, Object, MDEV_TYPE1, PARENT1};
 use crate::label;
 use crate::model::{MdevType, Parent};
 use crate::registry::Registry;
 
 /// One property value, serialised as a variant.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum PropValue<'a> {
     Str(&'a str),
     U32(u32),
@@ -26,6 +26,21 @@ pub enum PropValue<'a> {
     Paths(Vec<String>),
     Strs(&'a [String]),
     Counters(BTreeMap<String, u64>),
+}
+
+impl PropValue<'_> {
+    /// The D-Bus signature of the value inside the variant.
+    pub fn signature(&self) -> &'static str {
+        match self {
+            PropValue::Str(_) => "s",
+            PropValue::U32(_) => "u",
+            PropValue::U64(_) => "t",
+            PropValue::Path(_) => "o",
+            PropValue::Paths(_) => "ao",
+            PropValue::Strs(_) => "as",
+            PropValue::Counters(_) => "a{st}",
+        }
+    }
 }
 
 impl Type for PropValue<'_> {
@@ -46,11 +61,8 @@ impl Serialize for PropValue<'_> {
                 as_variant::Serialize(&paths).serialize(serializer)
             }
             PropValue::Strs(values) => as_variant::Serialize(values).serialize(serializer),
-            PropValue::Counters(counters) => {
-                let counters: HashMap<&str, u64> =
-                    counters.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-                as_variant::Serialize(&counters).serialize(serializer)
-            }
+            // In key order (a BTreeMap serialises sorted), stable for readers.
+            PropValue::Counters(counters) => as_variant::Serialize(counters).serialize(serializer),
         }
     }
 }
@@ -97,31 +109,9 @@ impl Serialize for IfaceMap<'_> {
     }
 }
 
-/// The property called `name` from `all` (an interface's full list).
-pub fn pick<'a>(all: PropMap<'a>, name: &str) -> Option<PropValue<'a>> {
-    all.0
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, value)| value)
-}
-
 /// Every `org.mdevreg.Parent1` property of `parent`.
 pub fn parent_props(parent: &Parent) -> PropMap<'_> {
-    let info = &parent.info;
-    let name = info.name.as_str();
-    let props = PropMap(vec![
-        ("Name", PropValue::Str(name)),
-        ("DevPath", PropValue::Str(&info.devpath)),
-        ("Subsystem", PropValue::Str(&info.subsystem)),
-        ("Driver", PropValue::Str(&info.driver)),
-        ("Source", PropValue::Str(parent.source.as_str())),
-        ("Owner", PropValue::Str(&parent.owner)),
-        ("Lifetime", PropValue::Str(parent.lifetime.as_str())),
-        ("RegisteredSeqNum", PropValue::U64(parent.registered_seqnum)),
-        ("Types", PropValue::Paths(type_paths(parent))),
-    ]);
-    debug_assert_eq!(props.0.len(), PARENT1.properties.len());
-    props
+    PropMap(all_values(&PARENT1, Object::Parent(parent)))
 }
 
 /// Object paths of `parent`'s types, in type id order.
@@ -134,21 +124,14 @@ pub fn type_paths(parent: &Parent) -> Vec<String> {
 }
 
 /// Every `org.mdevreg.MdevType1` property of `mdev_type` of `parent_name`.
-pub fn type_props<'a>(parent_name: &str, mdev_type: &'a MdevType) -> PropMap<'a> {
-    let props = PropMap(vec![
-        ("Id", PropValue::Str(&mdev_type.id)),
-        ("Name", PropValue::Str(&mdev_type.name)),
-        ("Description", PropValue::Str(&mdev_type.description)),
-        ("DeviceApi", PropValue::Str(&mdev_type.device_api)),
-        (
-            "AvailableInstances",
-            PropValue::U32(mdev_type.available_instances),
-        ),
-        ("Devices", PropValue::Strs(&mdev_type.devices)),
-        ("Parent", PropValue::Path(label::parent_path(parent_name))),
-    ]);
-    debug_assert_eq!(props.0.len(), MDEV_TYPE1.properties.len());
-    props
+pub fn type_props<'a>(parent_name: &'a str, mdev_type: &'a MdevType) -> PropMap<'a> {
+    PropMap(all_values(
+        &MDEV_TYPE1,
+        Object::Type {
+            parent: parent_name,
+            mdev_type,
+        },
+    ))
 }
 
 /// The interfaces of a parent object, for `InterfacesAdded` and
@@ -158,7 +141,7 @@ pub fn parent_ifaces(parent: &Parent) -> IfaceMap<'_> {
 }
 
 /// The interfaces of a type object.
-pub fn type_ifaces<'a>(parent_name: &str, mdev_type: &'a MdevType) -> IfaceMap<'a> {
+pub fn type_ifaces<'a>(parent_name: &'a str, mdev_type: &'a MdevType) -> IfaceMap<'a> {
     IfaceMap(vec![(MDEV_TYPE1.name, type_props(parent_name, mdev_type))])
 }
 

@@ -52,6 +52,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the registry (and the daemon's counters) as Prometheus metrics.
+    Metrics {
+        /// Scan this sysfs root directly instead of asking the daemon.
+        #[arg(long, value_name = "DIR")]
+        sysfs_root: Option<PathBuf>,
+        /// OpenMetrics text instead of the Prometheus text format 0.0.4.
+        #[arg(long)]
+        openmetrics: bool,
+    },
     /// Print one line per registry event until interrupted.
     Monitor {
         #[arg(long)]

@@ -27,6 +27,7 @@ use crate::cli::{Command, RegisterArgs, WaitArgs};
 use crate::dbus::{Error as RegistryError, Registry1Proxy};
 use crate::label;
 use crate::mdevctl_json::{parent_json, parent_text};
+use crate::metrics;
 use crate::model::{Lifetime, MdevType, Parent, ParentInfo, Source};
 use crate::report;
 use crate::wait;
@@ -344,6 +345,7 @@ async fn run_query(
             }
         }
         Command::Stats { json } => stats(&conn, target, json, out).await,
+        Command::Metrics { openmetrics, .. } => metrics(&conn, target, openmetrics, out).await,
         Command::Unregister { name } => {
             let registry = registry_proxy(&conn, target).await?;
             registry
@@ -559,6 +561,40 @@ async fn stats(
         }
         out.write_all(text.as_bytes()).map_err(ClientError::output)
     }
+}
+
+/// `metrics`: the daemon's parents, sequence number and counters, rendered
+/// here with the code the daemon serves them with.
+async fn metrics(
+    conn: &Connection,
+    target: &BusTarget,
+    openmetrics: bool,
+    out: &mut dyn Write,
+) -> Result<(), ClientError> {
+    let registry = registry_proxy(conn, target).await?;
+    let failed = |e: zbus::Error| registry_error(RegistryError::from(e), target);
+    let seqnum = registry.seq_num().await.map_err(failed)?;
+    let stats: BTreeMap<String, u64> = registry
+        .stats()
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .collect();
+    let parents = fetch_parents_fast(conn, target, None).await?;
+    let format = if openmetrics {
+        metrics::Format::OpenMetrics
+    } else {
+        metrics::Format::Text
+    };
+    let exposition = metrics::render(
+        std::sync::Arc::new(metrics::ParentList { seqnum, parents }),
+        Some(&metrics::counters_from_stats(&stats)),
+        format,
+    );
+    for chunk in &exposition.chunks {
+        out.write_all(chunk).map_err(ClientError::output)?;
+    }
+    Ok(())
 }
 
 /// One line of `monitor`.

@@ -15,6 +15,7 @@ pub mod emit;
 pub mod label;
 pub mod logging;
 pub mod mdevctl_json;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod paths;

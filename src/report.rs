@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::mdevctl_json::{kernel_parent, list_document, list_text, types_json_pretty, types_text};
+use crate::metrics;
 use crate::model::Parent;
 use crate::paths::SysfsRoot;
 use crate::sysfs::{self, Warning};
@@ -92,6 +93,31 @@ pub fn types_direct(
     let scan = scan_root_types(root)?;
     print_warnings(&scan.warnings, err)?;
     write_types(&scan.parents, only_parent, json, out)?;
+    Ok(out.flush()?)
+}
+
+/// `metrics --sysfs-root DIR [--openmetrics]`: the registry a daemon would
+/// hold for this tree, without counters.
+pub fn metrics_direct(
+    root: &SysfsRoot,
+    openmetrics: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), ReportError> {
+    let scan = scan_root(root)?;
+    print_warnings(&scan.warnings, err)?;
+    let mut registry = crate::registry::Registry::new();
+    // A scan is never refused.
+    let _ = registry.apply(crate::registry::Input::KernelScan(scan.parents));
+    let format = if openmetrics {
+        metrics::Format::OpenMetrics
+    } else {
+        metrics::Format::Text
+    };
+    let exposition = metrics::render(std::sync::Arc::new(registry), None, format);
+    for chunk in &exposition.chunks {
+        out.write_all(chunk)?;
+    }
     Ok(out.flush()?)
 }
 

@@ -1,5 +1,5 @@
-//! `mdevreg`: the command-line client. With `--sysfs-root` the `types` and
-//! `list` commands scan sysfs directly ([`mdevreg::report`]); everything else
+//! `mdevreg`: the command-line client. With `--sysfs-root` the `types`,
+//! `list` and `metrics` commands scan sysfs directly ([`mdevreg::report`]); everything else
 //! goes to the daemon over D-Bus ([`mdevreg::client`]).
 //!
 //! Exit codes: 0 ok, 1 runtime error (one line naming the cause), 2 usage.
@@ -65,6 +65,11 @@ fn run(cli: MdevregCli) -> Result<(), ClientError> {
                 .map_err(|e| ClientError::Runtime(format!("cannot start the async runtime: {e}")))?
                 .block_on(wait::wait_sysfs(&root, &condition, args.timeout, &mut err))
         }
+        Command::Metrics {
+            openmetrics,
+            sysfs_root: Some(root),
+        } => report::metrics_direct(&SysfsRoot::new(root), openmetrics, &mut out, &mut err)
+            .map_err(direct_failed),
         command => {
             let result = client::run(&cli.bus, command, &mut out);
             let _ = out.flush();

@@ -1,0 +1,565 @@
+//! The exposition itself, pure: the registry's parents and types and the
+//! daemon's counters as Prometheus metric families, encoded with the
+//! `prometheus-client` crate (a [`Collector`] over a registry view, no
+//! per-series allocation), in the Prometheus text format 0.0.4 or in
+//! OpenMetrics.
+//!
+//! Families (SPEC §7 names; every HELP text is here and nowhere else):
+//! `mdevreg_parent_info`, `mdevreg_type_available_instances`,
+//! `mdevreg_type_instances`, `mdevreg_physical_device_creatable`,
+//! `mdevreg_registry_seqnum`, `mdevreg_build_info`, and the counters
+//! `mdevreg_*_total` of [`CounterValues`].
+//!
+//! The registry part depends only on the registry, so [`ExpositionCache`]
+//! keeps it per registry sequence number; the counters part is small and
+//! encoded on every call.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
+
+use crate::model::Parent;
+use crate::registry::Registry;
+
+/// The crate version, for `mdevreg_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An exposition format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (node_exporter's textfile collector,
+    /// `promtool check metrics`, `curl`).
+    Text,
+    /// OpenMetrics 1.0 text, what Prometheus asks for first.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The format to answer a request with this `Accept` header in:
+    /// OpenMetrics when the client lists it (with a non-zero quality),
+    /// else the text format.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let wants_openmetrics = accept.split(',').any(|item| {
+            let mut params = item.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default();
+            let refused = params.any(|param| {
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if wants_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+}
+
+/// Parents and the sequence number of the last event they reflect.
+pub trait Parents {
+    /// Sequence number of the last registry event (0 before any).
+    fn seqnum(&self) -> u64;
+    /// Every parent, in a stable order (each call starts over).
+    fn parents(&self) -> Box<dyn Iterator<Item = &Parent> + '_>;
+}
+
+impl Parents for Registry {
+    fn seqnum(&self) -> u64 {
+        Registry::seqnum(self)
+    }
+
+    fn parents(&self) -> Box<dyn Iterator<Item = &Parent> + '_> {
+        Box::new(Registry::parents(self))
+    }
+}
+
+/// Parents fetched from a daemon (`mdevreg metrics` asks it for them).
+#[derive(Clone, Debug, Default)]
+pub struct ParentList {
+    pub seqnum: u64,
+    pub parents: Vec<Parent>,
+}
+
+impl Parents for ParentList {
+    fn seqnum(&self) -> u64 {
+        self.seqnum
+    }
+
+    fn parents(&self) -> Box<dyn Iterator<Item = &Parent> + '_> {
+        Box::new(self.parents.iter())
+    }
+}
+
+/// Somewhere the registry can be read from while encoding: an owned
+/// snapshot, or the daemon's shared registry (read-locked for the time of
+/// one encoding).
+pub trait RegistryView: Send + Sync + 'static {
+    /// The sequence number of the last registry event (cheap).
+    fn seqnum(&self) -> u64;
+    /// Calls `f` with the parents.
+    fn with_parents(&self, f: &mut dyn FnMut(&dyn Parents) -> fmt::Result) -> fmt::Result;
+}
+
+impl<P: Parents + Send + Sync + 'static> RegistryView for P {
+    fn seqnum(&self) -> u64 {
+        Parents::seqnum(self)
+    }
+
+    fn with_parents(&self, f: &mut dyn FnMut(&dyn Parents) -> fmt::Result) -> fmt::Result {
+        f(self)
+    }
+}
+
+impl RegistryView for RwLock<Registry> {
+    fn seqnum(&self) -> u64 {
+        self.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seqnum()
+    }
+
+    fn with_parents(&self, f: &mut dyn FnMut(&dyn Parents) -> fmt::Result) -> fmt::Result {
+        let registry = self
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&*registry)
+    }
+}
+
+/// The backend of a parent, for the `backend` label.
+///
+/// Until parents carry a backend (the vendor-VFIO issue), every parent
+/// comes from the mdev core.
+pub fn backend(_parent: &Parent) -> &str {
+    "mdev"
+}
+
+/// The physical device a parent's capacity belongs to: its
+/// `PhysicalDevice` (the PF behind an SR-IOV VF) once parents carry one,
+/// else the parent itself.
+pub fn physical_device(parent: &Parent) -> &str {
+    parent.name()
+}
+
+/// HELP texts, one per family.
+mod help {
+    pub const PARENT_INFO: &str =
+        "An mdev parent device known to the registry; always 1, the labels describe it";
+    pub const AVAILABLE: &str =
+        "Instances of an mdev type that can still be created on a parent (sysfs available_instances)";
+    pub const INSTANCES: &str = "Instances (mdev devices) of an mdev type that exist on a parent";
+    pub const CREATABLE: &str =
+        "Instances of a type that can still be created on a physical device, summed over its parents";
+    pub const SEQNUM: &str = "Sequence number of the last registry event";
+    pub const BUILD_INFO: &str = "Version of the mdevreg that renders these metrics; always 1";
+}
+
+/// Encodes the registry families of `parents` into `encoder`.
+fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    {
+        let mut family = encoder.encode_descriptor(
+            "mdevreg_parent_info",
+            help::PARENT_INFO,
+            None,
+            MetricType::Gauge,
+        )?;
+        for parent in parents.parents() {
+            let labels = [
+                ("parent", parent.name()),
+                ("backend", backend(parent)),
+                ("physical_device", physical_device(parent)),
+                ("subsystem", parent.info.subsystem.as_str()),
+                ("driver", parent.info.driver.as_str()),
+                ("source", parent.source.as_str()),
+            ];
+            family.encode_family(&labels)?.encode_gauge(&1u32)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "mdevreg_type_available_instances",
+            help::AVAILABLE,
+            None,
+            MetricType::Gauge,
+        )?;
+        for parent in parents.parents() {
+            for mdev_type in &parent.info.types {
+                let labels = [
+                    ("parent", parent.name()),
+                    ("type", mdev_type.id.as_str()),
+                    ("name", mdev_type.name.as_str()),
+                    ("device_api", mdev_type.device_api.as_str()),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&mdev_type.available_instances)?;
+            }
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "mdevreg_type_instances",
+            help::INSTANCES,
+            None,
+            MetricType::Gauge,
+        )?;
+        for parent in parents.parents() {
+            for mdev_type in &parent.info.types {
+                let labels = [("parent", parent.name()), ("type", mdev_type.id.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&(mdev_type.devices.len() as u64))?;
+            }
+        }
+    }
+    {
+        // (physical device, type id) -> (type name, creatable); the name
+        // of the first parent that has the type.
+        let mut creatable: BTreeMap<(&str, &str), (&str, u64)> = BTreeMap::new();
+        for parent in parents.parents() {
+            for mdev_type in &parent.info.types {
+                let entry = creatable
+                    .entry((physical_device(parent), mdev_type.id.as_str()))
+                    .or_insert((mdev_type.name.as_str(), 0));
+                entry.1 += u64::from(mdev_type.available_instances);
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "mdevreg_physical_device_creatable",
+            help::CREATABLE,
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((device, type_id), (name, count)) in creatable {
+            let labels = [
+                ("physical_device", device),
+                ("type", type_id),
+                ("name", name),
+            ];
+            family.encode_family(&labels)?.encode_gauge(&count)?;
+        }
+    }
+    encoder
+        .encode_descriptor(
+            "mdevreg_registry_seqnum",
+            help::SEQNUM,
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&parents.seqnum())?;
+    encoder
+        .encode_descriptor(
+            "mdevreg_build_info",
+            help::BUILD_INFO,
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_family(&[("version", VERSION)])?
+        .encode_gauge(&1u32)
+}
+
+/// The daemon's counters as the exposition shows them. Labelled counters
+/// list every label value, zeros included, so that `rate()` sees a series
+/// from the start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CounterValues {
+    /// Kernel uevents that passed the trust check.
+    pub uevents_received: u64,
+    /// Netlink messages dropped by the trust check, by reason.
+    pub uevents_rejected: Vec<(&'static str, u64)>,
+    /// Full sysfs rescans (overflow, SEQNUM gap, `Rescan()`).
+    pub rescans: u64,
+    /// Uevent receive buffer overflows.
+    pub netlink_overflows: u64,
+    /// Gaps in the kernel uevent SEQNUM sequence.
+    pub uevent_seqnum_gaps: u64,
+    /// Parent registrations, by source (`kernel`, `userspace`).
+    pub registrations: Vec<(&'static str, u64)>,
+    /// Parent unregistrations, by source.
+    pub unregistrations: Vec<(&'static str, u64)>,
+    /// Uevents emitted for userspace parents, by method (`inject`, `broadcast`).
+    pub uevents_emitted: Vec<(&'static str, u64)>,
+    /// Uevent emissions that failed.
+    pub uevent_emit_failures: u64,
+    /// State file saves that failed.
+    pub state_save_failures: u64,
+    /// Unix time of the last kernel uevent received, or of the start of
+    /// listening; `None` when not listening.
+    pub last_uevent_timestamp_seconds: Option<f64>,
+}
+
+impl CounterValues {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let plain: [(&str, &str, u64); 6] = [
+            (
+                "mdevreg_uevents_received",
+                "Kernel uevents received that passed the trust check",
+                self.uevents_received,
+            ),
+            (
+                "mdevreg_rescans",
+                "Full sysfs rescans (receive buffer overflow, SEQNUM gap, Rescan call)",
+                self.rescans,
+            ),
+            (
+                "mdevreg_netlink_overflows",
+                "Overflows of the kernel uevent receive buffer (events lost, then rescanned)",
+                self.netlink_overflows,
+            ),
+            (
+                "mdevreg_uevent_seqnum_gaps",
+                "Gaps in the kernel uevent SEQNUM sequence (events lost, then rescanned)",
+                self.uevent_seqnum_gaps,
+            ),
+            (
+                "mdevreg_uevent_emit_failures",
+                "Uevents for userspace parents that could not be emitted",
+                self.uevent_emit_failures,
+            ),
+            (
+                "mdevreg_state_save_failures",
+                "State file saves that failed",
+                self.state_save_failures,
+            ),
+        ];
+        for (name, help, value) in plain {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let labelled: [LabelledCounter; 4] = [
+            (
+                "mdevreg_uevents_rejected",
+                "Netlink messages dropped by the trust check, by reason",
+                "reason",
+                &self.uevents_rejected,
+            ),
+            (
+                "mdevreg_registrations",
+                "Parent registrations, by source",
+                "source",
+                &self.registrations,
+            ),
+            (
+                "mdevreg_unregistrations",
+                "Parent unregistrations, by source",
+                "source",
+                &self.unregistrations,
+            ),
+            (
+                "mdevreg_uevents_emitted",
+                "Uevents emitted for userspace parents, by method",
+                "method",
+                &self.uevents_emitted,
+            ),
+        ];
+        for (name, help, label, values) in labelled {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (value_label, value) in values {
+                ConstCounter::new(*value)
+                    .encode(family.encode_family(&[(label, *value_label)])?)?;
+            }
+        }
+        if let Some(seconds) = self.last_uevent_timestamp_seconds {
+            encoder
+                .encode_descriptor(
+                    "mdevreg_last_uevent_timestamp_seconds",
+                    "Unix time of the last kernel uevent received, or of the start of listening",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&seconds)?;
+        }
+        Ok(())
+    }
+}
+
+/// A labelled counter family: name, HELP, label name, values by label.
+type LabelledCounter<'a> = (&'a str, &'a str, &'a str, &'a [(&'static str, u64)]);
+
+/// What one encoding covers.
+enum Part {
+    Registry(Arc<dyn RegistryView>),
+    Counters(CounterValues),
+}
+
+impl fmt::Debug for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Registry(_) => f.write_str("Part::Registry"),
+            Part::Counters(values) => f.debug_tuple("Part::Counters").field(values).finish(),
+        }
+    }
+}
+
+/// The [`Collector`] handed to `prometheus-client`: one part, encoded on
+/// demand. The sequence number seen by a registry encoding is left in
+/// `seqnum`.
+#[derive(Debug)]
+struct PartCollector {
+    part: Part,
+    seqnum: Arc<Mutex<u64>>,
+}
+
+impl Collector for PartCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        match &self.part {
+            Part::Registry(view) => view.with_parents(&mut |parents| {
+                *crate::dbus::lock(&self.seqnum) = parents.seqnum();
+                encode_registry(parents, &mut encoder)
+            }),
+            Part::Counters(values) => values.encode(&mut encoder),
+        }
+    }
+}
+
+/// Encodes `part` in `format` (without the OpenMetrics `# EOF`) into a
+/// string of at least `capacity`; returns it and the sequence number of a
+/// registry part.
+fn encode_part(part: Part, format: Format, capacity: usize) -> (String, u64) {
+    let seqnum = Arc::new(Mutex::new(0));
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(PartCollector {
+        part,
+        seqnum: Arc::clone(&seqnum),
+    }));
+    let mut text = String::with_capacity(capacity);
+    let encoded = match format {
+        Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut text, &registry),
+        Format::OpenMetrics => {
+            prometheus_client::encoding::text::encode_registry(&mut text, &registry)
+        }
+    };
+    // Writing into a String cannot fail, and the collectors fail only when
+    // the writer does.
+    debug_assert!(encoded.is_ok());
+    let seqnum = *crate::dbus::lock(&seqnum);
+    (text, seqnum)
+}
+
+/// The registry part alone, in the text format (the gauges it holds are
+/// written the same way in OpenMetrics, see the tests), and the sequence
+/// number it shows.
+pub fn render_registry(view: Arc<dyn RegistryView>, capacity: usize) -> (String, u64) {
+    encode_part(Part::Registry(view), Format::Text, capacity)
+}
+
+/// The counters part in `format`.
+pub fn render_counters(values: &CounterValues, format: Format) -> String {
+    encode_part(Part::Counters(values.clone()), format, 4096).0
+}
+
+/// A complete exposition, as chunks to send or write one after the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exposition {
+    pub format: Format,
+    pub chunks: Vec<Bytes>,
+}
+
+impl Exposition {
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole text in one buffer (tests, the CLI).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.len());
+        for chunk in &self.chunks {
+            all.extend_from_slice(chunk);
+        }
+        all
+    }
+}
+
+/// The registry part of the last exposition, kept while the registry's
+/// sequence number stays the same.
+#[derive(Debug, Default)]
+pub struct ExpositionCache {
+    /// Sequence number and text of the last rendering; held while
+    /// rendering, so concurrent scrapes after a change render once.
+    last: Mutex<Option<(u64, Bytes)>>,
+}
+
+impl ExpositionCache {
+    pub fn new() -> ExpositionCache {
+        ExpositionCache::default()
+    }
+
+    /// The registry part for `view`: the cached one if the registry's
+    /// sequence number is the one it shows, else rendered now (this can
+    /// take milliseconds on a large registry: call it off the event loop).
+    pub fn registry_part(&self, view: &Arc<dyn RegistryView>) -> Bytes {
+        let mut last = crate::dbus::lock(&self.last);
+        if let Some((seqnum, text)) = last.as_ref() {
+            if *seqnum == view.seqnum() {
+                return text.clone();
+            }
+        }
+        // Sized from the last rendering, so the text is not copied while
+        // it grows.
+        let capacity = last
+            .as_ref()
+            .map_or(64 * 1024, |(_, text)| text.len() + text.len() / 8);
+        let (text, seqnum) = render_registry(Arc::clone(view), capacity);
+        let text = Bytes::from(text);
+        *last = Some((seqnum, text.clone()));
+        text
+    }
+
+    /// A complete exposition: the registry part (cached per sequence
+    /// number), the counters, and in OpenMetrics the closing `# EOF`.
+    pub fn exposition(
+        &self,
+        view: &Arc<dyn RegistryView>,
+        counters: Option<&CounterValues>,
+        format: Format,
+    ) -> Exposition {
+        let mut chunks = vec![self.registry_part(view)];
+        if let Some(values) = counters {
+            chunks.push(Bytes::from(render_counters(values, format)));
+        }
+        if format == Format::OpenMetrics {
+            chunks.push(Bytes::from_static(b"# EOF\n"));
+        }
+        Exposition { format, chunks }
+    }
+}
+
+/// One exposition of `parents`, uncached (the CLI).
+pub fn render(
+    parents: Arc<dyn RegistryView>,
+    counters: Option<&CounterValues>,
+    format: Format,
+) -> Exposition {
+    ExpositionCache::new().exposition(&parents, counters, format)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+use std::sync::{Arc, RwLock};
+
+use super::*;
+use crate::model::{MdevType, ParentInfo};
+use crate::registry::{Input, Registry};
+
+fn mdev_type(id: &str, name: &str, available: u32, devices: usize) -> MdevType {
+    MdevType {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        description: String::new(),
+        device_api: "vfio-pci".to_owned(),
+        available_instances: available,
+        devices: (0..devices)
+            .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
+            .collect(),
+    }
+}
+
+fn parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
+    ParentInfo {
+        name: name.to_owned(),
+        devpath: format!("/devices/pci0000:00/{name}"),
+        subsystem: "pci".to_owned(),
+        driver: "nvidia".to_owned(),
+        types,
+    }
+}
+
+fn registry(parents: Vec<ParentInfo>) -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .apply(Input::KernelScan(parents))
+        .expect("a scan is always accepted");
+    registry
+}
+
+fn text(view: Arc<dyn RegistryView>, counters: Option<&CounterValues>, format: Format) -> String {
+    String::from_utf8(render(view, counters, format).to_vec()).expect("UTF-8")
+}
+
+fn two_gpus() -> Registry {
+    registry(vec![
+        parent(
+            "0000:3b:00.0",
+            vec![
+                mdev_type("nvidia-100", "GRID P40-1Q", 24, 2),
+                mdev_type("nvidia-101", "GRID P40-2Q", 12, 0),
+            ],
+        ),
+        parent(
+            "0000:3c:00.0",
+            vec![mdev_type("nvidia-100", "GRID P40-1Q", 20, 4)],
+        ),
+    ])
+}
+
+#[test]
+fn registry_families_carry_every_parent_and_type() {
+    let registry = two_gpus();
+    let seqnum = registry.seqnum();
+    let out = text(Arc::new(registry), None, Format::Text);
+    for line in [
+        "# HELP mdevreg_parent_info An mdev parent device known to the registry; always 1, the labels describe it",
+        "# TYPE mdevreg_parent_info gauge",
+        r#"mdevreg_parent_info{parent="0000:3b:00.0",backend="mdev",physical_device="0000:3b:00.0",subsystem="pci",driver="nvidia",source="kernel"} 1"#,
+        r#"mdevreg_type_available_instances{parent="0000:3b:00.0",type="nvidia-100",name="GRID P40-1Q",device_api="vfio-pci"} 24"#,
+        r#"mdevreg_type_available_instances{parent="0000:3b:00.0",type="nvidia-101",name="GRID P40-2Q",device_api="vfio-pci"} 12"#,
+        r#"mdevreg_type_available_instances{parent="0000:3c:00.0",type="nvidia-100",name="GRID P40-1Q",device_api="vfio-pci"} 20"#,
+        r#"mdevreg_type_instances{parent="0000:3b:00.0",type="nvidia-100"} 2"#,
+        r#"mdevreg_type_instances{parent="0000:3b:00.0",type="nvidia-101"} 0"#,
+        r#"mdevreg_type_instances{parent="0000:3c:00.0",type="nvidia-100"} 4"#,
+        r#"mdevreg_physical_device_creatable{physical_device="0000:3b:00.0",type="nvidia-100",name="GRID P40-1Q"} 24"#,
+        r#"mdevreg_physical_device_creatable{physical_device="0000:3c:00.0",type="nvidia-100",name="GRID P40-1Q"} 20"#,
+        &format!("mdevreg_registry_seqnum {seqnum}"),
+        &format!(r#"mdevreg_build_info{{version="{VERSION}"}} 1"#),
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing line {line:?} in:\n{out}"
+        );
+    }
+    // Each family once, contiguous.
+    assert_eq!(out.matches("# TYPE mdevreg_type_instances ").count(), 1);
+    assert!(!out.contains("# EOF"));
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let registry = registry(vec![parent(
+        "weird",
+        vec![mdev_type("t-1", "a \"quoted\" \\ name\nsecond line", 1, 0)],
+    )]);
+    let out = text(Arc::new(registry), None, Format::Text);
+    assert!(
+        out.contains(r#"name="a \"quoted\" \\ name\nsecond line""#),
+        "{out}"
+    );
+    // No sample line is split.
+    for line in out.lines() {
+        assert!(
+            line.starts_with('#') || line.starts_with("mdevreg_"),
+            "stray line {line:?}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_registry_still_exposes_seqnum_and_build_info() {
+    let out = text(Arc::new(Registry::new()), None, Format::Text);
+    assert!(out.contains("\nmdevreg_registry_seqnum 0\n"), "{out}");
+    assert!(out.contains("mdevreg_build_info{"), "{out}");
+    assert!(!out.contains("mdevreg_parent_info{"), "{out}");
+}
+
+#[test]
+fn the_registry_part_is_the_same_in_both_formats() {
+    // The cache keeps one registry part for both formats: only gauges.
+    let view: Arc<dyn RegistryView> = Arc::new(two_gpus());
+    let (text_format, _) = encode_part(Part::Registry(Arc::clone(&view)), Format::Text, 0);
+    let (openmetrics, _) = encode_part(Part::Registry(view), Format::OpenMetrics, 0);
+    assert_eq!(text_format, openmetrics);
+}
+
+#[test]
+fn counters_follow_each_format() {
+    let values = CounterValues {
+        uevents_received: 7,
+        uevents_rejected: vec![("non_root_sender", 2), ("truncated", 0)],
+        rescans: 3,
+        registrations: vec![("kernel", 5), ("userspace", 1)],
+        last_uevent_timestamp_seconds: Some(1_700_000_000.5),
+        ..CounterValues::default()
+    };
+    let plain = render_counters(&values, Format::Text);
+    assert!(
+        plain.contains("# TYPE mdevreg_rescans_total counter\n"),
+        "{plain}"
+    );
+    assert!(plain.contains("\nmdevreg_rescans_total 3\n"), "{plain}");
+    assert!(
+        plain.contains("\nmdevreg_uevents_rejected_total{reason=\"non_root_sender\"} 2\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\nmdevreg_uevents_rejected_total{reason=\"truncated\"} 0\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\nmdevreg_registrations_total{source=\"kernel\"} 5\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\nmdevreg_last_uevent_timestamp_seconds 1700000000.5\n"),
+        "{plain}"
+    );
+    let open = render_counters(&values, Format::OpenMetrics);
+    assert!(open.contains("# TYPE mdevreg_rescans counter\n"), "{open}");
+    assert!(open.contains("\nmdevreg_rescans_total 3\n"), "{open}");
+
+    let none = render_counters(
+        &CounterValues {
+            last_uevent_timestamp_seconds: None,
+            ..values
+        },
+        Format::Text,
+    );
+    assert!(
+        !none.contains("mdevreg_last_uevent_timestamp_seconds"),
+        "{none}"
+    );
+}
+
+#[test]
+fn openmetrics_ends_with_eof_after_the_counters() {
+    let exposition = render(
+        Arc::new(two_gpus()),
+        Some(&CounterValues::default()),
+        Format::OpenMetrics,
+    );
+    let out = String::from_utf8(exposition.to_vec()).expect("UTF-8");
+    assert!(out.ends_with("\n# EOF\n"), "{out}");
+    assert_eq!(out.matches("# EOF").count(), 1);
+    assert!(
+        out.find("mdevreg_rescans_total").expect("counters")
+            > out.find("mdevreg_build_info").expect("registry")
+    );
+}
+
+#[test]
+fn creatable_sums_the_parents_of_one_physical_device() {
+    // Two parents, one physical device each today: the sum is per parent.
+    let registry = two_gpus();
+    let out = text(Arc::new(registry), None, Format::Text);
+    let creatable: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("mdevreg_physical_device_creatable{"))
+        .collect();
+    assert_eq!(creatable.len(), 3, "{out}");
+}
+
+#[test]
+fn the_cache_renders_once_per_sequence_number() {
+    let shared = Arc::new(RwLock::new(two_gpus()));
+    let view: Arc<dyn RegistryView> = shared.clone();
+    let cache = ExpositionCache::new();
+    let first = cache.registry_part(&view);
+    let again = cache.registry_part(&view);
+    assert_eq!(first.as_ptr(), again.as_ptr(), "the cached text is reused");
+
+    shared
+        .write()
+        .expect("lock")
+        .apply(Input::KernelParent {
+            devpath: "/devices/pci0000:00/0000:3c:00.0".to_owned(),
+            info: Some(parent(
+                "0000:3c:00.0",
+                vec![mdev_type("nvidia-100", "GRID P40-1Q", 19, 5)],
+            )),
+        })
+        .expect("accepted");
+    let changed = cache.registry_part(&view);
+    assert_ne!(first, changed);
+    let changed = String::from_utf8(changed.to_vec()).expect("UTF-8");
+    assert!(
+        changed.contains(r#"mdevreg_type_instances{parent="0000:3c:00.0",type="nvidia-100"} 5"#),
+        "{changed}"
+    );
+}
+
+#[test]
+fn accept_headers_choose_the_format() {
+    assert_eq!(Format::from_accept(None), Format::Text);
+    assert_eq!(Format::from_accept(Some("*/*")), Format::Text);
+    assert_eq!(
+        Format::from_accept(Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1")),
+        Format::Text
+    );
+    // What Prometheus 2.x sends.
+    assert_eq!(
+        Format::from_accept(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )),
+        Format::OpenMetrics
+    );
+    assert_eq!(
+        Format::from_accept(Some("application/openmetrics-text; q=0")),
+        Format::Text
+    );
+}

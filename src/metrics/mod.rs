@@ -1,0 +1,103 @@
+//! Prometheus metrics: the registry and the daemon's counters in
+//! Prometheus' exposition formats ([`exposition`], pure, cached per
+//! registry sequence number), and the two ways out of the daemon: a file
+//! for node_exporter's textfile collector ([`textfile`]) and an HTTP
+//! listener answering `GET /metrics` ([`http`]). `mdevreg metrics` prints
+//! the same exposition.
+
+pub mod exposition;
+pub mod http;
+pub mod textfile;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use exposition::{
+    render, CounterValues, Exposition, ExpositionCache, Format, ParentList, RegistryView,
+};
+
+use crate::daemon::counters;
+
+/// Rejection reasons, as the `reason` label shows them (the keys of
+/// [`crate::daemon::reject_key`]).
+pub const REJECT_REASONS: [&str; 7] = [
+    "truncated",
+    "not_kernel_group",
+    "not_kernel_port",
+    "no_credentials",
+    "non_root_sender",
+    "libudev_format",
+    "malformed",
+];
+
+/// Registration sources, as the `source` label shows them.
+pub const SOURCES: [&str; 2] = ["kernel", "userspace"];
+
+/// The daemon's named counters (the `Stats` property) as the exposition
+/// shows them; counters never bumped are 0.
+pub fn counters_from_stats(stats: &BTreeMap<String, u64>) -> CounterValues {
+    let get = |key: &str| stats.get(key).copied().unwrap_or(0);
+    let by = |prefix: &str, labels: &[&'static str]| {
+        labels
+            .iter()
+            .map(|label| (*label, get(&format!("{prefix}{label}"))))
+            .collect()
+    };
+    CounterValues {
+        uevents_received: get(counters::UEVENTS),
+        uevents_rejected: by(counters::REJECTED_PREFIX, &REJECT_REASONS),
+        rescans: get(counters::RESCANS),
+        netlink_overflows: get(counters::OVERFLOWS),
+        uevent_seqnum_gaps: get(counters::SEQNUM_GAPS),
+        registrations: by("registrations_", &SOURCES),
+        unregistrations: by("unregistrations_", &SOURCES),
+        uevents_emitted: vec![
+            ("inject", get(counters::INJECTED)),
+            ("broadcast", get(counters::BROADCAST)),
+        ],
+        uevent_emit_failures: get(counters::EMIT_FAILURES),
+        state_save_failures: get(counters::SAVE_FAILURES),
+        last_uevent_timestamp_seconds: None,
+    }
+}
+
+/// The daemon's exposition: its registry (read through `view`), the
+/// rendering cache and its counters; what both ways out serve.
+pub struct MetricsSource {
+    view: Arc<dyn RegistryView>,
+    cache: ExpositionCache,
+    counters: Box<dyn Fn() -> CounterValues + Send + Sync>,
+}
+
+impl MetricsSource {
+    pub fn new(
+        view: Arc<dyn RegistryView>,
+        counters: impl Fn() -> CounterValues + Send + Sync + 'static,
+    ) -> MetricsSource {
+        MetricsSource {
+            view,
+            cache: ExpositionCache::new(),
+            counters: Box::new(counters),
+        }
+    }
+
+    /// The registry's sequence number now (cheap).
+    pub fn seqnum(&self) -> u64 {
+        self.view.seqnum()
+    }
+}
+
+impl http::ExpositionSource for MetricsSource {
+    fn exposition(&self, format: Format) -> Exposition {
+        let counters = (self.counters)();
+        self.cache.exposition(&self.view, Some(&counters), format)
+    }
+}
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSource")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,137 @@
+//! `mdevreg metrics --sysfs-root` (the exposition without a daemon):
+//! `promtool check metrics` accepts it for every sample tree and for hostile
+//! names, and its values are those of the tree.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::metrics::{parse, promtool_check, samples};
+use common::prereq::require_tools;
+use common::sysfs_fixture::{
+    many_parents, write_example_tree, FakeSysfs, ParentSpec, TypeSpec, EXAMPLE_TREES,
+};
+
+fn metrics(tree: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mdevreg"))
+        .arg("metrics")
+        .arg("--sysfs-root")
+        .arg(tree)
+        .args(extra)
+        .env_remove("MDEVREG_BUS")
+        .output()
+        .expect("run mdevreg metrics")
+}
+
+fn checked(tree: &Path, extra: &[&str]) -> String {
+    let out = metrics(tree, extra);
+    assert!(
+        out.status.success(),
+        "mdevreg metrics failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 exposition")
+}
+
+#[test]
+fn promtool_accepts_every_sample_tree_in_both_formats() {
+    if !require_tools("promtool_accepts_every_sample_tree", &["promtool"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in EXAMPLE_TREES {
+        let tree = dir.path().join(name);
+        write_example_tree(name, &tree);
+        for extra in [&[][..], &["--openmetrics"][..]] {
+            let text = checked(&tree, extra);
+            assert!(text.contains("mdevreg_parent_info{"), "{name}: {text}");
+            let (ok, printed) = promtool_check(text.as_bytes());
+            assert!(
+                ok,
+                "{name} {extra:?}: promtool check metrics:\n{printed}\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn promtool_rejects_what_it_should() {
+    // The check above can fail: promtool lints what breaks the conventions.
+    if !require_tools("promtool_rejects_what_it_should", &["promtool"]) {
+        return;
+    }
+    let (ok, printed) = promtool_check(
+        b"# HELP mdevreg_things Things.\n# TYPE mdevreg_things counter\nmdevreg_things 1\n",
+    );
+    assert!(!ok, "a counter without _total passed: {printed}");
+}
+
+#[test]
+fn hostile_names_are_escaped() {
+    if !require_tools("hostile_names_are_escaped", &["promtool"]) {
+        return;
+    }
+    let tree = FakeSysfs::new();
+    tree.add_parent(
+        &ParentSpec::pci("0000:00:04.0", "weird").with_type(
+            TypeSpec::new("weird-1", "vfio-pci", 3).name("a \"quoted\" \\ name\twith tab"),
+        ),
+    );
+    // A newline inside the name (trimmed only at the ends).
+    tree.add_parent(
+        &ParentSpec::pci("0000:00:05.0", "weird")
+            .with_type(TypeSpec::new("weird-2", "vfio-pci", 4).name("first\nsecond")),
+    );
+    let text = checked(tree.root(), &[]);
+    let (ok, printed) = promtool_check(text.as_bytes());
+    assert!(ok, "promtool check metrics:\n{printed}\n{text}");
+    let all = parse(&text);
+    let names: Vec<&str> = samples(&all, "mdevreg_type_available_instances")
+        .iter()
+        .map(|s| s.label("name"))
+        .collect();
+    assert_eq!(names, ["a \"quoted\" \\ name\twith tab", "first\nsecond"]);
+}
+
+#[test]
+fn values_are_those_of_the_tree() {
+    let tree = FakeSysfs::new();
+    many_parents(&tree, 12, 6, 1);
+    tree.add_parent(&ParentSpec::gvt());
+    tree.add_parent(&ParentSpec::vfio_ccw("0.0.0042"));
+    let text = checked(tree.root(), &[]);
+    let all = parse(&text);
+    assert_eq!(samples(&all, "mdevreg_parent_info").len(), 14);
+    // many_parents: 16 available and one instance per type.
+    let nvidia: Vec<_> = samples(&all, "mdevreg_type_available_instances")
+        .into_iter()
+        .filter(|s| s.label("type").starts_with("nvidia-"))
+        .collect();
+    assert_eq!(nvidia.len(), 12 * 6);
+    assert!(nvidia.iter().all(|s| s.value == 16.0));
+    let instances: f64 = samples(&all, "mdevreg_type_instances")
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(instances, 72.0);
+    let gvt = ParentSpec::gvt();
+    for mdev_type in &gvt.types {
+        let found = samples(&all, "mdevreg_type_available_instances")
+            .into_iter()
+            .find(|s| s.label("parent") == gvt.name() && s.label("type") == mdev_type.id)
+            .unwrap_or_else(|| panic!("no sample for {}", mdev_type.id));
+        assert_eq!(found.value, f64::from(mdev_type.available_instances));
+        assert_eq!(found.label("device_api"), mdev_type.device_api);
+    }
+}
+
+#[test]
+fn a_missing_root_is_a_one_line_error() {
+    let out = metrics(Path::new("/nonexistent-mdevreg-root"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent-mdevreg-root"), "{err}");
+    assert!(out.stdout.is_empty());
+}

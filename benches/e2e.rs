@@ -534,6 +534,8 @@ impl DaemonSetup<'_> {
             .arg(self.tree.root())
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .arg("--runtime-dir")
+            .arg(&self.state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

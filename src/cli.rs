@@ -159,8 +159,13 @@ pub struct MdevregdCli {
     /// Root of the sysfs tree to read (and write).
     #[arg(long, default_value = "/sys", value_name = "DIR")]
     pub sysfs_root: PathBuf,
-    /// Keep both state files here instead of /run/mdevreg (owner-bound)
-    /// and /var/lib/mdevreg (persistent).
+    /// Directory of owner-bound state, cleared at boot [default:
+    /// /run/mdevreg, or $XDG_RUNTIME_DIR/mdevreg when not run by root].
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Directory of persistent state [default: /var/lib/mdevreg, or
+    /// $XDG_STATE_HOME/mdevreg (~/.local/state/mdevreg) when not run by
+    /// root].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// How to emit uevents for userspace parents.

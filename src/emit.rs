@@ -149,7 +149,8 @@ impl UeventSink {
 
     /// Emits the uevent of `parent` entering `state` as registry event
     /// `seqnum`. Kernel parents get nothing (the kernel sent theirs). In
-    /// `auto` mode a refused injection switches to broadcasting for good.
+    /// `auto` mode a refused injection switches to broadcasting for good,
+    /// and a refused broadcast to emitting nothing.
     pub fn emit(&mut self, parent: &Parent, state: MdevState, seqnum: u64) -> io::Result<Emitted> {
         if parent.source != Source::Userspace {
             return Ok(Emitted::Nothing);
@@ -158,8 +159,8 @@ impl UeventSink {
             return Ok(Emitted::Nothing);
         };
         let event = event_for(parent, state, seqnum);
-        match self.mode {
-            ActiveMode::None => Ok(Emitted::Nothing),
+        let result = match self.mode {
+            ActiveMode::None => return Ok(Emitted::Nothing),
             ActiveMode::Broadcast => broadcast(emitter, event, seqnum),
             ActiveMode::Inject => match emitter.inject(&event) {
                 Ok(()) => Ok(Emitted::Injected),
@@ -170,6 +171,20 @@ impl UeventSink {
                 }
                 Err(err) => Err(err),
             },
+        };
+        match result {
+            // `auto` without the privilege to broadcast (a daemon run by a
+            // normal user): said once, then D-Bus signals only.
+            Err(err) if self.may_fall_back && is_refusal(&err) => {
+                log::warn!(
+                    "uevent broadcast refused ({err}; needs CAP_NET_ADMIN); emitting no uevents \
+                     from now on (D-Bus signals only)"
+                );
+                self.mode = ActiveMode::None;
+                self.emitter = None;
+                Ok(Emitted::Nothing)
+            }
+            other => other,
         }
     }
 }

@@ -640,6 +640,8 @@ fn embedded_bus_serves_and_stops_on_sigterm() {
                 .arg(tree.root())
                 .arg("--state-dir")
                 .arg(&state)
+                .arg("--runtime-dir")
+                .arg(&state)
                 .args(["--emit", "none"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

@@ -66,6 +66,8 @@ impl Daemon {
             .arg(&sysfs)
             .arg("--state-dir")
             .arg(&state)
+            .arg("--runtime-dir")
+            .arg(&state)
             .args(["--emit", "none", "--no-netlink", "-v"])
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())

@@ -342,6 +342,8 @@ fn shipped_introspection_matches_the_daemon() {
             .arg(sysfs.root())
             .arg("--state-dir")
             .arg(state.path())
+            .arg("--runtime-dir")
+            .arg(state.path())
             .args(["--emit", "none", "--no-netlink"])
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())

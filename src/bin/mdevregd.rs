@@ -8,12 +8,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
+use futures_util::StreamExt;
 use mdevreg::bus_host::EmbeddedBus;
 use mdevreg::cli::MdevregdCli;
 use mdevreg::daemon::{self, BusChoice, Config};
+use mdevreg::dbus::auth::AuthPolicy;
+use mdevreg::label;
 use mdevreg::logging;
 use mdevreg::paths::SysfsRoot;
-use mdevreg::persist::{StateDirs, StateStores, OWNER_STATE_DIR, PERSISTENT_STATE_DIR};
+use mdevreg::persist::{StateDirs, StateStores};
 
 fn main() -> ExitCode {
     let cli = MdevregdCli::parse();
@@ -37,7 +40,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: MdevregdCli) -> ExitCode {
+    let euid = nix::unistd::geteuid().as_raw();
+    let dirs = match StateDirs::resolve(
+        cli.runtime_dir.as_deref(),
+        cli.state_dir.as_deref(),
+        euid,
+        |name| std::env::var_os(name),
+    ) {
+        Ok(dirs) => dirs,
+        Err(err) => {
+            log::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "state in {} (owner-bound) and {} (persistent)",
+        dirs.runtime.display(),
+        dirs.state.display()
+    );
     let mut choice = BusChoice::parse(&cli.bus);
+    // On a bus of its own user the daemon's uid may register too.
+    let own_bus = matches!(choice, BusChoice::Session | BusChoice::Embedded(_));
     let mut embedded = None;
     if let BusChoice::Embedded(address) = &choice {
         let bus = match EmbeddedBus::start(address.as_deref()) {
@@ -47,12 +70,6 @@ async fn run(cli: MdevregdCli) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // The address alone on its own line, for whoever started us.
-        let mut stdout = std::io::stdout().lock();
-        let printed = writeln!(stdout, "{}", bus.address()).and_then(|()| stdout.flush());
-        if let Err(err) = printed {
-            log::warn!("cannot print the bus address: {err}");
-        }
         log::info!("hosting an embedded bus at {}", bus.address());
         choice = BusChoice::Address(bus.address().to_owned());
         embedded = Some(bus);
@@ -73,18 +90,26 @@ async fn run(cli: MdevregdCli) -> ExitCode {
     };
     let config = Config {
         sysfs_root: SysfsRoot::new(&cli.sysfs_root),
-        stores: match cli.state_dir.as_deref() {
-            Some(dir) => StateStores::in_dir(dir),
-            None => StateStores::new(&StateDirs {
-                runtime: OWNER_STATE_DIR.into(),
-                state: PERSISTENT_STATE_DIR.into(),
-            }),
-        },
+        stores: StateStores::new(&dirs),
         emit: cli.emit,
         netlink: !cli.no_netlink,
         receive_buffer: cli.receive_buffer,
+        auth: AuthPolicy::new(own_bus, euid),
+        runtime_dir: dirs.runtime.clone(),
     };
+    // The address is printed once the registry is served: busd drops calls
+    // to a name nobody owns yet without an error reply, so a client started
+    // on an earlier printout would wait for its call to time out.
+    let announce = embedded.as_ref().map(|bus| {
+        tokio::spawn(print_address_when_served(
+            connection.clone(),
+            bus.address().to_owned(),
+        ))
+    });
     let result = daemon::run(connection, config, shutdown).await;
+    if let Some(task) = announce {
+        task.abort();
+    }
     if let Some(bus) = embedded {
         bus.stop();
     }
@@ -94,6 +119,36 @@ async fn run(cli: MdevregdCli) -> ExitCode {
             log::error!("{err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints `address` alone on the first line of stdout, for whoever started
+/// the daemon, as soon as the registry's bus name has an owner.
+async fn print_address_when_served(connection: zbus::Connection, address: String) {
+    let served = async {
+        let bus = zbus::fdo::DBusProxy::new(&connection).await?;
+        let mut owners = bus
+            .receive_name_owner_changed_with_args(&[(0, label::BUS_NAME)])
+            .await?;
+        let name = zbus::names::BusName::from(
+            zbus::names::WellKnownName::from_static_str_unchecked(label::BUS_NAME),
+        );
+        if !bus.name_has_owner(name).await? {
+            while let Some(change) = owners.next().await {
+                if change.args().is_ok_and(|args| args.new_owner().is_some()) {
+                    break;
+                }
+            }
+        }
+        zbus::fdo::Result::Ok(())
+    };
+    if let Err(err) = served.await {
+        log::warn!("cannot watch the bus name ({err}); printing the bus address now");
+    }
+    let mut stdout = std::io::stdout().lock();
+    let printed = writeln!(stdout, "{address}").and_then(|()| stdout.flush());
+    if let Err(err) = printed {
+        log::warn!("cannot print the bus address: {err}");
     }
 }
 

@@ -1,66 +1,166 @@
-//! Caller authorisation: a mutating method is allowed when the caller's uid
-//! (as the bus reports it for the message's sender: never the daemon's own
-//! credentials, never a value from the message, never only the bus policy)
-//! is 0, or when polkit authorises the caller's bus name for the method's
-//! action ([`authorize`]). Without polkitd on the bus, only root.
+//! Caller authorisation for the mutating methods (RegisterParent,
+//! UnregisterParent, Rescan), decided in one place, [`authorize`], on the
+//! caller's uid as the bus reports it for the message's sender (never the
+//! daemon's own credentials, never a value from the message, never only the
+//! bus policy): uid 0 may; the daemon's own uid may on a bus of its own
+//! user; anyone else may if polkit authorises the caller's bus name for the
+//! method's action, with the parent name as a detail. Without polkitd on
+//! the bus, only those two. Read-only methods are open to every caller and
+//! never come here.
 
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::Connection;
 
 use super::errors::Error;
-use super::polkit::{self, Action, Outcome};
+use super::polkit::{self, Outcome};
 use super::validate::quoted;
 
-/// The caller of a method, as the bus reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
+/// The uid that may always call the mutating methods.
+pub const PRIVILEGED_UID: u32 = 0;
+
+/// A mutating method, and the polkit action that names it (SPEC §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    RegisterParent,
+    UnregisterParent,
+    Rescan,
+}
+
+impl Action {
+    /// Every action, as `packaging/polkit/org.mdevreg.Registry1.policy`
+    /// declares them.
+    pub const ALL: [Action; 3] = [
+        Action::RegisterParent,
+        Action::UnregisterParent,
+        Action::Rescan,
+    ];
+
+    /// The D-Bus method.
+    pub fn method(self) -> &'static str {
+        match self {
+            Action::RegisterParent => "RegisterParent",
+            Action::UnregisterParent => "UnregisterParent",
+            Action::Rescan => "Rescan",
+        }
+    }
+
+    /// The polkit action id.
+    pub fn polkit_action(self) -> &'static str {
+        match self {
+            Action::RegisterParent => "org.mdevreg.register-parent",
+            Action::UnregisterParent => "org.mdevreg.unregister-parent",
+            Action::Rescan => "org.mdevreg.rescan",
+        }
+    }
+}
+
+/// Who besides uid 0 may call the mutating methods, fixed at startup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// The daemon's own uid, trusted when the daemon runs on a bus of its
+    /// user (`--bus embedded` or `--bus session`); `None` on the system bus
+    /// or a bus given by address.
+    pub own_uid: Option<u32>,
+}
+
+impl AuthPolicy {
+    /// The policy of a daemon running as `euid`, on a bus of its own user
+    /// (`own_bus`: embedded or session) or not.
+    pub fn new(own_bus: bool, euid: u32) -> AuthPolicy {
+        AuthPolicy {
+            own_uid: own_bus.then_some(euid),
+        }
+    }
+
+    /// Whether `uid` may mutate without asking polkit.
+    pub fn trusts(&self, uid: u32) -> bool {
+        uid == PRIVILEGED_UID || self.own_uid == Some(uid)
+    }
+}
+
+/// The sender of a mutating call.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
     /// Unique bus name.
-    pub name: String,
+    pub name: &'a str,
+    /// Uid as the bus reports it.
     pub uid: u32,
 }
 
-impl Caller {
-    pub fn is_root(&self) -> bool {
-        self.uid == PRIVILEGED_UID
+/// What a mutating call asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    pub action: Action,
+    /// The parent it is about (empty for Rescan), passed to polkit as the
+    /// detail `parent`.
+    pub parent: &'a str,
+    /// The caller lets polkit ask it to authenticate (`AllowInteraction`).
+    pub allow_interaction: bool,
+}
+
+impl<'a> Ask<'a> {
+    /// `action` on `parent`, without interaction.
+    pub fn new(action: Action, parent: &'a str) -> Ask<'a> {
+        Ask {
+            action,
+            parent,
+            allow_interaction: false,
+        }
     }
 }
 
-/// Decides whether `caller` may call `action`'s method on `parent` (empty
-/// for Rescan): root always; anyone else if polkit says so (with user
-/// interaction only if the caller allowed it).
+/// Decides whether `caller` may do `ask`: uid 0 may; the daemon's own uid
+/// may on a bus of its own user ([`AuthPolicy::own_uid`]); anyone else if
+/// polkit on `polkit`'s bus says so (`None`: not asked, denied).
 pub async fn authorize(
-    connection: &Connection,
-    caller: &Caller,
-    action: Action,
-    parent: &str,
-    allow_interaction: bool,
+    policy: &AuthPolicy,
+    polkit: Option<&Connection>,
+    ask: Ask<'_>,
+    caller: Caller<'_>,
 ) -> Result<(), Error> {
-    if caller.is_root() {
+    if policy.trusts(caller.uid) {
         return Ok(());
     }
-    let outcome = polkit::check(connection, &caller.name, action, parent, allow_interaction).await;
-    verdict(caller, action, parent, outcome)
+    let outcome = match polkit {
+        Some(connection) => {
+            polkit::check(
+                connection,
+                caller.name,
+                ask.action,
+                ask.parent,
+                ask.allow_interaction,
+            )
+            .await
+        }
+        None => Outcome::Unavailable("not asked".to_owned()),
+    };
+    verdict(policy, ask, caller, outcome)
 }
 
-/// The reply for polkit's `outcome` (pure, for tests).
+/// The answer to `caller` once polkit said `outcome` (pure).
 pub fn verdict(
-    caller: &Caller,
-    action: Action,
-    parent: &str,
+    policy: &AuthPolicy,
+    ask: Ask<'_>,
+    caller: Caller<'_>,
     outcome: Outcome,
 ) -> Result<(), Error> {
-    let what = if parent.is_empty() {
+    let action = ask.action;
+    let what = if ask.parent.is_empty() {
         action.method().to_owned()
     } else {
-        format!("{} {}", action.method(), quoted(parent))
+        format!("{} {}", action.method(), quoted(ask.parent))
     };
     let who = format!("caller {} (uid {})", caller.name, caller.uid);
+    let trusted = match policy.own_uid {
+        Some(own) => format!("uid {PRIVILEGED_UID} or {own}"),
+        None => format!("uid {PRIVILEGED_UID}"),
+    };
     match outcome {
         Outcome::Authorized => Ok(()),
         Outcome::NotAuthorized { challenge } => Err(Error::AccessDenied(format!(
             "{what}: polkit did not authorise {who} for {}{}",
-            action.id(),
+            action.polkit_action(),
             if challenge {
                 " (it would after authentication: set AllowInteraction)"
             } else {
@@ -68,8 +168,8 @@ pub fn verdict(
             }
         ))),
         Outcome::Unavailable(why) => Err(Error::AccessDenied(format!(
-            "{what} needs uid {PRIVILEGED_UID} or polkit, and polkit is missing \
-             ({} is not on the bus: {why}); {who} is not root",
+            "{what} needs {trusted} or polkit, and polkit is missing \
+             ({} is not on the bus: {why}); {who} is neither",
             polkit::POLKIT_BUS_NAME
         ))),
         Outcome::Failed(why) => Err(Error::AccessDenied(format!(
@@ -77,9 +177,6 @@ pub fn verdict(
         ))),
     }
 }
-
-/// The uid allowed to call RegisterParent, UnregisterParent and Rescan.
-pub const PRIVILEGED_UID: u32 = 0;
 
 /// The unique bus name of the caller of `header`'s message.
 pub fn caller(header: &Header<'_>) -> Result<String, Error> {
@@ -99,21 +196,50 @@ pub async fn sender_uid(bus: &DBusProxy<'_>, caller: &str) -> zbus::Result<u32> 
 mod tests {
     use super::*;
 
-    fn nobody() -> Caller {
-        Caller {
-            name: ":1.7".into(),
-            uid: 65534,
-        }
+    fn decide(policy: AuthPolicy, uid: u32) -> Result<(), Error> {
+        let caller = Caller { name: ":1.2", uid };
+        let ask = Ask::new(Action::RegisterParent, "p");
+        futures_util::FutureExt::now_or_never(authorize(&policy, None, ask, caller))
+            .expect("decided without waiting")
+    }
+
+    #[test]
+    fn root_always_passes() {
+        assert!(decide(AuthPolicy::new(false, 0), 0).is_ok());
+        assert!(decide(AuthPolicy::new(true, 1000), 0).is_ok());
+    }
+
+    #[test]
+    fn own_uid_passes_only_on_its_own_bus() {
+        assert!(decide(AuthPolicy::new(true, 1000), 1000).is_ok());
+        let err = decide(AuthPolicy::new(false, 1000), 1000).unwrap_err();
+        assert_eq!(err.kind(), "AccessDenied");
+        let err = decide(AuthPolicy::new(true, 1000), 65534).unwrap_err();
+        assert_eq!(err.kind(), "AccessDenied");
+        assert!(err.to_string().contains("65534"), "{err}");
+        assert!(err.to_string().contains("RegisterParent"), "{err}");
+        assert!(err.to_string().contains("uid 0 or 1000"), "{err}");
+    }
+
+    #[test]
+    fn actions_name_their_polkit_ids() {
+        assert_eq!(Action::Rescan.polkit_action(), "org.mdevreg.rescan");
+        assert_eq!(Action::UnregisterParent.method(), "UnregisterParent");
     }
 
     #[test]
     fn polkit_outcomes_become_replies() {
-        let action = Action::RegisterParent;
-        assert!(verdict(&nobody(), action, "p", Outcome::Authorized).is_ok());
+        let policy = AuthPolicy::new(false, 0);
+        let nobody = Caller {
+            name: ":1.7",
+            uid: 65534,
+        };
+        let ask = Ask::new(Action::RegisterParent, "p");
+        assert!(verdict(&policy, ask, nobody, Outcome::Authorized).is_ok());
         let denied = verdict(
-            &nobody(),
-            action,
-            "p",
+            &policy,
+            ask,
+            nobody,
             Outcome::NotAuthorized { challenge: true },
         )
         .unwrap_err();
@@ -124,9 +250,9 @@ mod tests {
             "{text}"
         );
         let missing = verdict(
-            &nobody(),
-            action,
-            "p",
+            &policy,
+            ask,
+            nobody,
             Outcome::Unavailable("no owner".into()),
         )
         .unwrap_err()
@@ -135,14 +261,10 @@ mod tests {
             missing.contains("polkit is missing") && missing.contains("65534"),
             "{missing}"
         );
-        let failed = verdict(
-            &nobody(),
-            Action::Rescan,
-            "",
-            Outcome::Failed("boom".into()),
-        )
-        .unwrap_err()
-        .to_string();
+        let rescan = Ask::new(Action::Rescan, "");
+        let failed = verdict(&policy, rescan, nobody, Outcome::Failed("boom".into()))
+            .unwrap_err()
+            .to_string();
         assert!(
             failed.contains("Rescan: polkit could not decide"),
             "{failed}"

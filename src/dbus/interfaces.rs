@@ -33,7 +33,7 @@ use zbus::{ObjectPath, OwnedObjectPath, OwnedVariant};
 
 use super::errors::Error;
 use super::values::{type_paths, PropValue};
-use super::Stats;
+use crate::daemon::Counters;
 use crate::label;
 use crate::model::{MdevType, Parent};
 use crate::registry::Registry;
@@ -84,7 +84,7 @@ pub enum Object<'a> {
     /// The root object: the registry and the daemon's counters.
     Root {
         registry: &'a Registry,
-        stats: &'a Stats,
+        stats: &'a Counters,
     },
     Parent(&'a Parent),
     Type {
@@ -614,8 +614,8 @@ mod tests {
     fn getters_match_declared_types() {
         let parent = sample();
         let registry = Registry::new();
-        let stats = Stats::default();
-        stats.bump("uevents_received");
+        let stats = Counters::new();
+        stats.bump(crate::daemon::Counter::UeventsReceived);
         let objects = [
             (
                 &REGISTRY1,

@@ -16,7 +16,6 @@ pub mod signals;
 pub mod validate;
 mod values;
 
-use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use zbus::{Message, OwnedObjectPath};
@@ -95,39 +94,4 @@ pub fn type_object_path(parent: &str, type_id: &str) -> OwnedObjectPath {
 fn object_path(path: String) -> OwnedObjectPath {
     // Labels are [A-Za-z0-9_]+ by construction, so the path is valid.
     OwnedObjectPath::try_from(path).expect("escaped labels form a valid object path")
-}
-
-/// Named counters behind the `Stats` property (dropped uevents by reason,
-/// rescans, own events seen again, ...). Cheap to bump from any task.
-#[derive(Debug, Default)]
-pub struct Stats {
-    counters: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Stats {
-    /// Adds one to `key`.
-    pub fn bump(&self, key: &str) {
-        self.add(key, 1);
-    }
-
-    /// Adds `count` to `key`.
-    pub fn add(&self, key: &str, count: u64) {
-        let mut counters = lock(&self.counters);
-        match counters.get_mut(key) {
-            Some(value) => *value = value.saturating_add(count),
-            None => {
-                counters.insert(key.to_owned(), count);
-            }
-        }
-    }
-
-    /// The value of `key` (0 if never bumped).
-    pub fn get(&self, key: &str) -> u64 {
-        lock(&self.counters).get(key).copied().unwrap_or(0)
-    }
-
-    /// All counters.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        lock(&self.counters).clone()
-    }
 }

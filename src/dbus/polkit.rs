@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use zbus::zvariant::Type;
 use zbus::Connection;
+
+pub use super::auth::Action;
 use zbus::Variant;
 
 /// Well-known name of polkitd.
@@ -18,48 +20,6 @@ pub const POLKIT_BUS_NAME: &str = "org.freedesktop.PolicyKit1";
 pub const PARENT_DETAIL: &str = "parent";
 /// `CheckAuthorization` flag: polkit may ask the user to authenticate.
 const ALLOW_USER_INTERACTION: u32 = 1;
-
-/// mdevreg's polkit actions (`packaging/polkit/org.mdevreg.Registry1.policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    RegisterParent,
-    UnregisterParent,
-    Rescan,
-}
-
-impl Action {
-    /// Every action, as the policy file declares them.
-    pub const ALL: [Action; 3] = [
-        Action::RegisterParent,
-        Action::UnregisterParent,
-        Action::Rescan,
-    ];
-
-    /// The polkit action id.
-    pub fn id(self) -> &'static str {
-        match self {
-            Action::RegisterParent => "org.mdevreg.register-parent",
-            Action::UnregisterParent => "org.mdevreg.unregister-parent",
-            Action::Rescan => "org.mdevreg.rescan",
-        }
-    }
-
-    /// The D-Bus method it guards.
-    pub fn method(self) -> &'static str {
-        match self {
-            Action::RegisterParent => "RegisterParent",
-            Action::UnregisterParent => "UnregisterParent",
-            Action::Rescan => "Rescan",
-        }
-    }
-
-    /// The action guarding `method`, if it is a mutator.
-    pub fn for_method(method: &str) -> Option<Action> {
-        Action::ALL
-            .into_iter()
-            .find(|action| action.method() == method)
-    }
-}
 
 /// polkit's subject: `(sa{sv})`.
 #[derive(Debug, Serialize, Type)]
@@ -157,7 +117,7 @@ pub async fn check(
         0
     };
     match proxy
-        .check_authorization(&subject, action.id(), &details, flags, "")
+        .check_authorization(&subject, action.polkit_action(), &details, flags, "")
         .await
     {
         Ok(result) if result.is_authorized => Outcome::Authorized,
@@ -178,16 +138,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn actions_map_to_methods_and_ids() {
-        for action in Action::ALL {
-            assert_eq!(Action::for_method(action.method()), Some(action));
-            assert!(action.id().starts_with("org.mdevreg."));
-        }
-        assert_eq!(Action::for_method("ListParents"), None);
-        assert_eq!(Action::RegisterParent.id(), "org.mdevreg.register-parent");
-    }
-
-    #[test]
     fn wire_signatures_are_polkits() {
         assert_eq!(Subject::SIGNATURE.to_string(), "(sa{sv})");
         assert_eq!(AuthorizationResult::SIGNATURE.to_string(), "(bba{ss})");
@@ -198,15 +148,15 @@ mod tests {
         let policy = include_str!("../../packaging/polkit/org.mdevreg.Registry1.policy");
         for action in Action::ALL {
             let start = policy
-                .find(&format!("<action id=\"{}\">", action.id()))
-                .unwrap_or_else(|| panic!("{} missing from the policy", action.id()));
+                .find(&format!("<action id=\"{}\">", action.polkit_action()))
+                .unwrap_or_else(|| panic!("{} missing from the policy", action.polkit_action()));
             let end = start + policy[start..].find("</action>").expect("</action>");
             let body = &policy[start..end];
             for default in ["allow_any", "allow_inactive", "allow_active"] {
                 assert!(
                     body.contains(&format!("<{default}>auth_admin</{default}>")),
                     "{}: {default} is not auth_admin",
-                    action.id()
+                    action.polkit_action()
                 );
             }
             assert!(body.contains("<message>") && body.contains("<description>"));

@@ -7,7 +7,7 @@
 //! type id and looked up when a call arrives, so the daemon holds each
 //! parent's data once however many types it has. Queries are answered in
 //! arrival order under a short read lock; mutating calls are checked
-//! (caller uid, arguments) on their own task and handed to the event loop
+//! (caller authorised by [`auth::authorize`], arguments) on their own task and handed to the event loop
 //! as [`Request`]s, which replies once the change is applied and visible.
 
 use std::collections::HashMap;
@@ -22,15 +22,15 @@ use zbus::fdo::{self, DBusProxy};
 use zbus::message::{Flags, Header, Type as MessageType};
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
-use super::auth::{self, Caller};
+use super::auth::{self, Action, Ask, AuthPolicy};
 use super::errors::Error;
 use super::interfaces::{
     self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
     REGISTRY1,
 };
-use super::polkit::Action;
 use super::values::{self, ManagedObjects, PropMap};
-use super::{document, lock, validate, Request, Stats};
+use super::{document, lock, validate, Request};
+use crate::daemon::Counters;
 use crate::label;
 use crate::registry::Registry;
 
@@ -111,10 +111,12 @@ fn invalid_args(err: zbus::Error) -> Reply {
 pub struct Server {
     connection: Connection,
     registry: SharedRegistry,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     requests: mpsc::Sender<Request>,
     bus: DBusProxy<'static>,
     uids: Mutex<HashMap<String, u32>>,
+    /// Who may call the mutating methods.
+    auth: AuthPolicy,
     /// The last whole `DumpTypes` document and the sequence number it shows.
     types_cache: Mutex<Option<(u64, File)>>,
 }
@@ -123,9 +125,10 @@ impl Server {
     pub fn new(
         connection: Connection,
         registry: SharedRegistry,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
         requests: mpsc::Sender<Request>,
         bus: DBusProxy<'static>,
+        auth: AuthPolicy,
     ) -> Arc<Server> {
         Arc::new(Server {
             connection,
@@ -134,6 +137,7 @@ impl Server {
             requests,
             bus,
             uids: Mutex::new(HashMap::new()),
+            auth,
             types_cache: Mutex::new(None),
         })
     }
@@ -541,10 +545,10 @@ impl Server {
     }
 
     /// `RegisterParent`, `UnregisterParent`, `Rescan`: valid arguments, an
-    /// authorised caller (root, or polkit says so: [`auth::authorize`]),
-    /// for callers other than root the default location, then the event
-    /// loop, which replies (`None` here); a refused call gets its error
-    /// reply from here.
+    /// authorised caller ([`auth::authorize`]: uid 0, the daemon's own uid
+    /// on its own bus, or polkit), for callers other than root the default
+    /// location, then the event loop, which replies (`None` here); a
+    /// refused call gets its error reply from here.
     async fn mutate(&self, message: &Message, header: &Header<'_>) -> Option<Reply> {
         let member = header.member().map(|m| m.as_str()).unwrap_or_default();
         let body = message.body();
@@ -569,21 +573,17 @@ impl Server {
                     Ok(name) => name,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                match self
-                    .authorized_caller(header, Action::UnregisterParent, &name, false)
+                self.authorized(header, Ask::new(Action::UnregisterParent, &name))
                     .await
-                {
-                    Ok(caller) => Ok(Request::Unregister {
+                    .map(|caller| Request::Unregister {
                         name,
                         caller: caller.name,
                         uid: caller.uid,
                         call: message.clone(),
-                    }),
-                    Err(err) => Err(err),
-                }
+                    })
             }
             _ => self
-                .authorized_caller(header, Action::Rescan, "", false)
+                .authorized(header, Ask::new(Action::Rescan, ""))
                 .await
                 .map(|_| Request::Rescan {
                     call: message.clone(),
@@ -618,15 +618,13 @@ impl Server {
             let who = header.sender().map(|s| s.to_string()).unwrap_or_default();
             refused(&who, violation)
         })?;
-        let caller = self
-            .authorized_caller(
-                header,
-                Action::RegisterParent,
-                name,
-                registration.allow_interaction,
-            )
-            .await?;
-        if !caller.is_root() {
+        let ask = Ask {
+            action: Action::RegisterParent,
+            parent: name,
+            allow_interaction: registration.allow_interaction,
+        };
+        let caller = self.authorized(header, ask).await?;
+        if caller.uid != auth::PRIVILEGED_UID {
             validate::require_default_location(&registration)
                 .map_err(|violation| refused(&caller.name, violation))?;
         }
@@ -638,50 +636,47 @@ impl Server {
         })
     }
 
-    /// The caller (its uid asked of the bus once per connection) if it may
-    /// call `action` on `parent`; a denial is logged.
-    async fn authorized_caller(
-        &self,
-        header: &Header<'_>,
-        action: Action,
-        parent: &str,
-        allow_interaction: bool,
-    ) -> Result<Caller, Error> {
-        let method = action.method();
-        let result = match self.caller(header).await {
-            Ok(caller) => {
-                auth::authorize(&self.connection, &caller, action, parent, allow_interaction)
-                    .await
-                    .map(|()| caller)
-            }
-            Err(err) => Err(err),
-        };
-        if let Err(err) = &result {
-            log::info!("{method} denied: {err}");
-        }
-        result
-    }
-
-    /// The caller of `header`'s message with its uid as the bus reports it.
-    async fn caller(&self, header: &Header<'_>) -> Result<Caller, Error> {
-        let name = auth::caller(header)?;
-        let cached = lock(&self.uids).get(&name).copied();
+    /// The caller if [`auth::authorize`] lets it do `ask` (its uid is
+    /// asked of the bus once per connection); a denial is logged.
+    async fn authorized(&self, header: &Header<'_>, ask: Ask<'_>) -> Result<Identified, Error> {
+        let method = ask.action.method();
+        let caller = auth::caller(header)?;
+        let cached = lock(&self.uids).get(&caller).copied();
         let uid = match cached {
-            Some(uid) => uid,
-            None => {
-                let uid = auth::sender_uid(&self.bus, &name).await.map_err(|err| {
-                    Error::AccessDenied(format!("cannot determine the uid of {name}: {err}"))
-                })?;
+            Some(uid) => Ok(uid),
+            None => auth::sender_uid(&self.bus, &caller).await.inspect(|&uid| {
                 let mut uids = lock(&self.uids);
                 if uids.len() >= UID_CACHE_MAX {
                     uids.clear();
                 }
-                uids.insert(name.clone(), uid);
-                uid
-            }
+                uids.insert(caller.clone(), uid);
+            }),
         };
-        Ok(Caller { name, uid })
+        let result = match uid {
+            Ok(uid) => {
+                let who = auth::Caller { name: &caller, uid };
+                auth::authorize(&self.auth, Some(&self.connection), ask, who)
+                    .await
+                    .map(|()| uid)
+            }
+            Err(err) => Err(Error::AccessDenied(format!(
+                "{method}: cannot determine the uid of {caller}: {err}"
+            ))),
+        };
+        match result {
+            Ok(uid) => Ok(Identified { name: caller, uid }),
+            Err(err) => {
+                log::info!("denied: {err}");
+                Err(err)
+            }
+        }
     }
+}
+
+/// An authorised caller: unique bus name and uid as the bus reports them.
+struct Identified {
+    name: String,
+    uid: u32,
 }
 
 /// The reply handing over a rendered `what` document, or the error that

@@ -16,10 +16,10 @@ pub use exposition::{
     render, CounterValues, Exposition, ExpositionCache, Format, ParentList, RegistryView,
 };
 
-use crate::daemon::counters;
+use crate::daemon::Counter;
 
 /// Rejection reasons, as the `reason` label shows them (the keys of
-/// [`crate::daemon::reject_key`]).
+/// [`crate::daemon::RejectKind::name`]).
 pub const REJECT_REASONS: [&str; 7] = [
     "truncated",
     "not_kernel_group",
@@ -44,19 +44,19 @@ pub fn counters_from_stats(stats: &BTreeMap<String, u64>) -> CounterValues {
             .collect()
     };
     CounterValues {
-        uevents_received: get(counters::UEVENTS),
-        uevents_rejected: by(counters::REJECTED_PREFIX, &REJECT_REASONS),
-        rescans: get(counters::RESCANS),
-        netlink_overflows: get(counters::OVERFLOWS),
-        uevent_seqnum_gaps: get(counters::SEQNUM_GAPS),
+        uevents_received: get(Counter::UeventsReceived.name()),
+        uevents_rejected: by("uevents_rejected_", &REJECT_REASONS),
+        rescans: get(Counter::Rescans.name()),
+        netlink_overflows: get(Counter::NetlinkOverflows.name()),
+        uevent_seqnum_gaps: get(Counter::SeqnumGaps.name()),
         registrations: by("registrations_", &SOURCES),
         unregistrations: by("unregistrations_", &SOURCES),
         uevents_emitted: vec![
-            ("inject", get(counters::INJECTED)),
-            ("broadcast", get(counters::BROADCAST)),
+            ("inject", get(Counter::UeventsInjected.name())),
+            ("broadcast", get(Counter::UeventsBroadcast.name())),
         ],
-        uevent_emit_failures: get(counters::EMIT_FAILURES),
-        state_save_failures: get(counters::SAVE_FAILURES),
+        uevent_emit_failures: get(Counter::UeventEmitFailures.name()),
+        state_save_failures: get(Counter::StateSaveFailures.name()),
         last_uevent_timestamp_seconds: None,
     }
 }

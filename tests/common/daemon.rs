@@ -38,6 +38,9 @@ pub struct DaemonOptions {
     pub netlink: bool,
     /// `-v` (debug logs: rejections and reconciliation details).
     pub verbose: bool,
+    /// `--runtime-dir` (owner-bound state, boot marker); `None`: the state
+    /// directory.
+    pub runtime_dir: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -49,6 +52,7 @@ impl DaemonOptions {
             emit: "auto",
             netlink: true,
             verbose: true,
+            runtime_dir: None,
         }
     }
 }
@@ -88,6 +92,8 @@ impl Daemon {
             .arg(&options.sysfs_root)
             .arg("--state-dir")
             .arg(&options.state_dir)
+            .arg("--runtime-dir")
+            .arg(options.runtime_dir.as_ref().unwrap_or(&options.state_dir))
             .arg("--emit")
             .arg(options.emit);
         if !options.netlink {

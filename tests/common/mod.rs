@@ -5,6 +5,7 @@ pub mod bus;
 pub mod daemon;
 pub mod gdbus;
 pub mod helper_process;
+pub mod lines;
 pub mod metrics;
 pub mod netns;
 pub mod polkit;

@@ -1,0 +1,503 @@
+//! The daemon's core: no sockets, no files, no bus. It owns the registry's
+//! write side and the bookkeeping around it — injected events whose echo
+//! is awaited, owners seen leaving the bus, the background scan and the
+//! devpaths re-read while it runs — and turns each input into one
+//! [`Commit`] for the sink. Sysfs is read only through [`ParentReader`],
+//! so tests hand it a map.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::io;
+use std::sync::{Arc, RwLockReadGuard};
+
+use zbus::Message;
+
+use super::commit::{Commit, PendingReply, ReplyValue, Undo};
+use super::counters::{Counter, Counters};
+use super::sources::{Hint, SourceMessage};
+use crate::boundary::{self, Crossing};
+use crate::dbus::{self, validate, SharedRegistry};
+use crate::model::Source;
+use crate::paths::SysfsRoot;
+use crate::registry::{Event, EventKind, Input, Registry};
+use crate::sysfs::{self, ParentRead, Scan};
+
+/// Injected events whose echo is awaited, at most; older ones are forgotten.
+pub const MAX_PENDING_ECHOES: usize = 4096;
+
+/// Reads sysfs for the core (sysfs in the daemon, a map in tests): one
+/// parent by devpath, and whether a userspace parent's location crosses
+/// into the kernel's devices ([`crate::boundary`]).
+pub trait ParentReader {
+    fn read_parent(&self, devpath: &str) -> ParentRead;
+    fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing>;
+}
+
+impl ParentReader for SysfsRoot {
+    fn read_parent(&self, devpath: &str) -> ParentRead {
+        sysfs::read_parent(self, devpath)
+    }
+
+    fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing> {
+        boundary::check(self, devpath, subsystem)
+    }
+}
+
+/// The registry's only writer and the state around it.
+pub struct Core {
+    /// Shared with the D-Bus server, which only reads it.
+    registry: SharedRegistry,
+    counters: Arc<Counters>,
+    pending_echoes: PendingEchoes,
+    gone_owners: GoneOwners,
+    scan: ScanBook,
+}
+
+/// The background rescan, as the core sees it.
+#[derive(Debug, Default)]
+struct ScanBook {
+    /// A scan runs.
+    running: bool,
+    /// Devpaths re-read while it runs.
+    touched: BTreeSet<String>,
+    /// Another rescan was asked for meanwhile.
+    again: Option<&'static str>,
+}
+
+impl Core {
+    pub fn new(registry: SharedRegistry, counters: Arc<Counters>) -> Core {
+        Core {
+            registry,
+            counters,
+            pending_echoes: PendingEchoes::default(),
+            gone_owners: GoneOwners::default(),
+            scan: ScanBook::default(),
+        }
+    }
+
+    /// The registry, for reading.
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn apply(&self, input: Input) -> Result<Vec<Event>, crate::registry::Error> {
+        self.registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(input)
+    }
+
+    /// Loads the first scan, before anything is served: no commit (the
+    /// tree is built from it, no signals). One parent at a time, so the
+    /// events (each holding a copy of its parent) are dropped as they come
+    /// instead of doubling the peak.
+    pub fn load_initial(&mut self, scan: Scan) {
+        // The registry holds no kernel parents yet: nothing can be gone.
+        for info in scan.parents {
+            let _ = self.apply(Input::KernelParent {
+                devpath: info.devpath.clone(),
+                info: Some(info),
+            });
+        }
+    }
+
+    /// `RegisterParent` from `owner` (of `uid`): its location checked
+    /// against sysfs (for every caller), then applied at once; the caller
+    /// is told once the state file is written (else [`Core::undo`]).
+    pub fn register(
+        &mut self,
+        registration: validate::Registration,
+        owner: String,
+        uid: u32,
+        call: Message,
+        reader: &dyn ParentReader,
+    ) -> Commit {
+        let name = registration.info.name.clone();
+        let lifetime = registration.lifetime;
+        if let Err(crossing) =
+            reader.check_location(&registration.info.devpath, &registration.info.subsystem)
+        {
+            log::info!("RegisterParent {name:?} from {owner} refused: {crossing}");
+            return refused(call, dbus::Error::InvalidArgument(crossing.to_string()));
+        }
+        let input = Input::Register {
+            info: registration.info,
+            owner: owner.clone(),
+            lifetime,
+            uid,
+        };
+        match self.apply(input) {
+            Ok(events) => {
+                log::info!(
+                    "registered userspace parent {name:?} for {owner} (lifetime {})",
+                    lifetime.as_str()
+                );
+                Commit {
+                    events,
+                    save: vec![lifetime],
+                    undo_unless_saved: Some(Undo {
+                        name: name.clone(),
+                        owner: owner.clone(),
+                        uid,
+                    }),
+                    reply: Some(PendingReply::new(
+                        call,
+                        Ok(ReplyValue::Path(dbus::parent_object_path(&name))),
+                    )),
+                    // The registrant may have left between its call and
+                    // now; its NameOwnerChanged then found nothing.
+                    recheck_owner: Some(owner),
+                    ..Commit::default()
+                }
+            }
+            Err(err) => {
+                log::info!("RegisterParent from {owner} refused: {err}");
+                refused(call, dbus::Error::from(err))
+            }
+        }
+    }
+
+    /// Takes back a registration whose state file could not be written:
+    /// its events are never shown, the caller gets an error.
+    pub fn undo(&mut self, commit: Commit, err: &io::Error) -> Commit {
+        let Some(undo) = commit.undo_unless_saved else {
+            return commit;
+        };
+        log::error!(
+            "cannot save state, refusing registration of {:?}: {err}",
+            undo.name
+        );
+        let _ = self.apply(Input::Unregister {
+            name: undo.name,
+            caller: undo.owner,
+            uid: undo.uid,
+        });
+        let error = dbus::Error::failed(format!("cannot save state: {err}"));
+        match commit.reply {
+            Some(reply) => refused(reply.call, error),
+            None => Commit::default(),
+        }
+    }
+
+    /// `UnregisterParent` by `caller` (of `uid`).
+    pub fn unregister(&mut self, name: String, caller: String, uid: u32, call: Message) -> Commit {
+        let input = Input::Unregister {
+            name: name.clone(),
+            caller: caller.clone(),
+            uid,
+        };
+        match self.apply(input) {
+            Ok(events) => {
+                log::info!("unregistered userspace parent {name:?} at the request of {caller}");
+                let mut commit = Commit::of_events(events);
+                commit.reply = Some(PendingReply::new(call, Ok(ReplyValue::Unit)));
+                commit
+            }
+            Err(err) => {
+                log::info!("UnregisterParent from {caller} refused: {err}");
+                refused(call, dbus::Error::from(err))
+            }
+        }
+    }
+
+    /// `owner` left the bus: its owner-bound parents go, persistent ones
+    /// lose their owner.
+    pub fn owner_gone(&mut self, owner: String) -> Commit {
+        self.gone_owners.insert(&owner);
+        let events = self
+            .apply(Input::OwnerGone {
+                owner: owner.clone(),
+            })
+            .unwrap_or_default();
+        if !events.is_empty() {
+            let count = |unregistered: bool| {
+                events
+                    .iter()
+                    .filter(|event| match event.kind {
+                        EventKind::ParentUnregistered { .. } => unregistered,
+                        EventKind::ParentUpdated { .. } => !unregistered,
+                        _ => false,
+                    })
+                    .count()
+            };
+            log::info!(
+                "{owner} left the bus: {} owner-bound parents unregistered, {} persistent ones kept",
+                count(true),
+                count(false)
+            );
+        }
+        let mut commit = Commit::of_events(events);
+        commit.forget_callers.push(owner);
+        commit
+    }
+
+    /// After a registration by `owner` was answered: if `owner` has left
+    /// the bus meanwhile, what its leaving does now.
+    pub fn owner_left_meanwhile(&mut self, owner: String) -> Option<Commit> {
+        self.gone_owners
+            .contains(&owner)
+            .then(|| self.owner_gone(owner))
+    }
+
+    /// The daemon starts in a new boot: every restored persistent parent
+    /// is registered again as far as the world can tell (its uevent and
+    /// signals, once; the state file records the new sequence numbers).
+    pub fn new_boot(&mut self) -> Commit {
+        let events = self.apply(Input::NewBoot).unwrap_or_default();
+        if !events.is_empty() {
+            log::info!(
+                "new boot: announcing {} restored persistent parents",
+                events.len()
+            );
+        }
+        Commit::of_events(events)
+    }
+
+    /// Owners of restored registrations, to ask the bus about.
+    pub fn userspace_owners(&self) -> BTreeSet<String> {
+        self.registry()
+            .parents()
+            .filter(|parent| parent.source == Source::Userspace && !parent.owner.is_empty())
+            .map(|parent| parent.owner.clone())
+            .collect()
+    }
+
+    /// Remembers injected events (by registry sequence number) whose echo
+    /// will come back on the uevent socket.
+    pub fn expect_echoes(&mut self, seqnums: impl IntoIterator<Item = u64>) {
+        for seqnum in seqnums {
+            self.pending_echoes.insert(seqnum);
+        }
+    }
+
+    /// A batch of source messages, in order: one commit per owner that
+    /// left, then one for every hinted devpath re-read (a rescan asked for
+    /// is started by the last).
+    pub fn sources(&mut self, batch: Vec<SourceMessage>, reader: &dyn ParentReader) -> Vec<Commit> {
+        let mut commits = Vec::new();
+        // Devpaths with the number of hints about each.
+        let mut devpaths: BTreeMap<String, u64> = BTreeMap::new();
+        let mut resync = None;
+        for message in batch {
+            match message {
+                SourceMessage::Hint(hint) => {
+                    if self.pending_echoes.take(&hint) {
+                        self.counters.bump(Counter::UeventsOwn);
+                        log::debug!("own uevent for {} seen again", hint.devpath);
+                        continue;
+                    }
+                    *devpaths.entry(hint.devpath).or_default() += 1;
+                }
+                SourceMessage::Resync(reason) => resync = Some(reason),
+                SourceMessage::OwnerGone(owner) => commits.push(self.owner_gone(owner)),
+            }
+        }
+        let start_scan = resync.and_then(|reason| self.request_scan(reason));
+        let mut inputs = Vec::new();
+        let mut seen = HashSet::new();
+        for (devpath, copies) in devpaths {
+            match self.kernel_input(&devpath, reader) {
+                Some((key, input)) => {
+                    if self.scan.running {
+                        self.scan.touched.insert(key.clone());
+                    }
+                    if seen.insert(key) {
+                        inputs.push(input);
+                    }
+                }
+                None => {
+                    log::debug!("{copies} uevents for {devpath}: no mdev parent there");
+                    self.counters.add(Counter::UeventsIgnored, copies);
+                }
+            }
+        }
+        let mut events = Vec::new();
+        for input in inputs {
+            if let Ok(more) = self.apply(input) {
+                events.extend(more);
+            }
+        }
+        let mut commit = Commit::of_events(events);
+        commit.start_scan = start_scan;
+        if !commit.is_empty() {
+            commits.push(commit);
+        }
+        commits
+    }
+
+    /// The re-read a hint on `devpath` calls for, with the parent devpath
+    /// it reads: the known kernel parent at or above it, else the device
+    /// itself or its parent directory (an mdev instance below a parent) if
+    /// that is an mdev parent.
+    fn kernel_input(&self, devpath: &str, reader: &dyn ParentReader) -> Option<(String, Input)> {
+        let known = self
+            .registry()
+            .kernel_devpath_owner(devpath)
+            .map(str::to_owned);
+        if let Some(parent_devpath) = known {
+            let info = match reader.read_parent(&parent_devpath) {
+                ParentRead::Parent(info, warnings) => {
+                    log_warnings(&warnings);
+                    Some(info)
+                }
+                ParentRead::NotAParent => None,
+                // Unreadable is not gone: keep what is known.
+                ParentRead::Bad(warning) => {
+                    log::warn!("cannot re-read parent: {warning}");
+                    return None;
+                }
+            };
+            let input = Input::KernelParent {
+                devpath: parent_devpath.clone(),
+                info,
+            };
+            return Some((parent_devpath, input));
+        }
+        let above = devpath.rsplit_once('/').map(|(dir, _)| dir);
+        for candidate in std::iter::once(devpath).chain(above) {
+            if let ParentRead::Parent(info, warnings) = reader.read_parent(candidate) {
+                log_warnings(&warnings);
+                let input = Input::KernelParent {
+                    devpath: candidate.to_owned(),
+                    info: Some(info),
+                };
+                return Some((candidate.to_owned(), input));
+            }
+        }
+        None
+    }
+
+    /// A full rescan is wanted: `Some(reason)` if the caller is to start
+    /// one now; `None` if one runs (it runs again once it is done).
+    pub fn request_scan(&mut self, reason: &'static str) -> Option<&'static str> {
+        if self.scan.running {
+            self.scan.again = Some(reason);
+            return None;
+        }
+        self.scan = ScanBook {
+            running: true,
+            ..ScanBook::default()
+        };
+        self.counters.bump(Counter::Rescans);
+        log::info!("rescanning sysfs ({reason})");
+        Some(reason)
+    }
+
+    /// The background scan finished (`Err`: it failed). Parents re-read
+    /// while it ran are read again, as the scan may predate what those
+    /// reads saw.
+    pub fn scan_finished(
+        &mut self,
+        scan: Result<Scan, String>,
+        reader: &dyn ParentReader,
+    ) -> Commit {
+        let book = std::mem::take(&mut self.scan);
+        let mut commit = match scan {
+            Ok(mut scan) => {
+                log_warnings(&scan.warnings);
+                for devpath in &book.touched {
+                    scan.parents.retain(|parent| &parent.devpath != devpath);
+                    if let ParentRead::Parent(info, warnings) = reader.read_parent(devpath) {
+                        log_warnings(&warnings);
+                        // First in the list: it wins over a stale namesake.
+                        scan.parents.insert(0, info);
+                    }
+                }
+                let events = self
+                    .apply(Input::KernelScan(scan.parents))
+                    .unwrap_or_default();
+                Commit::of_events(events)
+            }
+            Err(err) => {
+                log::error!("sysfs rescan failed: {err}");
+                Commit::default()
+            }
+        };
+        commit.start_scan = book.again.and_then(|reason| self.request_scan(reason));
+        commit
+    }
+
+    /// `Rescan()`: `scan` was read just now (on the caller's behalf).
+    pub fn rescanned(&mut self, scan: Scan, call: Message) -> Commit {
+        log_warnings(&scan.warnings);
+        let events = self
+            .apply(Input::KernelScan(scan.parents))
+            .unwrap_or_default();
+        let mut commit = Commit::of_events(events);
+        commit.reply = Some(PendingReply::new(call, Ok(ReplyValue::Unit)));
+        commit
+    }
+
+    /// Counts a rescan run inline (not through [`Core::request_scan`]).
+    pub fn count_rescan(&self, reason: &str) {
+        self.counters.bump(Counter::Rescans);
+        log::info!("rescanning sysfs ({reason})");
+    }
+}
+
+/// A refused call: nothing changed, only the error reply.
+fn refused(call: Message, error: dbus::Error) -> Commit {
+    Commit {
+        reply: Some(PendingReply::new(call, Err(error))),
+        ..Commit::default()
+    }
+}
+
+pub fn log_warnings(warnings: &[sysfs::Warning]) {
+    for warning in warnings {
+        log::warn!("sysfs: {warning}");
+    }
+}
+
+/// Registry sequence numbers of injected events not yet seen again.
+#[derive(Debug, Default)]
+struct PendingEchoes {
+    seqnums: BTreeSet<u64>,
+}
+
+impl PendingEchoes {
+    fn insert(&mut self, seqnum: u64) {
+        self.seqnums.insert(seqnum);
+        while self.seqnums.len() > MAX_PENDING_ECHOES {
+            self.seqnums.pop_first();
+        }
+    }
+
+    /// Whether `hint` is one of ours coming back (and forgets it).
+    fn take(&mut self, hint: &Hint) -> bool {
+        hint.echo_seqnum
+            .is_some_and(|seqnum| self.seqnums.remove(&seqnum))
+    }
+}
+
+/// Unique names seen leaving the bus, the most recent ones (a bus never
+/// reuses a unique name, so membership is final).
+#[derive(Default)]
+struct GoneOwners {
+    order: VecDeque<String>,
+    names: HashSet<String>,
+}
+
+impl GoneOwners {
+    const MAX: usize = 4096;
+
+    fn insert(&mut self, name: &str) {
+        if !self.names.insert(name.to_owned()) {
+            return;
+        }
+        self.order.push_back(name.to_owned());
+        if self.order.len() > Self::MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.names.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

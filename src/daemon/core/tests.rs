@@ -1,0 +1,476 @@
+//! The core's tricky cases, unprivileged: no bus, no sysfs, no netlink.
+//! Sysfs is a map ([`FakeSysfs`]); calls are unsent messages.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::model::{Lifetime, MdevType, ParentInfo};
+use crate::sysfs::Warning;
+
+/// A sysfs stand-in: devpath → what a re-read finds (absent: not a parent).
+#[derive(Default)]
+struct FakeSysfs {
+    parents: RefCell<BTreeMap<String, ParentRead>>,
+    reads: RefCell<Vec<String>>,
+}
+
+impl FakeSysfs {
+    fn put(&self, info: ParentInfo) {
+        self.parents
+            .borrow_mut()
+            .insert(info.devpath.clone(), ParentRead::Parent(info, Vec::new()));
+    }
+
+    fn remove(&self, devpath: &str) {
+        self.parents.borrow_mut().remove(devpath);
+    }
+
+    fn break_read(&self, devpath: &str) {
+        self.parents.borrow_mut().insert(
+            devpath.to_owned(),
+            ParentRead::Bad(Warning::new(devpath, "unreadable")),
+        );
+    }
+
+    fn reads(&self) -> Vec<String> {
+        std::mem::take(&mut *self.reads.borrow_mut())
+    }
+}
+
+impl ParentReader for FakeSysfs {
+    fn read_parent(&self, devpath: &str) -> ParentRead {
+        self.reads.borrow_mut().push(devpath.to_owned());
+        self.parents
+            .borrow()
+            .get(devpath)
+            .cloned()
+            .unwrap_or(ParentRead::NotAParent)
+    }
+
+    /// Only the parents put here are devices.
+    fn check_location(&self, devpath: &str, _subsystem: &str) -> Result<(), Crossing> {
+        match self.parents.borrow().contains_key(devpath) {
+            true => Err(Crossing::IsDevice(devpath.to_owned())),
+            false => Ok(()),
+        }
+    }
+}
+
+fn mtype(id: &str, available: u32) -> MdevType {
+    MdevType {
+        id: id.to_owned(),
+        name: String::new(),
+        description: String::new(),
+        device_api: "vfio-pci".to_owned(),
+        available_instances: available,
+        devices: Vec::new(),
+    }
+}
+
+fn kernel(name: &str, available: u32) -> ParentInfo {
+    ParentInfo {
+        name: name.to_owned(),
+        devpath: format!("/devices/pci0000:00/{name}"),
+        subsystem: "pci".to_owned(),
+        driver: "i915".to_owned(),
+        types: vec![mtype("i915-GVTg_V5_4", available)],
+    }
+}
+
+fn registration(name: &str, lifetime: Lifetime) -> validate::Registration {
+    validate::Registration {
+        info: ParentInfo {
+            name: name.to_owned(),
+            devpath: format!("/devices/virtual/mdevreg/{name}"),
+            subsystem: "mdevreg".to_owned(),
+            driver: String::new(),
+            types: vec![mtype("demo-1", 4)],
+        },
+        lifetime,
+        allow_interaction: false,
+    }
+}
+
+fn call(member: &str) -> Message {
+    Message::method_call("/org/mdevreg/Registry1", member)
+        .build(&())
+        .expect("message")
+}
+
+fn core() -> (Core, Arc<Counters>) {
+    let counters = Arc::new(Counters::new());
+    let registry: SharedRegistry = Arc::new(std::sync::RwLock::new(Registry::new()));
+    (Core::new(registry, Arc::clone(&counters)), counters)
+}
+
+fn hint(devpath: &str) -> SourceMessage {
+    SourceMessage::Hint(Hint::reread(devpath))
+}
+
+fn kinds(commit: &Commit) -> Vec<&'static str> {
+    commit
+        .events
+        .iter()
+        .map(|event| match event.kind {
+            EventKind::ParentRegistered { .. } => "registered",
+            EventKind::ParentUnregistered { .. } => "unregistered",
+            EventKind::ParentUpdated { .. } => "updated",
+            EventKind::TypeAdded { .. } => "type-added",
+            EventKind::TypeRemoved { .. } => "type-removed",
+            EventKind::TypeUpdated { .. } => "type-updated",
+        })
+        .collect()
+}
+
+fn available(core: &Core, name: &str) -> Option<u32> {
+    core.registry()
+        .get(name)
+        .map(|parent| parent.info.types[0].available_instances)
+}
+
+#[test]
+fn a_hint_re_reads_the_parent_at_or_above_its_devpath() {
+    let (mut core, counters) = core();
+    let sysfs = FakeSysfs::default();
+    sysfs.put(kernel("0000:00:02.0", 4));
+    // An mdev instance below a parent not known yet: the parent is found.
+    let commits = core.sources(
+        vec![hint("/devices/pci0000:00/0000:00:02.0/1234-uuid")],
+        &sysfs,
+    );
+    assert_eq!(commits.len(), 1);
+    assert_eq!(kinds(&commits[0]), ["registered"]);
+    assert!(commits[0].save.is_empty(), "kernel parents are not saved");
+    // Known now: a hint below it reads the parent itself, once per batch.
+    sysfs.reads();
+    sysfs.put(kernel("0000:00:02.0", 3));
+    let commits = core.sources(
+        vec![
+            hint("/devices/pci0000:00/0000:00:02.0/a"),
+            hint("/devices/pci0000:00/0000:00:02.0/b"),
+            hint("/devices/pci0000:00/0000:00:02.0"),
+        ],
+        &sysfs,
+    );
+    assert_eq!(sysfs.reads(), ["/devices/pci0000:00/0000:00:02.0"; 3]);
+    assert_eq!(kinds(&commits[0]), ["type-updated"]);
+    assert_eq!(available(&core, "0000:00:02.0"), Some(3));
+    // Unrelated devices are counted, not read into the registry.
+    let commits = core.sources(vec![hint("/devices/virtual/net/lo")], &sysfs);
+    assert!(commits.is_empty());
+    assert_eq!(counters.get(Counter::UeventsIgnored), 1);
+}
+
+#[test]
+fn an_unreadable_parent_is_kept_and_a_vanished_one_goes() {
+    let (mut core, _) = core();
+    let sysfs = FakeSysfs::default();
+    let info = kernel("0000:00:02.0", 4);
+    let devpath = info.devpath.clone();
+    sysfs.put(info);
+    core.sources(vec![hint(&devpath)], &sysfs);
+    sysfs.break_read(&devpath);
+    assert!(core.sources(vec![hint(&devpath)], &sysfs).is_empty());
+    assert!(core.registry().get("0000:00:02.0").is_some());
+    sysfs.remove(&devpath);
+    let commits = core.sources(vec![hint(&devpath)], &sysfs);
+    assert_eq!(kinds(&commits[0]), ["unregistered"]);
+}
+
+#[test]
+fn own_echoes_are_recognised_once() {
+    let (mut core, counters) = core();
+    let sysfs = FakeSysfs::default();
+    core.expect_echoes([5]);
+    let ours = |seqnum| {
+        SourceMessage::Hint(Hint {
+            devpath: "/devices/virtual/mdevreg/a".to_owned(),
+            echo_seqnum: Some(seqnum),
+        })
+    };
+    assert!(core.sources(vec![ours(5)], &sysfs).is_empty());
+    assert_eq!(counters.get(Counter::UeventsOwn), 1);
+    assert!(sysfs.reads().is_empty(), "an echo is not re-read");
+    // The same echo again, or another number, is an ordinary hint.
+    core.sources(vec![ours(5), ours(6)], &sysfs);
+    assert_eq!(counters.get(Counter::UeventsOwn), 1);
+    assert_eq!(counters.get(Counter::UeventsIgnored), 2);
+    // Bounded: the oldest are forgotten.
+    core.expect_echoes(0..(MAX_PENDING_ECHOES as u64 + 10));
+    assert_eq!(core.pending_echoes.seqnums.len(), MAX_PENDING_ECHOES);
+    assert_eq!(core.pending_echoes.seqnums.first(), Some(&10));
+}
+
+#[test]
+fn parents_re_read_during_a_scan_are_read_again_before_it_is_applied() {
+    let (mut core, counters) = core();
+    let sysfs = FakeSysfs::default();
+    let a = kernel("a", 1);
+    let b = kernel("b", 1);
+    let c = kernel("c", 1);
+    for info in [&a, &b, &c] {
+        sysfs.put(info.clone());
+    }
+    core.load_initial(Scan {
+        parents: vec![a.clone(), b.clone(), c.clone()],
+        warnings: Vec::new(),
+    });
+    assert_eq!(core.request_scan("SEQNUM gap"), Some("SEQNUM gap"));
+    // The scan thread reads the tree as it is now...
+    let stale = Scan {
+        parents: vec![a.clone(), b.clone(), c.clone()],
+        warnings: Vec::new(),
+    };
+    // ...then, before it is applied, a and b change and are re-read.
+    sysfs.put(kernel("a", 2));
+    sysfs.remove(&b.devpath);
+    let commits = core.sources(vec![hint(&a.devpath), hint(&b.devpath)], &sysfs);
+    assert_eq!(kinds(&commits[0]), ["type-updated", "unregistered"]);
+    // a changes once more after its re-read.
+    sysfs.put(kernel("a", 3));
+    sysfs.reads();
+    let commit = core.scan_finished(Ok(stale), &sysfs);
+    let mut reads = sysfs.reads();
+    reads.sort();
+    assert_eq!(reads, [a.devpath.clone(), b.devpath.clone()]);
+    // The stale scan neither brings b back nor rolls a back to 1.
+    assert_eq!(kinds(&commit), ["type-updated"]);
+    assert_eq!(available(&core, "a"), Some(3));
+    assert!(core.registry().get("b").is_none());
+    assert_eq!(available(&core, "c"), Some(1));
+    assert_eq!(commit.start_scan, None);
+    assert_eq!(counters.get(Counter::Rescans), 1);
+    // The next scan starts with nothing touched.
+    assert_eq!(core.request_scan("again"), Some("again"));
+    let commit = core.scan_finished(
+        Ok(Scan {
+            parents: vec![kernel("a", 3), c.clone()],
+            warnings: Vec::new(),
+        }),
+        &sysfs,
+    );
+    assert!(commit.events.is_empty());
+}
+
+#[test]
+fn a_rescan_asked_for_during_one_runs_after_it() {
+    let (mut core, counters) = core();
+    let sysfs = FakeSysfs::default();
+    assert!(core.request_scan("receive buffer overflow").is_some());
+    let commits = core.sources(vec![SourceMessage::Resync("SEQNUM gap")], &sysfs);
+    assert!(commits.is_empty(), "nothing to do until the scan ends");
+    assert_eq!(counters.get(Counter::Rescans), 1);
+    let commit = core.scan_finished(Err("thread panicked".to_owned()), &sysfs);
+    assert_eq!(commit.start_scan, Some("SEQNUM gap"));
+    assert_eq!(counters.get(Counter::Rescans), 2);
+    let commit = core.scan_finished(
+        Ok(Scan {
+            parents: Vec::new(),
+            warnings: Vec::new(),
+        }),
+        &sysfs,
+    );
+    assert_eq!(commit.start_scan, None);
+}
+
+#[test]
+fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
+    let (mut core, _) = core();
+    let commit = core.register(
+        registration("demo", Lifetime::Persistent),
+        ":1.7".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    assert_eq!(kinds(&commit), ["registered"]);
+    assert_eq!(commit.save, [Lifetime::Persistent]);
+    assert_eq!(
+        commit.undo_unless_saved,
+        Some(Undo {
+            name: "demo".to_owned(),
+            owner: ":1.7".to_owned(),
+            uid: 0,
+        })
+    );
+    assert!(matches!(
+        commit.reply.as_ref().map(|reply| &reply.result),
+        Some(Ok(ReplyValue::Path(_)))
+    ));
+    let seqnum = core.registry().seqnum();
+    // The sink could not write the state file.
+    let err = io::Error::new(io::ErrorKind::StorageFull, "disk full");
+    let undone = core.undo(commit, &err);
+    assert!(core.registry().get("demo").is_none());
+    assert!(undone.events.is_empty(), "never shown: {:?}", undone.events);
+    assert!(undone.save.is_empty() && undone.recheck_owner.is_none());
+    match undone.reply.map(|reply| reply.result) {
+        Some(Err(err)) => assert!(err.to_string().contains("disk full"), "{err}"),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    // Numbers keep increasing; the name is free again.
+    assert!(core.registry().seqnum() > seqnum);
+    let again = core.register(
+        registration("demo", Lifetime::Owner),
+        ":1.7".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    assert_eq!(kinds(&again), ["registered"]);
+    assert_eq!(again.save, [Lifetime::Owner]);
+}
+
+#[test]
+fn a_refused_call_changes_nothing_and_gets_its_error() {
+    let (mut core, _) = core();
+    let first = core.register(
+        registration("demo", Lifetime::Owner),
+        ":1.7".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    assert_eq!(kinds(&first), ["registered"]);
+    let taken = core.register(
+        registration("demo", Lifetime::Owner),
+        ":1.8".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    assert!(taken.events.is_empty() && taken.save.is_empty());
+    assert!(taken.undo_unless_saved.is_none() && taken.recheck_owner.is_none());
+    assert!(matches!(
+        taken.reply.map(|reply| reply.result),
+        Some(Err(dbus::Error::AlreadyRegistered(_)))
+    ));
+    let not_owner = core.unregister("demo".to_owned(), ":1.8".to_owned(), 0, call("U"));
+    assert!(matches!(
+        not_owner.reply.map(|reply| reply.result),
+        Some(Err(dbus::Error::NotOwner(_)))
+    ));
+    let unregistered = core.unregister("demo".to_owned(), ":1.7".to_owned(), 0, call("U"));
+    assert_eq!(kinds(&unregistered), ["unregistered"]);
+    assert_eq!(unregistered.save, [Lifetime::Owner]);
+    assert!(matches!(
+        unregistered.reply.map(|reply| reply.result),
+        Some(Ok(ReplyValue::Unit))
+    ));
+}
+
+#[test]
+fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
+    let (mut core, _) = core();
+    // :1.9 leaves while its RegisterParent is queued: nothing to remove yet.
+    let gone = core.owner_gone(":1.9".to_owned());
+    assert!(gone.events.is_empty());
+    assert_eq!(gone.forget_callers, [":1.9"]);
+    let commit = core.register(
+        registration("late", Lifetime::Owner),
+        ":1.9".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    assert_eq!(kinds(&commit), ["registered"]);
+    let owner = commit
+        .recheck_owner
+        .clone()
+        .expect("recheck after the reply");
+    // After the reply went out, the loop asks again.
+    let after = core.owner_left_meanwhile(owner).expect("the owner is gone");
+    assert_eq!(kinds(&after), ["unregistered"]);
+    assert_eq!(after.save, [Lifetime::Owner]);
+    assert!(core.registry().get("late").is_none());
+    // An owner still on the bus keeps its registration.
+    let kept = core.register(
+        registration("kept", Lifetime::Owner),
+        ":1.10".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    assert!(core
+        .owner_left_meanwhile(kept.recheck_owner.expect("recheck"))
+        .is_none());
+    assert!(core.registry().get("kept").is_some());
+    // A persistent parent survives its owner, without the owner.
+    core.register(
+        registration("stays", Lifetime::Persistent),
+        ":1.10".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    let commits = core.sources(
+        vec![SourceMessage::OwnerGone(":1.10".to_owned())],
+        &FakeSysfs::default(),
+    );
+    assert_eq!(commits.len(), 1);
+    assert_eq!(kinds(&commits[0]), ["unregistered", "updated"]);
+    assert_eq!(commits[0].save, [Lifetime::Owner, Lifetime::Persistent]);
+    assert_eq!(
+        core.registry()
+            .get("stays")
+            .map(|parent| parent.owner.clone()),
+        Some(String::new())
+    );
+    assert!(core.userspace_owners().is_empty());
+}
+
+#[test]
+fn a_kernel_parent_waiting_for_a_userspace_name_takes_it_when_freed() {
+    let (mut core, _) = core();
+    let sysfs = FakeSysfs::default();
+    core.register(
+        registration("0000:00:02.0", Lifetime::Owner),
+        ":1.3".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    let info = kernel("0000:00:02.0", 4);
+    sysfs.put(info.clone());
+    let commits = core.sources(vec![hint(&info.devpath)], &sysfs);
+    assert!(commits.is_empty(), "waits while the name is taken");
+    let commits = core.sources(vec![SourceMessage::OwnerGone(":1.3".to_owned())], &sysfs);
+    assert_eq!(kinds(&commits[0]), ["unregistered", "registered"]);
+    let transitions: Vec<_> = commits[0]
+        .transitions()
+        .map(|(parent, state, _)| (parent.source, state))
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            (Source::Userspace, crate::emit::MdevState::Unregistered),
+            (Source::Kernel, crate::emit::MdevState::Registered)
+        ]
+    );
+}
+
+#[test]
+fn a_registration_at_a_kernel_device_is_refused_and_changes_nothing() {
+    let (mut core, _) = core();
+    let sysfs = FakeSysfs::default();
+    sysfs.put(kernel("0000:00:02.0", 1));
+    let mut hostile = registration("hostile", Lifetime::Persistent);
+    hostile.info.devpath = kernel("0000:00:02.0", 1).devpath;
+    let before = core.registry().clone();
+    let commit = core.register(
+        hostile,
+        ":1.7".to_owned(),
+        0,
+        call("RegisterParent"),
+        &sysfs,
+    );
+    assert!(commit.events.is_empty() && commit.save.is_empty());
+    match commit.reply.map(|reply| reply.result) {
+        Some(Err(dbus::Error::InvalidArgument(message))) => {
+            assert!(message.contains("existing sysfs device"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(*core.registry(), before);
+}

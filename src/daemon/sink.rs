@@ -1,0 +1,196 @@
+//! The sink: carries a [`Commit`] out, always in the same order —
+//!
+//! 1. the state files it touches (atomic write + fsync; a registration
+//!    that cannot be made durable goes back to the core to be undone);
+//! 2. one uevent per userspace (un)registration;
+//! 3. the D-Bus signals showing its events, then the reply, in one write
+//!    (a caller holding its reply has been sent every signal of it);
+//! 4. follow-ups: forgotten callers, the [`CommitObserver`]s.
+//!
+//! Nothing here decides anything; a new output is one more step here (or
+//! an observer), fed by every commit.
+
+use std::io;
+use std::sync::{Arc, RwLockReadGuard};
+
+use zbus::Connection;
+
+use super::commit::Commit;
+use super::counters::{Counter, Counters};
+use crate::boundary;
+use crate::dbus::{signals, Server, SharedRegistry};
+use crate::emit::{Emitted, UeventSink};
+use crate::model::{Lifetime, Source};
+use crate::paths::SysfsRoot;
+use crate::persist::{StateStores, StoredRegistration};
+use crate::registry::Registry;
+
+/// Sees every commit once it is carried out (a metrics renderer, say),
+/// with the registry as the commit left it.
+pub trait CommitObserver: Send {
+    fn committed(&mut self, registry: &Registry, commit: &Commit);
+}
+
+/// What the loop does after a commit.
+#[derive(Debug, Default)]
+pub struct FollowUp {
+    /// Registry sequence numbers of injected uevents (their echo comes back).
+    pub injected: Vec<u64>,
+    /// See [`Commit::recheck_owner`].
+    pub recheck_owner: Option<String>,
+    /// See [`Commit::start_scan`].
+    pub start_scan: Option<&'static str>,
+}
+
+/// The outcome of [`Sink::carry_out`].
+#[derive(Debug)]
+pub enum Carried {
+    Done(FollowUp),
+    /// A registration's state file could not be written; nothing else was
+    /// done: undo it ([`super::core::Core::undo`]) and carry that out.
+    NotDurable(Commit, io::Error),
+}
+
+/// Every output of the daemon.
+pub struct Sink {
+    pub connection: Connection,
+    pub registry: SharedRegistry,
+    pub server: Arc<Server>,
+    pub uevents: UeventSink,
+    pub stores: StateStores,
+    pub counters: Arc<Counters>,
+    pub observers: Vec<Box<dyn CommitObserver>>,
+    /// Where userspace parents' locations are checked again before each
+    /// uevent ([`crate::boundary`]).
+    pub sysfs_root: SysfsRoot,
+}
+
+impl Sink {
+    fn reg(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Carries `commit` out (see the module doc for the order).
+    pub async fn carry_out(&mut self, commit: Commit) -> Carried {
+        if !commit.save.is_empty() {
+            if let Err(err) = self.save(&commit.save) {
+                self.counters.bump(Counter::StateSaveFailures);
+                if commit.undo_unless_saved.is_some() {
+                    return Carried::NotDurable(commit, err);
+                }
+                log::error!("cannot save state: {err}");
+            }
+        }
+        let mut follow_up = FollowUp {
+            injected: Vec::new(),
+            recheck_owner: None,
+            start_scan: commit.start_scan,
+        };
+        for (parent, state, seqnum) in commit.transitions() {
+            log::info!(
+                "event {seqnum}: {} parent {:?} {}",
+                parent.source.as_str(),
+                parent.name(),
+                state.as_str()
+            );
+            if parent.source == Source::Userspace {
+                // Checked again: a device may have appeared there since.
+                let location = boundary::check(
+                    &self.sysfs_root,
+                    &parent.info.devpath,
+                    &parent.info.subsystem,
+                );
+                if let Err(crossing) = location {
+                    self.counters.bump(Counter::UeventsRefusedBoundary);
+                    log::warn!(
+                        "not emitting the {} uevent of {:?}: {crossing}",
+                        state.as_str(),
+                        parent.name()
+                    );
+                    continue;
+                }
+            }
+            match self.uevents.emit(parent, state, seqnum) {
+                Ok(Emitted::Injected) => {
+                    self.counters.bump(Counter::UeventsInjected);
+                    follow_up.injected.push(seqnum);
+                }
+                Ok(Emitted::Broadcast) => self.counters.bump(Counter::UeventsBroadcast),
+                Ok(Emitted::Nothing) => {}
+                Err(err) => {
+                    self.counters.bump(Counter::UeventEmitFailures);
+                    log::warn!(
+                        "cannot emit the {} uevent of {:?}: {err}",
+                        state.as_str(),
+                        parent.name()
+                    );
+                }
+            }
+        }
+        let mut messages = signals::build(&self.reg(), &commit.events);
+        let mut commit = commit;
+        let reply_ok = commit
+            .reply
+            .as_ref()
+            .is_some_and(|reply| reply.result.is_ok());
+        if let Some(reply) = commit.reply.take() {
+            messages.extend(reply.message());
+        }
+        if !messages.is_empty() {
+            signals::send(&self.connection, messages).await;
+        }
+        for caller in &commit.forget_callers {
+            self.server.forget_caller(caller);
+        }
+        if reply_ok {
+            follow_up.recheck_owner = commit.recheck_owner.take();
+        }
+        if !self.observers.is_empty() {
+            let registry = self
+                .registry
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for observer in &mut self.observers {
+                observer.committed(&registry, &commit);
+            }
+        }
+        Carried::Done(follow_up)
+    }
+
+    /// Writes both state files from the registry (at start and at exit);
+    /// a failure is logged and counted.
+    pub fn save_all(&mut self) {
+        if let Err(err) = self.save(&[Lifetime::Owner, Lifetime::Persistent]) {
+            self.counters.bump(Counter::StateSaveFailures);
+            log::error!("cannot save state: {err}");
+        }
+    }
+
+    /// Writes the state files of `lifetimes` from the registry.
+    fn save(&self, lifetimes: &[Lifetime]) -> io::Result<()> {
+        for store in [&self.stores.owner, &self.stores.persistent] {
+            if !lifetimes.contains(&store.lifetime()) {
+                continue;
+            }
+            let (seqnum, records) = {
+                let registry = self.reg();
+                let records: Vec<StoredRegistration> = registry
+                    .parents()
+                    .filter(|parent| {
+                        parent.source == Source::Userspace && parent.lifetime == store.lifetime()
+                    })
+                    .map(|parent| StoredRegistration {
+                        parent: parent.clone(),
+                    })
+                    .collect();
+                (registry.seqnum(), records)
+            };
+            store.save(seqnum, &records).map_err(|err| {
+                io::Error::new(err.kind(), format!("{}: {err}", store.path().display()))
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -179,6 +179,15 @@ pub struct MdevregdCli {
     /// overflow tests and benchmarks.
     #[arg(long, value_name = "BYTES")]
     pub receive_buffer: Option<usize>,
+    /// Serve Prometheus metrics over HTTP (`GET /metrics`) on this
+    /// address, e.g. `127.0.0.1:9850` (off by default).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Keep Prometheus metrics in this file (rewritten atomically on every
+    /// change), for node_exporter's textfile collector, e.g.
+    /// `/var/lib/prometheus/node-exporter/mdevreg.prom`.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

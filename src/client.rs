@@ -2,10 +2,12 @@
 //! (`types`, `list`, `show`, `stats`, `monitor`, `register`, `unregister`).
 //!
 //! Calls go through the proxies generated from the daemon's own interface
-//! definitions ([`Registry1Proxy`]) and the standard ObjectManager: `types`,
-//! `list` and `show` fetch the whole tree in one `GetManagedObjects` call and
-//! print it with the same code as the direct (`--sysfs-root`) mode, so both
-//! modes print the same bytes for the same tree.
+//! definitions ([`Registry1Proxy`]): `types --json` reads the document the
+//! daemon renders (`DumpTypesByFileDescriptor`); `types`, `list` and `show`
+//! read the parents in one `DumpParentsByFileDescriptor` call and print them
+//! with the same code as the direct (`--sysfs-root`) mode, so both modes
+//! print the same bytes for the same tree. There are no fallbacks: an error
+//! of the call or of the document is reported.
 //!
 //! Failures are a [`ClientError`]: a usage error (exit 2) or a runtime error
 //! (exit 1), each one line naming the cause.
@@ -18,24 +20,24 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use zbus::fdo::{DBusProxy, ManagedObjects, ObjectManagerProxy};
+use zbus::fdo::DBusProxy;
 use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Str};
 
 use crate::cli::{Command, RegisterArgs, WaitArgs};
+use crate::dbus::interfaces::{MDEV_TYPE1, REGISTRY1};
 use crate::dbus::{Error as RegistryError, Registry1Proxy};
 use crate::label;
 use crate::mdevctl_json::{parent_json, parent_text};
 use crate::metrics;
-use crate::model::{Lifetime, MdevType, Parent, ParentInfo, Source};
+use crate::model::{Lifetime, Parent, ParentInfo};
 use crate::report;
 use crate::wait;
 
-/// D-Bus interface names the client reads from `GetManagedObjects`.
-const PARENT_IFACE: &str = "org.mdevreg.Parent1";
-const TYPE_IFACE: &str = "org.mdevreg.MdevType1";
-const REGISTRY_IFACE: &str = "org.mdevreg.Registry1";
+/// D-Bus interface names of the signals `monitor` shows.
+const TYPE_IFACE: &str = MDEV_TYPE1.name;
+const REGISTRY_IFACE: &str = REGISTRY1.name;
 const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
 
 /// How long one method call may take (the D-Bus reference default).
@@ -298,40 +300,32 @@ async fn run_query(
         Command::Types { parent, json, .. } => {
             if json {
                 // One call: the daemon renders the document itself, into a
-                // file it passes over (or as a string, or not at all: an
-                // older daemon; the tree is then fetched and rendered here).
+                // file it passes over.
                 let registry = registry_proxy(&conn, target).await?;
                 let only = parent.as_deref().unwrap_or("");
-                if let Ok(fd) = registry.dump_types_by_file_descriptor(only).await {
-                    if let Ok(document) = read_document(fd) {
-                        return out
-                            .write_all(&document)
-                            .and_then(|()| out.write_all(b"\n"))
-                            .and_then(|()| out.flush())
-                            .map_err(ClientError::output);
-                    }
-                }
-                match registry.dump_types(only).await {
-                    Ok(document) => {
-                        return writeln!(out, "{document}")
-                            .and_then(|()| out.flush())
-                            .map_err(ClientError::output);
-                    }
-                    Err(RegistryError::ZBus(zbus::Error::MethodError(name, _, _)))
-                        if name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod" => {}
-                    Err(err) => return Err(registry_error(err, target)),
-                }
+                let fd = registry
+                    .dump_types_by_file_descriptor(only)
+                    .await
+                    .map_err(|e| registry_error(e, target))?;
+                let document = read_document(fd).map_err(|e| {
+                    ClientError::Runtime(format!("cannot read the types document of mdevregd: {e}"))
+                })?;
+                return out
+                    .write_all(&document)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush())
+                    .map_err(ClientError::output);
             }
-            let parents = fetch_parents(&conn, target).await?;
+            let parents = fetch_parents(&conn, target, parent.as_deref()).await?;
             let infos: Vec<ParentInfo> = parents.into_iter().map(|p| p.info).collect();
             report::write_types(&infos, parent.as_deref(), json, out).map_err(ClientError::output)
         }
         Command::List { json, .. } => {
-            let parents = fetch_parents_fast(&conn, target, None).await?;
+            let parents = fetch_parents(&conn, target, None).await?;
             report::write_list(&parents, json, out).map_err(ClientError::output)
         }
         Command::Show { parent, json } => {
-            let parents = fetch_parents_fast(&conn, target, Some(&parent)).await?;
+            let parents = fetch_parents(&conn, target, Some(&parent)).await?;
             let Some(found) = parents.iter().find(|p| p.info.name == parent) else {
                 return Err(ClientError::Runtime(format!("no parent named {parent}")));
             };
@@ -378,90 +372,34 @@ fn read_document(fd: zbus::OwnedFd) -> io::Result<Vec<u8>> {
     Ok(document)
 }
 
-/// Every parent with its types (or just `only`, if the daemon can filter),
-/// from the file `DumpParentsByFileDescriptor` returns; from
-/// `GetManagedObjects` if that is not there (an older daemon).
-pub async fn fetch_parents_fast(
+/// Every parent with its types (or just `only`), sorted by name, from the
+/// file `DumpParentsByFileDescriptor` returns. Any failure (an error reply,
+/// an unreadable or malformed document) is reported, never papered over.
+pub async fn fetch_parents(
     conn: &Connection,
     target: &BusTarget,
     only: Option<&str>,
 ) -> Result<Vec<Parent>, ClientError> {
     let registry = registry_proxy(conn, target).await?;
-    if let Ok(fd) = registry
+    let fd = registry
         .dump_parents_by_file_descriptor(only.unwrap_or(""))
         .await
-    {
-        if let Ok(document) = read_document(fd) {
-            if let Ok(mut parents) = serde_json::from_slice::<Vec<Parent>>(&document) {
-                for parent in &mut parents {
-                    parent.info.normalize();
-                }
-                parents.sort_by(|a, b| a.info.name.cmp(&b.info.name));
-                return Ok(parents);
-            }
-        }
-    }
-    fetch_parents(conn, target).await
-}
-
-/// Every parent with its types, from one `GetManagedObjects` call.
-pub async fn fetch_parents(
-    conn: &Connection,
-    target: &BusTarget,
-) -> Result<Vec<Parent>, ClientError> {
-    let manager = ObjectManagerProxy::builder(conn)
-        .destination(label::BUS_NAME)
-        .path(label::ROOT_PATH)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await
-        .map_err(|e| runtime_zbus(&e, target))?;
-    let objects = manager
-        .get_managed_objects()
-        .await
-        .map_err(|e| fdo_error(e, target))?;
-    parents_from_objects(objects)
-        .map_err(|why| ClientError::Runtime(format!("unexpected reply from mdevregd: {why}")))
-}
-
-/// Builds parents (with their types) from a `GetManagedObjects` reply.
-/// Objects of other interfaces are ignored; a missing or mistyped property
-/// is an error naming the object and the property.
-pub fn parents_from_objects(objects: ManagedObjects) -> Result<Vec<Parent>, String> {
-    let mut parents: BTreeMap<String, Parent> = BTreeMap::new();
-    let mut types: Vec<(String, MdevType)> = Vec::new();
-    for (path, interfaces) in objects {
-        for (interface, mut props) in interfaces {
-            match interface.as_str() {
-                PARENT_IFACE => {
-                    let parent =
-                        parent_from_props(&mut props).map_err(|why| format!("{path}: {why}"))?;
-                    parents.insert(path.as_str().to_owned(), parent);
-                }
-                TYPE_IFACE => {
-                    let parent_path: OwnedObjectPath =
-                        take(&mut props, "Parent").map_err(|why| format!("{path}: {why}"))?;
-                    let mdev_type =
-                        type_from_props(&mut props).map_err(|why| format!("{path}: {why}"))?;
-                    types.push((parent_path.as_str().to_owned(), mdev_type));
-                }
-                _ => {}
-            }
-        }
-    }
-    for (parent_path, mdev_type) in types {
-        // A type whose parent object is missing cannot happen in one
-        // snapshot; it is dropped rather than shown under no parent.
-        if let Some(parent) = parents.get_mut(&parent_path) {
-            parent.info.types.push(mdev_type);
-        }
-    }
-    let mut parents: Vec<Parent> = parents.into_values().collect();
+        .map_err(|e| registry_error(e, target))?;
+    let document = read_document(fd).map_err(|e| {
+        ClientError::Runtime(format!("cannot read the parents document of mdevregd: {e}"))
+    })?;
+    let mut parents = parse_parents(&document)?;
     for parent in &mut parents {
         parent.info.normalize();
     }
     parents.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     Ok(parents)
+}
+
+/// The parents of a `DumpParentsByFileDescriptor` document.
+fn parse_parents(document: &[u8]) -> Result<Vec<Parent>, ClientError> {
+    serde_json::from_slice(document)
+        .map_err(|e| ClientError::Runtime(format!("malformed parents document from mdevregd: {e}")))
 }
 
 type Props = HashMap<String, OwnedVariant>;
@@ -476,48 +414,6 @@ where
         .ok_or_else(|| format!("property {key} is missing"))?;
     let signature = value.value_signature().to_string();
     T::try_from(value).map_err(|err| format!("property {key} has type {signature}: {err}"))
-}
-
-fn parent_from_props(props: &mut Props) -> Result<Parent, String> {
-    let source: String = take(props, "Source")?;
-    let source = match source.as_str() {
-        "kernel" => Source::Kernel,
-        "userspace" => Source::Userspace,
-        other => return Err(format!("unknown Source {other:?}")),
-    };
-    let lifetime: String = take(props, "Lifetime")?;
-    let lifetime = match lifetime.as_str() {
-        "kernel" => Lifetime::Kernel,
-        "owner" => Lifetime::Owner,
-        "persistent" => Lifetime::Persistent,
-        other => return Err(format!("unknown Lifetime {other:?}")),
-    };
-    Ok(Parent {
-        info: ParentInfo {
-            name: take(props, "Name")?,
-            devpath: take(props, "DevPath")?,
-            subsystem: take(props, "Subsystem")?,
-            driver: take(props, "Driver")?,
-            types: Vec::new(),
-        },
-        source,
-        owner: take(props, "Owner")?,
-        lifetime,
-        registered_seqnum: take(props, "RegisteredSeqNum")?,
-        // Not a property: only the daemon decides on it.
-        uid: 0,
-    })
-}
-
-fn type_from_props(props: &mut Props) -> Result<MdevType, String> {
-    Ok(MdevType {
-        id: take(props, "Id")?,
-        name: take(props, "Name")?,
-        description: take(props, "Description")?,
-        device_api: take(props, "DeviceApi")?,
-        available_instances: take(props, "AvailableInstances")?,
-        devices: take(props, "Devices")?,
-    })
 }
 
 /// `stats [--json]`: version, last sequence number, parent count, counters.
@@ -580,7 +476,7 @@ async fn metrics(
         .map_err(failed)?
         .into_iter()
         .collect();
-    let parents = fetch_parents_fast(conn, target, None).await?;
+    let parents = fetch_parents(conn, target, None).await?;
     let format = if openmetrics {
         metrics::Format::OpenMetrics
     } else {
@@ -910,22 +806,9 @@ fn registry_error(err: RegistryError, target: &BusTarget) -> ClientError {
     }
 }
 
-fn fdo_error(err: zbus::fdo::Error, target: &BusTarget) -> ClientError {
-    match err {
-        zbus::fdo::Error::ZBus(inner) => runtime_zbus(&inner, target),
-        other if NO_DAEMON_ERRORS.contains(&other.name().as_str()) => no_daemon(target),
-        other => ClientError::Runtime(format!(
-            "{}: {}",
-            other.name(),
-            other.description().unwrap_or("no details")
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zbus::names::OwnedInterfaceName;
 
     fn register_args(types: &[&str]) -> RegisterArgs {
         RegisterArgs {
@@ -1029,122 +912,28 @@ mod tests {
         assert_eq!(BusTarget::parse("").unwrap_err().exit_code(), 2);
     }
 
-    fn props(entries: Vec<(&str, OwnedVariant)>) -> Props {
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect()
-    }
-
-    fn path(text: &str) -> OwnedObjectPath {
-        OwnedObjectPath::try_from(text.to_owned()).unwrap()
-    }
-
-    fn parent_props(name: &str, type_paths: &[String]) -> Props {
-        let type_paths: Vec<OwnedObjectPath> = type_paths.iter().map(|p| path(p)).collect();
-        props(vec![
-            ("Name", string_variant(name)),
-            (
-                "DevPath",
-                string_variant(&format!("/devices/virtual/mdevreg/{name}")),
-            ),
-            ("Subsystem", string_variant("mdevreg")),
-            ("Driver", string_variant("")),
-            ("Source", string_variant("userspace")),
-            ("Owner", string_variant(":1.7")),
-            ("Lifetime", string_variant("owner")),
-            ("RegisteredSeqNum", OwnedVariant::from(9u64)),
-            (
-                "Types",
-                OwnedVariant::try_from(zbus::Variant::from(type_paths)).unwrap(),
-            ),
-        ])
-    }
-
-    fn type_props(parent: &str, id: &str, avail: u32) -> Props {
-        let devices = vec![
-            "00000000-0000-4000-8000-000000000002".to_owned(),
-            "00000000-0000-4000-8000-000000000001".to_owned(),
-        ];
-        props(vec![
-            ("Id", string_variant(id)),
-            ("Name", string_variant("")),
-            ("Description", string_variant("d")),
-            ("DeviceApi", string_variant("vfio-pci")),
-            ("AvailableInstances", OwnedVariant::from(avail)),
-            (
-                "Devices",
-                OwnedVariant::try_from(zbus::Variant::from(devices)).unwrap(),
-            ),
-            (
-                "Parent",
-                OwnedVariant::from(zbus::ObjectPath::try_from(label::parent_path(parent)).unwrap()),
-            ),
-        ])
-    }
-
-    fn object(interface: &str, props: Props) -> HashMap<OwnedInterfaceName, Props> {
-        let mut map = HashMap::new();
-        map.insert(OwnedInterfaceName::try_from(interface).unwrap(), props);
-        map
-    }
-
     #[test]
-    fn builds_parents_from_managed_objects() {
-        let mut objects: ManagedObjects = HashMap::new();
-        let t2 = label::type_path("p", "t-2");
-        let t1 = label::type_path("p", "t-1");
-        objects.insert(
-            path(&label::parent_path("p")),
-            object(PARENT_IFACE, parent_props("p", &[t1.clone(), t2.clone()])),
-        );
-        objects.insert(path(&t2), object(TYPE_IFACE, type_props("p", "t-2", 3)));
-        objects.insert(path(&t1), object(TYPE_IFACE, type_props("p", "t-1", 0)));
-        objects.insert(
-            path(&label::parent_path("a")),
-            object(PARENT_IFACE, parent_props("a", &[])),
-        );
-        let parents = parents_from_objects(objects).unwrap();
-        assert_eq!(parents.len(), 2);
-        assert_eq!(parents[0].info.name, "a");
-        let p = &parents[1];
-        assert_eq!(p.source, Source::Userspace);
-        assert_eq!(p.lifetime, Lifetime::Owner);
-        assert_eq!(p.owner, ":1.7");
-        assert_eq!(p.registered_seqnum, 9);
-        let ids: Vec<&str> = p.info.types.iter().map(|t| t.id.as_str()).collect();
-        assert_eq!(ids, ["t-1", "t-2"]);
-        assert_eq!(p.info.types[1].available_instances, 3);
-        assert_eq!(
-            p.info.types[1].devices[0],
-            "00000000-0000-4000-8000-000000000001"
-        );
-    }
-
-    #[test]
-    fn reports_bad_managed_objects() {
-        let mut objects: ManagedObjects = HashMap::new();
-        let mut bad = parent_props("p", &[]);
-        bad.insert("RegisteredSeqNum".to_owned(), string_variant("nine"));
-        objects.insert(path(&label::parent_path("p")), object(PARENT_IFACE, bad));
-        let why = parents_from_objects(objects).unwrap_err();
-        assert!(why.contains("RegisteredSeqNum"), "{why}");
-
-        let mut objects: ManagedObjects = HashMap::new();
-        let mut missing = parent_props("p", &[]);
-        missing.remove("Name");
-        objects.insert(
-            path(&label::parent_path("p")),
-            object(PARENT_IFACE, missing),
-        );
-        let why = parents_from_objects(objects).unwrap_err();
-        assert!(why.contains("Name is missing"), "{why}");
-
-        let mut objects: ManagedObjects = HashMap::new();
-        let mut odd = parent_props("p", &[]);
-        odd.insert("Source".to_owned(), string_variant("moon"));
-        objects.insert(path(&label::parent_path("p")), object(PARENT_IFACE, odd));
-        assert!(parents_from_objects(objects).unwrap_err().contains("moon"));
+    fn parents_document_errors_are_reported() {
+        let parent = crate::model::Parent {
+            info: ParentInfo {
+                name: "p".into(),
+                ..ParentInfo::default()
+            },
+            source: crate::model::Source::Userspace,
+            owner: ":1.7".into(),
+            lifetime: crate::model::Lifetime::Owner,
+            registered_seqnum: 9,
+            uid: 0,
+        };
+        let document = serde_json::to_vec(&[&parent]).unwrap();
+        assert_eq!(parse_parents(&document).unwrap(), [parent]);
+        for bad in [&b"{}"[..], b"[{\"info\": 1}]", b"", b"\xff"] {
+            let err = parse_parents(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 1);
+            let text = err.to_string();
+            assert!(text.starts_with("malformed parents document"), "{text}");
+            assert_eq!(text.lines().count(), 1, "{text}");
+        }
     }
 
     #[test]
@@ -1229,9 +1018,9 @@ mod tests {
             registry_error(err, &target).to_string(),
             "org.mdevreg.Registry1.Error.AccessDenied: uid 1000 may not call RegisterParent"
         );
-        let err = zbus::fdo::Error::ServiceUnknown("no".into());
+        let err = zbus::Error::from(zbus::fdo::Error::ServiceUnknown("no".into()));
         assert_eq!(
-            fdo_error(err, &target).to_string(),
+            runtime_zbus(&err, &target).to_string(),
             "mdevregd is not running on the system bus (nobody owns org.mdevreg.Registry1)"
         );
     }

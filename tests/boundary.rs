@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use common::bus::DbusDaemon;
 use common::daemon::{wait_ready, Daemon, DaemonOptions, Setup};
 use common::gdbus::{assert_error, assert_ok, register_as_nobody};
-use common::netns::missing_prerequisite;
 use common::polkit::{Polkitd, POLKITD, POLKIT_BUS_POLICY};
+use common::prereq::missing_prerequisite;
 use common::prereq::{open_tempdir, run};
 use common::registry_client::{
     connect, error_name, good_type, register_raw, snapshot, stats, unregister, Dict,

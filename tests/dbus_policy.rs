@@ -2,11 +2,12 @@
 //! on a real dbus-daemon whose configuration is shaped like the system bus
 //! (default deny) and includes the policy file: root's mdevregd owns the name
 //! and root may call RegisterParent; uid 65534 (through `setpriv`) may read
-//! (GetManagedObjects, ListParents, GetParent, Properties, Introspect, Peer)
-//! and call the mutators, which mdevregd refuses itself (no polkit here;
-//! tests/polkit.rs has a real polkitd), but the bus rejects its claim on the
-//! name.
-//! Clients are `gdbus`, not our code. Without root or a tool the test is
+//! (GetManagedObjects, ListParents, GetParent, DumpTypes and the
+//! `Dump*ByFileDescriptor` methods, Properties, Introspect, Peer, and every
+//! read verb of the `mdevreg` CLI) and call the mutators, which mdevregd
+//! refuses itself (no polkit on this bus; tests/polkit.rs has a real
+//! polkitd), but the bus rejects its claim on the name. Clients are `gdbus`
+//! and the CLI. Without root or a tool the test is
 //! skipped, or fails when `CI` is set.
 
 mod common;
@@ -17,7 +18,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::bus::DbusDaemon;
-use common::netns::missing_prerequisite;
+use common::lines::LineReader;
+use common::prereq;
 
 const BUS_NAME: &str = "org.mdevreg.Registry1";
 const ROOT_PATH: &str = "/org/mdevreg/Registry1";
@@ -29,11 +31,6 @@ const PARENT_PATH: &str = "/org/mdevreg/Registry1/parent/policy0";
 const BUS_DENIAL: &str = "org.freedesktop.DBus.Error.AccessDenied";
 /// What mdevregd answers a caller it does not authorise.
 const DAEMON_DENIAL: &str = "org.mdevreg.Registry1.Error.AccessDenied";
-
-fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
 
 fn shipped_policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.mdevreg.Registry1.conf")
@@ -180,18 +177,9 @@ fn name_has_owner(address: &str) -> bool {
     String::from_utf8_lossy(&output.stdout).contains("true")
 }
 
+/// Root (to drop to uid 65534) and the tools.
 fn prerequisites_present(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        missing_prerequisite::<()>(test, "needs root (setpriv to uid 65534)");
-        return false;
-    }
-    for tool in ["dbus-daemon", "gdbus", "setpriv"] {
-        if !have_tool(tool) {
-            missing_prerequisite::<()>(test, &format!("{tool} not found in PATH"));
-            return false;
-        }
-    }
-    true
+    prereq::prerequisites(test, &["dbus-daemon", "gdbus", "setpriv"])
 }
 
 #[test]
@@ -310,6 +298,25 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
         "org.freedesktop.DBus.Peer.Ping",
         &[],
     );
+    // Every read-only method of Registry1, as the interface tables list it.
+    let types = call_ok(
+        &address,
+        true,
+        ROOT_PATH,
+        &format!("{IFACE}.DumpTypes"),
+        &[""],
+    );
+    assert!(types.contains("policy-1"), "DumpTypes: {types}");
+    for method in ["DumpTypesByFileDescriptor", "DumpParentsByFileDescriptor"] {
+        let reply = call_ok(
+            &address,
+            true,
+            ROOT_PATH,
+            &format!("{IFACE}.{method}"),
+            &[""],
+        );
+        assert!(reply.contains("handle"), "{method}: {reply}");
+    }
 
     // The bus lets uid 65534's mutating calls through (as udisks2's policy
     // does); mdevregd refuses them: not root, and no polkit on this bus.
@@ -375,6 +382,142 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
     assert!(
         !empty.contains(PARENT_PATH),
         "after UnregisterParent: {empty}"
+    );
+    assert!(
+        daemon.exited().is_none(),
+        "mdevregd died; log:\n{}",
+        daemon.log()
+    );
+}
+
+/// `mdevreg ARGS` on `address`, as root or as uid 65534.
+fn cli(address: &str, as_nobody: bool, args: &[&str]) -> Command {
+    let mut command = if as_nobody {
+        let mut command = Command::new("setpriv");
+        command.args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_mdevreg"),
+        ]);
+        command
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_mdevreg"))
+    };
+    command
+        .args(["--bus", address])
+        .args(args)
+        .env_remove("MDEVREG_BUS")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Acceptance (issue 14): uid 65534 runs every read verb of the CLI on a
+/// system-like bus with the shipped policy, and each one succeeds. The
+/// client has no fallbacks, so success means the fast path (the
+/// `Dump*ByFileDescriptor` methods) was allowed.
+#[test]
+fn unprivileged_cli_reads_everything() {
+    const TEST: &str = "unprivileged_cli_reads_everything";
+    if !prerequisites_present(TEST) {
+        return;
+    }
+    let bus = DbusDaemon::start_system_like(&[shipped_policy()]);
+    let address = bus.address().to_owned();
+    let work = tempfile::tempdir().expect("work dir");
+    let mut daemon = Daemon::start(&address, work.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !name_has_owner(&address) {
+        assert!(
+            daemon.exited().is_none() && Instant::now() < deadline,
+            "mdevregd did not own {BUS_NAME}; log:\n{}",
+            daemon.log()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let run = |as_nobody: bool, args: &[&str]| {
+        let output = cli(&address, as_nobody, args)
+            .output()
+            .expect("run mdevreg");
+        assert!(
+            output.status.success() && output.stderr.is_empty(),
+            "mdevreg {args:?} as {}: {}",
+            if as_nobody { "uid 65534" } else { "root" },
+            text(&output)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    run(
+        false,
+        &[
+            "register",
+            PARENT,
+            "--persistent",
+            "--type",
+            "policy-1,vfio-pci,2,Policy",
+        ],
+    );
+
+    let reads: &[&[&str]] = &[
+        &["types"],
+        &["types", "--json"],
+        &["types", "--parent", PARENT, "--json"],
+        &["list"],
+        &["list", "--json"],
+        &["show", PARENT],
+        &["show", PARENT, "--json"],
+        &["stats"],
+    ];
+    for args in reads {
+        let as_nobody = run(true, args);
+        assert!(
+            as_nobody.contains(PARENT) || args[0] == "stats",
+            "mdevreg {args:?}: {as_nobody}"
+        );
+        // The same answer as root gets.
+        if args[0] != "stats" {
+            assert_eq!(as_nobody, run(false, args), "mdevreg {args:?}");
+        }
+    }
+
+    let mut monitor = cli(&address, true, &["monitor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn monitor");
+    let lines = LineReader::new(monitor.stdout.take().expect("stdout"));
+    // Subscribed once a probe registration by root shows up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        run(
+            false,
+            &[
+                "register",
+                "probe",
+                "--persistent",
+                "--type",
+                "p-1,vfio-pci,1",
+            ],
+        );
+        run(false, &["unregister", "probe"]);
+        if let Some(line) = lines.next_within(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "monitor as uid 65534 saw nothing"
+        );
+    };
+    assert!(line.contains("name=probe"), "{line}");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(monitor.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = monitor.wait().expect("wait monitor");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut monitor.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(
+        status.success() && stderr.is_empty(),
+        "monitor: {status} {stderr}"
     );
     assert!(
         daemon.exited().is_none(),

@@ -3,6 +3,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+mod common;
+
+use common::prereq;
 use mdevreg::bus_host::EmbeddedBus;
 use mdevreg::label::BUS_NAME;
 
@@ -16,19 +19,6 @@ impl Echo {
     fn echo(&self, text: String) -> String {
         format!("echo: {text}")
     }
-}
-
-/// A missing system tool fails the test under CI, else skips it.
-fn tool_available(tool: &str) -> bool {
-    let found = Command::new(tool).arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is required under CI"
-        );
-        eprintln!("skipping: {tool} not found");
-    }
-    found
 }
 
 async fn serve_echo(address: &str) -> zbus::Connection {
@@ -107,7 +97,7 @@ async fn two_clients_talk_through_the_embedded_bus() {
         .unwrap();
     assert_eq!(uid, nix::unistd::getuid().as_raw());
 
-    if tool_available("busctl") {
+    if prereq::require_tools("two_clients_talk_through_the_embedded_bus", &["busctl"]) {
         let address = bus.address().to_owned();
         let listed = tokio::task::spawn_blocking(move || busctl(&address, &["list"], false))
             .await
@@ -191,16 +181,13 @@ fn default_address_is_a_path_socket_in_a_fresh_directory() {
 
 #[test]
 fn reachable_from_another_network_namespace() {
-    if !tool_available("busctl") || !tool_available("unshare") {
+    const TEST: &str = "reachable_from_another_network_namespace";
+    if !prereq::require_tools(TEST, &["busctl", "unshare"]) {
         return;
     }
     let probe = Command::new("unshare").args(["-n", "true"]).status();
     if !probe.is_ok_and(|status| status.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "unshare -n needs root under CI"
-        );
-        eprintln!("skipping: unshare -n not permitted");
+        prereq::missing_prerequisite::<()>(TEST, "unshare -n not permitted (needs root)");
         return;
     }
     let bus = EmbeddedBus::start(None).unwrap();

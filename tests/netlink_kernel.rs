@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::netns::{in_new_netns, missing_prerequisite, runtime};
+use common::netns::{in_new_netns, runtime};
+use common::prereq::missing_prerequisite;
 use mdevreg::netlink::{RecvOutcome, SeqnumTracker, UeventEmitter, UeventListener};
 use mdevreg::uevent::{encode_injection, encode_kernel, Reject, Uevent};
 use nix::sys::socket::{self, MsgFlags, NetlinkAddr};

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::netns::missing_prerequisite;
+use common::prereq;
 
 /// Every file a package installs, with its mode (Debian layout for zsh).
 const SHIPPED: &[(&str, u32)] = &[
@@ -64,26 +64,6 @@ const RPM_ZSH_DIR: &str = "/usr/share/zsh/site-functions";
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
-fn tools_present(test: &str, tools: &[&str]) -> bool {
-    for tool in tools {
-        if !have_tool(tool) {
-            let hint = if *tool == "cargo-deb" {
-                " (cargo install cargo-deb --locked)"
-            } else {
-                ""
-            };
-            missing_prerequisite::<()>(test, &format!("{tool} not found in PATH{hint}"));
-            return false;
-        }
-    }
-    true
 }
 
 /// The cargo target dir and profile directory name this test was built in
@@ -235,7 +215,7 @@ fn rpm_files(spec: &str) -> Vec<String> {
 #[test]
 fn make_install_deb_and_rpm_ship_the_same_files() {
     const TEST: &str = "make_install_deb_and_rpm_ship_the_same_files";
-    if !tools_present(TEST, &["make", "cargo", "cargo-deb", "dpkg-deb", "gzip"]) {
+    if !prereq::require_tools(TEST, &["make", "cargo", "cargo-deb", "dpkg-deb", "gzip"]) {
         return;
     }
     let work = tempfile::tempdir().expect("work dir");
@@ -357,7 +337,7 @@ fn ini_value(text: &str, key: &str) -> Option<String> {
 #[test]
 fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
     const TEST: &str = "unit_passes_systemd_analyze_and_matches_dbus_activation";
-    if !tools_present(TEST, &["make", "cargo", "gzip", "systemd-analyze"]) {
+    if !prereq::require_tools(TEST, &["make", "cargo", "gzip", "systemd-analyze"]) {
         return;
     }
     let unit_path = manifest_dir().join("packaging/systemd/mdevregd.service");

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::netns::missing_prerequisite;
+use common::prereq::{missing_prerequisite, require_tools};
 use mdevreg::netlink::UeventEmitter;
 use mdevreg::uevent::Uevent;
 
@@ -44,11 +44,6 @@ fn find_udevd() -> Option<PathBuf> {
     .find(|path| path.exists())
 }
 
-fn tool_exists(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-}
-
 fn namespace_ids() -> String {
     let net = fs::read_link("/proc/self/ns/net").unwrap_or_default();
     let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
@@ -66,11 +61,8 @@ fn udevd_runs_hooks_once_per_transition() {
         missing_prerequisite::<()>(TEST, "systemd-udevd not found (Debian package udev)");
         return;
     }
-    for tool in ["unshare", "mount", "flock", "logger", "od"] {
-        if !tool_exists(tool) {
-            missing_prerequisite::<()>(TEST, &format!("{tool} not found"));
-            return;
-        }
+    if !require_tools(TEST, &["unshare", "mount", "flock", "logger", "od"]) {
+        return;
     }
 
     let work = tempfile::tempdir().expect("temp dir");

@@ -15,6 +15,7 @@ use mdevreg::daemon::{self, BusChoice, Config};
 use mdevreg::dbus::auth::AuthPolicy;
 use mdevreg::label;
 use mdevreg::logging;
+use mdevreg::metrics::outputs::MetricsConfig;
 use mdevreg::paths::SysfsRoot;
 use mdevreg::persist::{StateDirs, StateStores};
 
@@ -96,6 +97,10 @@ async fn run(cli: MdevregdCli) -> ExitCode {
         receive_buffer: cli.receive_buffer,
         auth: AuthPolicy::new(own_bus, euid),
         runtime_dir: dirs.runtime.clone(),
+        metrics: MetricsConfig {
+            listen: cli.metrics_listen,
+            textfile: cli.metrics_textfile.clone(),
+        },
     };
     // The address is printed once the registry is served: busd drops calls
     // to a name nobody owns yet without an error reply, so a client started

@@ -22,8 +22,8 @@ pub struct Commit {
     /// A registration: if its state file cannot be written it is undone
     /// ([`super::core::Core::undo`]) and the caller gets an error.
     pub undo_unless_saved: Option<Undo>,
-    /// The reply to a method call, sent after the signals.
-    pub reply: Option<PendingReply>,
+    /// Replies to method calls, sent after the signals.
+    pub replies: Vec<PendingReply>,
     /// Unique names to forget in the server's caller cache.
     pub forget_callers: Vec<String>,
     /// After this commit, check whether this owner left the bus meanwhile
@@ -88,7 +88,7 @@ impl Commit {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
             && self.save.is_empty()
-            && self.reply.is_none()
+            && self.replies.is_empty()
             && self.forget_callers.is_empty()
             && self.recheck_owner.is_none()
             && self.start_scan.is_none()

@@ -59,8 +59,13 @@ struct ScanBook {
     running: bool,
     /// Devpaths re-read while it runs.
     touched: BTreeSet<String>,
+    /// `Rescan()` calls it answers.
+    calls: Vec<Message>,
     /// Another rescan was asked for meanwhile.
     again: Option<&'static str>,
+    /// `Rescan()` calls that came while it ran: the next scan answers them
+    /// (this one may have read sysfs before the caller changed it).
+    calls_next: Vec<Message>,
 }
 
 impl Core {
@@ -95,10 +100,13 @@ impl Core {
     pub fn load_initial(&mut self, scan: Scan) {
         // The registry holds no kernel parents yet: nothing can be gone.
         for info in scan.parents {
-            let _ = self.apply(Input::KernelParent {
+            let events = self.apply(Input::KernelParent {
                 devpath: info.devpath.clone(),
                 info: Some(info),
             });
+            for event in events.iter().flatten() {
+                self.counters.registry_event(&event.kind);
+            }
         }
     }
 
@@ -141,10 +149,10 @@ impl Core {
                         owner: owner.clone(),
                         uid,
                     }),
-                    reply: Some(PendingReply::new(
+                    replies: vec![PendingReply::new(
                         call,
                         Ok(ReplyValue::Path(dbus::parent_object_path(&name))),
-                    )),
+                    )],
                     // The registrant may have left between its call and
                     // now; its NameOwnerChanged then found nothing.
                     recheck_owner: Some(owner),
@@ -174,7 +182,7 @@ impl Core {
             uid: undo.uid,
         });
         let error = dbus::Error::failed(format!("cannot save state: {err}"));
-        match commit.reply {
+        match commit.replies.into_iter().next() {
             Some(reply) => refused(reply.call, error),
             None => Commit::default(),
         }
@@ -191,7 +199,9 @@ impl Core {
             Ok(events) => {
                 log::info!("unregistered userspace parent {name:?} at the request of {caller}");
                 let mut commit = Commit::of_events(events);
-                commit.reply = Some(PendingReply::new(call, Ok(ReplyValue::Unit)));
+                commit
+                    .replies
+                    .push(PendingReply::new(call, Ok(ReplyValue::Unit)));
                 commit
             }
             Err(err) => {
@@ -371,12 +381,28 @@ impl Core {
     /// A full rescan is wanted: `Some(reason)` if the caller is to start
     /// one now; `None` if one runs (it runs again once it is done).
     pub fn request_scan(&mut self, reason: &'static str) -> Option<&'static str> {
+        self.request_scan_for(reason, Vec::new())
+    }
+
+    /// `Rescan()`: like [`Core::request_scan`]; `call` is answered once a
+    /// scan started after it is applied.
+    pub fn rescan_call(&mut self, call: Message) -> Option<&'static str> {
+        self.request_scan_for("Rescan()", vec![call])
+    }
+
+    fn request_scan_for(
+        &mut self,
+        reason: &'static str,
+        calls: Vec<Message>,
+    ) -> Option<&'static str> {
         if self.scan.running {
             self.scan.again = Some(reason);
+            self.scan.calls_next.extend(calls);
             return None;
         }
         self.scan = ScanBook {
             running: true,
+            calls,
             ..ScanBook::default()
         };
         self.counters.bump(Counter::Rescans);
@@ -393,6 +419,7 @@ impl Core {
         reader: &dyn ParentReader,
     ) -> Commit {
         let book = std::mem::take(&mut self.scan);
+        let failed = scan.is_err();
         let mut commit = match scan {
             Ok(mut scan) => {
                 log_warnings(&scan.warnings);
@@ -414,32 +441,29 @@ impl Core {
                 Commit::default()
             }
         };
-        commit.start_scan = book.again.and_then(|reason| self.request_scan(reason));
+        commit.replies = book
+            .calls
+            .into_iter()
+            .map(|call| {
+                let result = if failed {
+                    Err(dbus::Error::failed("the sysfs rescan failed"))
+                } else {
+                    Ok(ReplyValue::Unit)
+                };
+                PendingReply::new(call, result)
+            })
+            .collect();
+        commit.start_scan = book
+            .again
+            .and_then(|reason| self.request_scan_for(reason, book.calls_next));
         commit
-    }
-
-    /// `Rescan()`: `scan` was read just now (on the caller's behalf).
-    pub fn rescanned(&mut self, scan: Scan, call: Message) -> Commit {
-        log_warnings(&scan.warnings);
-        let events = self
-            .apply(Input::KernelScan(scan.parents))
-            .unwrap_or_default();
-        let mut commit = Commit::of_events(events);
-        commit.reply = Some(PendingReply::new(call, Ok(ReplyValue::Unit)));
-        commit
-    }
-
-    /// Counts a rescan run inline (not through [`Core::request_scan`]).
-    pub fn count_rescan(&self, reason: &str) {
-        self.counters.bump(Counter::Rescans);
-        log::info!("rescanning sysfs ({reason})");
     }
 }
 
 /// A refused call: nothing changed, only the error reply.
 fn refused(call: Message, error: dbus::Error) -> Commit {
     Commit {
-        reply: Some(PendingReply::new(call, Err(error))),
+        replies: vec![PendingReply::new(call, Err(error))],
         ..Commit::default()
     }
 }

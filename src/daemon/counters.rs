@@ -38,11 +38,17 @@ pub enum Counter {
     /// Uevents of userspace parents not emitted because their location
     /// now names a kernel device or subsystem ([`crate::boundary`]).
     UeventsRefusedBoundary,
+    /// Parents registered (ParentRegistered events), by source.
+    RegistrationsKernel,
+    RegistrationsUserspace,
+    /// Parents unregistered (ParentUnregistered events), by source.
+    UnregistrationsKernel,
+    UnregistrationsUserspace,
 }
 
 impl Counter {
     /// Every counter, in the order they are shown.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 17] = [
         Counter::UeventsReceived,
         Counter::UeventsOwn,
         Counter::UeventsIgnored,
@@ -56,6 +62,10 @@ impl Counter {
         Counter::StateSaveFailures,
         Counter::ParentsRestored,
         Counter::UeventsRefusedBoundary,
+        Counter::RegistrationsKernel,
+        Counter::RegistrationsUserspace,
+        Counter::UnregistrationsKernel,
+        Counter::UnregistrationsUserspace,
     ];
 
     /// Stable key (the `Stats` property, `mdevreg stats`).
@@ -74,6 +84,10 @@ impl Counter {
             Counter::StateSaveFailures => "state_save_failures",
             Counter::ParentsRestored => "parents_restored",
             Counter::UeventsRefusedBoundary => "uevents_refused_boundary",
+            Counter::RegistrationsKernel => "registrations_kernel",
+            Counter::RegistrationsUserspace => "registrations_userspace",
+            Counter::UnregistrationsKernel => "unregistrations_kernel",
+            Counter::UnregistrationsUserspace => "unregistrations_userspace",
         }
     }
 
@@ -95,6 +109,10 @@ impl Counter {
             Counter::UeventsRefusedBoundary => {
                 "Uevents of userspace parents not sent: their location is a kernel device's."
             }
+            Counter::RegistrationsKernel => "Kernel parents registered.",
+            Counter::RegistrationsUserspace => "Userspace parents registered.",
+            Counter::UnregistrationsKernel => "Kernel parents unregistered.",
+            Counter::UnregistrationsUserspace => "Userspace parents unregistered.",
         }
     }
 }
@@ -172,6 +190,9 @@ impl RejectKind {
 pub struct Counters {
     values: [AtomicU64; Counter::ALL.len()],
     rejected: [AtomicU64; RejectKind::ALL.len()],
+    /// Unix time in ms of the last kernel uevent received (or of the start
+    /// of listening); 0 before.
+    last_uevent_ms: AtomicU64,
 }
 
 impl Counters {
@@ -197,6 +218,42 @@ impl Counters {
     pub fn reject(&self, reject: &Reject) {
         self.bump(Counter::UeventsRejected);
         self.rejected[RejectKind::of(reject).index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a registry event about a parent registering or leaving.
+    pub fn registry_event(&self, kind: &crate::registry::EventKind) {
+        use crate::model::Source;
+        use crate::registry::EventKind;
+        let counter = match kind {
+            EventKind::ParentRegistered { parent } => match parent.source {
+                Source::Kernel => Counter::RegistrationsKernel,
+                Source::Userspace => Counter::RegistrationsUserspace,
+            },
+            EventKind::ParentUnregistered { parent } => match parent.source {
+                Source::Kernel => Counter::UnregistrationsKernel,
+                Source::Userspace => Counter::UnregistrationsUserspace,
+            },
+            _ => return,
+        };
+        self.bump(counter);
+    }
+
+    /// Records now as the time of the last kernel uevent (called at the
+    /// start of listening too).
+    pub fn mark_uevent(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        self.last_uevent_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Unix time in seconds of the last kernel uevent (or of the start of
+    /// listening); `None` when not listening.
+    pub fn last_uevent_seconds(&self) -> Option<f64> {
+        match self.last_uevent_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms as f64 / 1000.0),
+        }
     }
 
     pub fn rejected(&self, kind: RejectKind) -> u64 {

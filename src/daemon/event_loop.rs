@@ -95,11 +95,10 @@ impl EventLoop {
                 uid,
                 call,
             } => self.core.unregister(name, caller, uid, call),
-            Request::Rescan { call } => {
-                self.core.count_rescan("Rescan()");
-                let scan = sysfs::scan(&self.sysfs_root);
-                self.core.rescanned(scan, call)
-            }
+            Request::Rescan { call } => Commit {
+                start_scan: self.core.rescan_call(call),
+                ..Commit::default()
+            },
         };
         self.commit(commit).await;
     }

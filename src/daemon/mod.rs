@@ -60,6 +60,8 @@ use crate::dbus::auth::AuthPolicy;
 use crate::dbus::{validate, Server, SharedRegistry};
 use crate::emit::UeventSink;
 use crate::label::BUS_NAME;
+use crate::metrics::outputs::{ChangeNotifier, MetricsConfig, MetricsError, MetricsOutputs};
+use crate::metrics::{counter_values, MetricsSource, RegistryView};
 use crate::netlink::UeventListener;
 use crate::paths::SysfsRoot;
 use crate::persist::StateStores;
@@ -86,6 +88,8 @@ pub struct Config {
     /// The runtime directory (emptied by a reboot), where the boot marker
     /// lives ([`crate::boot`]).
     pub runtime_dir: std::path::PathBuf,
+    /// Prometheus metrics outputs (`--metrics-listen`, `--metrics-textfile`).
+    pub metrics: MetricsConfig,
 }
 
 /// Why the daemon stopped with an error.
@@ -101,6 +105,8 @@ pub enum DaemonError {
     Listener(io::Error),
     #[error("the bus connection was lost")]
     BusLost,
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// Where to connect, from `--bus`.
@@ -201,6 +207,20 @@ pub async fn run(
         "found {found} kernel mdev parents under {}",
         config.sysfs_root.path().display()
     );
+    // Metrics once the registry holds the tree; a port or a file that
+    // cannot be used fails the start.
+    let metrics = if config.metrics.is_enabled() {
+        let view: Arc<dyn RegistryView> = registry.clone();
+        let values = Arc::clone(&counters);
+        let source = Arc::new(MetricsSource::new(view, move || counter_values(&values)));
+        Some(MetricsOutputs::start(&config.metrics, source).await?)
+    } else {
+        None
+    };
+    let mut observers: Vec<Box<dyn CommitObserver>> = Vec::new();
+    if let Some(outputs) = &metrics {
+        observers.push(Box::new(MetricsObserver(outputs.notifier())));
+    }
     let mut daemon = EventLoop {
         core,
         sink: Sink {
@@ -210,7 +230,7 @@ pub async fn run(
             uevents,
             stores: config.stores.clone(),
             counters: Arc::clone(&counters),
-            observers: Vec::new(),
+            observers,
             sysfs_root: config.sysfs_root.clone(),
         },
         sysfs_root: config.sysfs_root.clone(),
@@ -278,6 +298,7 @@ pub async fn run(
         task.abort();
     }
     daemon.sink.save_all();
+    drop(metrics);
     if result.is_ok() {
         if let Err(err) = bus.release_name(bus_name).await {
             log::warn!("cannot release {BUS_NAME}: {err}");
@@ -285,6 +306,16 @@ pub async fn run(
         log::info!("stopped");
     }
     result
+}
+
+/// Tells the metrics outputs about every commit (the textfile is
+/// rewritten when its content changed).
+struct MetricsObserver(ChangeNotifier);
+
+impl CommitObserver for MetricsObserver {
+    fn committed(&mut self, _registry: &Registry, _commit: &Commit) {
+        self.0.changed();
+    }
 }
 
 /// Loads both state files and rebuilds the registry without events.

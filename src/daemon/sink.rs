@@ -129,13 +129,14 @@ impl Sink {
                 }
             }
         }
+        for event in &commit.events {
+            self.counters.registry_event(&event.kind);
+        }
         let mut messages = signals::build(&self.reg(), &commit.events);
         let mut commit = commit;
-        let reply_ok = commit
-            .reply
-            .as_ref()
-            .is_some_and(|reply| reply.result.is_ok());
-        if let Some(reply) = commit.reply.take() {
+        let replied_ok =
+            !commit.replies.is_empty() && commit.replies.iter().all(|reply| reply.result.is_ok());
+        for reply in std::mem::take(&mut commit.replies) {
             messages.extend(reply.message());
         }
         if !messages.is_empty() {
@@ -144,7 +145,7 @@ impl Sink {
         for caller in &commit.forget_callers {
             self.server.forget_caller(caller);
         }
-        if reply_ok {
+        if replied_ok {
             follow_up.recheck_owner = commit.recheck_owner.take();
         }
         if !self.observers.is_empty() {

@@ -97,10 +97,12 @@ pub async fn read_uevents(
     counters: Arc<Counters>,
 ) {
     let mut tracker = SeqnumTracker::new();
+    counters.mark_uevent();
     loop {
         let message = match listener.recv().await {
             Ok(RecvOutcome::Event(event)) => {
                 counters.bump(Counter::UeventsReceived);
+                counters.mark_uevent();
                 if let Some(gap) = event.seqnum().and_then(|seqnum| tracker.observe(seqnum)) {
                     counters.bump(Counter::SeqnumGaps);
                     log::debug!(

@@ -218,7 +218,7 @@ properties! {
         /// Version of mdevregd.
         version: String = "Version", Const, PropValue::Str(env!("CARGO_PKG_VERSION"));
         /// Sequence number of the last registry event.
-        seq_num: u64 = "SeqNum", Value, PropValue::U64(registry.seqnum());
+        seq_num: u64 = "SeqNum", Never, PropValue::U64(registry.seqnum());
         /// Object paths of all registered parents, sorted by name.
         parents: Vec<OwnedObjectPath> = "Parents", Invalidates, PropValue::Paths(
             registry.parents().map(|p| label::parent_path(p.name())).collect()
@@ -403,6 +403,33 @@ pub const PEER: &str = "org.freedesktop.DBus.Peer";
 pub const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 pub const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 pub const OBJECT_MANAGER: &str = "org.freedesktop.DBus.ObjectManager";
+
+/// In-arguments of the standard interfaces' methods that mdevreg answers.
+const STANDARD_METHODS: &[(&str, &str, &str)] = &[
+    (PEER, "Ping", ""),
+    (PEER, "GetMachineId", ""),
+    (INTROSPECTABLE, "Introspect", ""),
+    (PROPERTIES, "Get", "ss"),
+    (PROPERTIES, "GetAll", "s"),
+    (PROPERTIES, "Set", "ssv"),
+    (OBJECT_MANAGER, "GetManagedObjects", ""),
+];
+
+/// The signature the body of a call of `interface.member` must have (its
+/// in-arguments, without parentheses); `None` if there is no such method.
+pub fn call_signature(interface: &str, member: &str) -> Option<String> {
+    if let Some((_, _, signature)) = STANDARD_METHODS
+        .iter()
+        .find(|(i, m, _)| *i == interface && *m == member)
+    {
+        return Some((*signature).to_owned());
+    }
+    [&REGISTRY1, &PARENT1, &MDEV_TYPE1]
+        .into_iter()
+        .find(|i| i.name == interface)?
+        .method(member)
+        .map(Member::in_signature)
+}
 
 /// The standard interfaces every node has.
 const STANDARD_XML: &str = r#"  <interface name="org.freedesktop.DBus.Peer">
@@ -684,6 +711,18 @@ mod tests {
             ),
             ["AvailableInstances"]
         );
+    }
+
+    #[test]
+    fn call_signatures() {
+        assert_eq!(call_signature(PROPERTIES, "Get").as_deref(), Some("ss"));
+        assert_eq!(call_signature(PEER, "Ping").as_deref(), Some(""));
+        assert_eq!(
+            call_signature(REGISTRY1.name, "GetParent").as_deref(),
+            Some("s")
+        );
+        assert_eq!(call_signature(PARENT1.name, "Frob"), None);
+        assert_eq!(call_signature("org.example.Other", "Ping"), None);
     }
 
     #[test]

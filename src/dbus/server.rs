@@ -103,6 +103,21 @@ fn unknown_method(interface: &str, member: &str) -> Reply {
     )))
 }
 
+/// `UnknownMethod` if `interface` has no method `member`, `InvalidArgs` if
+/// the body is not its in-arguments; `None` if the call may proceed.
+fn check_call(message: &Message, interface: &str, member: &str) -> Option<Reply> {
+    let Some(expected) = interfaces::call_signature(interface, member) else {
+        return Some(unknown_method(interface, member));
+    };
+    let body = message.body();
+    let got = body.signature().to_string_no_parens();
+    (got != expected).then(|| {
+        Reply::Fdo(fdo::Error::InvalidArgs(format!(
+            "{interface}.{member} takes ({expected}), not ({got})"
+        )))
+    })
+}
+
 fn invalid_args(err: zbus::Error) -> Reply {
     Reply::Fdo(fdo::Error::InvalidArgs(format!("invalid arguments: {err}")))
 }
@@ -221,6 +236,9 @@ impl Server {
         if interface == Some(PEER)
             || (interface.is_none() && matches!(member, "Ping" | "GetMachineId"))
         {
+            if let Some(refusal) = check_call(message, PEER, member) {
+                return Some(refusal);
+            }
             return Some(self.peer(header, member));
         }
         let Some(node) = classify(path.as_str()) else {
@@ -241,6 +259,17 @@ impl Server {
                 None => return Some(unknown_method("(none)", member)),
             },
         };
+        let on_node = [INTROSPECTABLE, PROPERTIES].contains(&interface)
+            || (interface == OBJECT_MANAGER && node == Node::Root)
+            || node.interfaces().iter().any(|i| i.name == interface);
+        if !on_node {
+            return Some(unknown_interface(interface));
+        }
+        // Unknown methods and bodies that are not the in-arguments are
+        // refused here, before anything is looked up or done.
+        if let Some(refusal) = check_call(message, interface, member) {
+            return Some(refusal);
+        }
         match interface {
             INTROSPECTABLE if member == "Introspect" => Some(self.introspect(header, &node)),
             PROPERTIES => Some(self.properties(message, header, &node, member)),

@@ -15,19 +15,17 @@ use zbus::{Connection, Message, ObjectPath};
 use super::interfaces::{
     self, Emits, Object, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PROPERTIES, REGISTRY1,
 };
-use super::values::{self, IfaceMap, PropMap, PropValue};
+use super::values::{self, IfaceMap, PropMap};
 use crate::label;
 use crate::model::{MdevType, Parent};
 use crate::registry::{Event, EventKind, Registry};
 
 /// `Parent1.Types`, sent on its own after type events.
 const TYPES: &str = "Types";
-/// `Registry1.SeqNum`, sent after every batch of events.
-const SEQNUM: &str = "SeqNum";
 
 /// The signals showing `events` (already applied to `registry`), in order,
-/// ending with the root's `PropertiesChanged` (`SeqNum`, and `Parents`
-/// invalidated when parents came or went).
+/// ending with the root's `PropertiesChanged` (`Parents` invalidated) when
+/// parents came or went.
 pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
     let mut messages = Vec::new();
     if events.is_empty() {
@@ -113,8 +111,9 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
             );
         }
     }
-    let seqnum = events.last().map_or(0, |event| event.seqnum);
-    // Large values (`Parents`) are only named as invalidated.
+    // Large values (`Parents`) are only named as invalidated. `SeqNum`
+    // changes with every event and is not signalled: every registry signal
+    // carries it.
     let invalidated: Vec<&str> = REGISTRY1
         .properties
         .iter()
@@ -125,7 +124,7 @@ pub fn build(registry: &Registry, events: &[Event]) -> Vec<Message> {
         &mut messages,
         label::ROOT_PATH,
         REGISTRY1.name,
-        PropMap(vec![(SEQNUM, PropValue::U64(seqnum))]),
+        PropMap(Vec::new()),
         &invalidated,
     ) {
         log::warn!("root PropertiesChanged not built: {err}");
@@ -277,6 +276,11 @@ mod tests {
     #[test]
     fn named_properties_exist() {
         assert!(PARENT1.property(TYPES).is_some());
-        assert!(REGISTRY1.property(SEQNUM).is_some());
+        let seqnum = REGISTRY1.property("SeqNum").expect("SeqNum");
+        assert_eq!(
+            seqnum.emits,
+            Emits::Never,
+            "every registry signal carries it"
+        );
     }
 }

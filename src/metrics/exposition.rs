@@ -232,16 +232,15 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
         }
     }
     {
-        // (physical device, type id) -> (type name, creatable); the name
-        // of the first parent that has the type.
-        let mut creatable: BTreeMap<(&str, &str), (&str, u64)> = BTreeMap::new();
+        // Parents grouped by physical device (few groups), then per group
+        // type id -> (type name, creatable), the name of the first parent
+        // that has the type: small maps, not one entry per type of the host.
+        let mut devices: BTreeMap<&str, Vec<&Parent>> = BTreeMap::new();
         for parent in parents.parents() {
-            for mdev_type in &parent.info.types {
-                let entry = creatable
-                    .entry((physical_device(parent), mdev_type.id.as_str()))
-                    .or_insert((mdev_type.name.as_str(), 0));
-                entry.1 += u64::from(mdev_type.available_instances);
-            }
+            devices
+                .entry(physical_device(parent))
+                .or_default()
+                .push(parent);
         }
         let mut family = encoder.encode_descriptor(
             "mdevreg_physical_device_creatable",
@@ -249,13 +248,25 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
             None,
             MetricType::Gauge,
         )?;
-        for ((device, type_id), (name, count)) in creatable {
-            let labels = [
-                ("physical_device", device),
-                ("type", type_id),
-                ("name", name),
-            ];
-            family.encode_family(&labels)?.encode_gauge(&count)?;
+        let mut creatable: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+        for (device, members) in devices {
+            creatable.clear();
+            for parent in members {
+                for mdev_type in &parent.info.types {
+                    let entry = creatable
+                        .entry(mdev_type.id.as_str())
+                        .or_insert((mdev_type.name.as_str(), 0));
+                    entry.1 += u64::from(mdev_type.available_instances);
+                }
+            }
+            for (type_id, (name, count)) in &creatable {
+                let labels = [
+                    ("physical_device", device),
+                    ("type", type_id),
+                    ("name", name),
+                ];
+                family.encode_family(&labels)?.encode_gauge(count)?;
+            }
         }
     }
     encoder

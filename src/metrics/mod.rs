@@ -7,6 +7,7 @@
 
 pub mod exposition;
 pub mod http;
+pub mod outputs;
 pub mod textfile;
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ pub use exposition::{
     render, CounterValues, Exposition, ExpositionCache, Format, ParentList, RegistryView,
 };
 
-use crate::daemon::Counter;
+use crate::daemon::{Counter, Counters, RejectKind};
 
 /// Rejection reasons, as the `reason` label shows them (the keys of
 /// [`crate::daemon::RejectKind::name`]).
@@ -30,34 +31,43 @@ pub const REJECT_REASONS: [&str; 7] = [
     "malformed",
 ];
 
-/// Registration sources, as the `source` label shows them.
-pub const SOURCES: [&str; 2] = ["kernel", "userspace"];
-
 /// The daemon's named counters (the `Stats` property) as the exposition
-/// shows them; counters never bumped are 0.
+/// shows them; counters never bumped are 0. `mdevreg metrics` uses it on
+/// the `Stats` it reads, the daemon on its own counters.
 pub fn counters_from_stats(stats: &BTreeMap<String, u64>) -> CounterValues {
-    let get = |key: &str| stats.get(key).copied().unwrap_or(0);
-    let by = |prefix: &str, labels: &[&'static str]| {
-        labels
-            .iter()
-            .map(|label| (*label, get(&format!("{prefix}{label}"))))
-            .collect()
-    };
+    let get = |counter: Counter| stats.get(counter.name()).copied().unwrap_or(0);
     CounterValues {
-        uevents_received: get(Counter::UeventsReceived.name()),
-        uevents_rejected: by("uevents_rejected_", &REJECT_REASONS),
-        rescans: get(Counter::Rescans.name()),
-        netlink_overflows: get(Counter::NetlinkOverflows.name()),
-        uevent_seqnum_gaps: get(Counter::SeqnumGaps.name()),
-        registrations: by("registrations_", &SOURCES),
-        unregistrations: by("unregistrations_", &SOURCES),
-        uevents_emitted: vec![
-            ("inject", get(Counter::UeventsInjected.name())),
-            ("broadcast", get(Counter::UeventsBroadcast.name())),
+        uevents_received: get(Counter::UeventsReceived),
+        uevents_rejected: RejectKind::ALL
+            .iter()
+            .map(|kind| (kind.name(), stats.get(kind.key()).copied().unwrap_or(0)))
+            .collect(),
+        rescans: get(Counter::Rescans),
+        netlink_overflows: get(Counter::NetlinkOverflows),
+        uevent_seqnum_gaps: get(Counter::SeqnumGaps),
+        registrations: vec![
+            ("kernel", get(Counter::RegistrationsKernel)),
+            ("userspace", get(Counter::RegistrationsUserspace)),
         ],
-        uevent_emit_failures: get(Counter::UeventEmitFailures.name()),
-        state_save_failures: get(Counter::StateSaveFailures.name()),
+        unregistrations: vec![
+            ("kernel", get(Counter::UnregistrationsKernel)),
+            ("userspace", get(Counter::UnregistrationsUserspace)),
+        ],
+        uevents_emitted: vec![
+            ("inject", get(Counter::UeventsInjected)),
+            ("broadcast", get(Counter::UeventsBroadcast)),
+        ],
+        uevent_emit_failures: get(Counter::UeventEmitFailures),
+        state_save_failures: get(Counter::StateSaveFailures),
         last_uevent_timestamp_seconds: None,
+    }
+}
+
+/// The daemon's own counters as the exposition shows them.
+pub fn counter_values(counters: &Counters) -> CounterValues {
+    CounterValues {
+        last_uevent_timestamp_seconds: counters.last_uevent_seconds(),
+        ..counters_from_stats(&counters.snapshot())
     }
 }
 

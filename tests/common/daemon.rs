@@ -41,6 +41,8 @@ pub struct DaemonOptions {
     /// `--runtime-dir` (owner-bound state, boot marker); `None`: the state
     /// directory.
     pub runtime_dir: Option<PathBuf>,
+    /// More arguments, appended as given (`--metrics-listen ...`).
+    pub extra_args: Vec<String>,
 }
 
 impl DaemonOptions {
@@ -53,6 +55,7 @@ impl DaemonOptions {
             netlink: true,
             verbose: true,
             runtime_dir: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -102,6 +105,7 @@ impl Daemon {
         if options.verbose {
             command.arg("-v");
         }
+        command.args(&options.extra_args);
         let child = command
             .env_remove("JOURNAL_STREAM")
             .env("RUST_BACKTRACE", "1")

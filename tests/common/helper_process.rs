@@ -1,6 +1,8 @@
 //! Helper processes: the running test binary started again in a helper
 //! role (only its test `helper_process`, with [`HELPER_ROLE_ENV`] naming
-//! the role), optionally as uid/gid [`NOBODY`] through `setpriv`; it talks
+//! the role; that entry point is `#[ignore]`d, so a normal test run lists
+//! it as ignored instead of counting it as a passing test, and helpers are
+//! started with `--ignored`), optionally as uid/gid [`NOBODY`] through `setpriv`; it talks
 //! to its parent in stdout lines prefixed [`HELPER_LINE_PREFIX`].
 
 use std::io::{BufRead, BufReader};
@@ -41,6 +43,7 @@ pub fn spawn_helper_as(role: &str, env: &[(&str, String)], nobody_args: Option<&
         .args([
             "--exact",
             "helper_process",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

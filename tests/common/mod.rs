@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod netns;
 pub mod polkit;
 pub mod prereq;
+pub mod prometheus;
 pub mod registry_client;
 pub mod registry_signals;
 pub mod sysfs_fixture;

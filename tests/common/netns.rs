@@ -1,19 +1,9 @@
 //! Runs test code inside a fresh network namespace, so netlink traffic (kernel
-//! uevent injection, group broadcasts) stays away from the host, and reports
-//! missing prerequisites (skip, or fail when `CI` is set).
+//! uevent injection, group broadcasts) stays away from the host.
 
 use std::thread;
 
-/// Reports a missing prerequisite: panics when the environment variable `CI`
-/// is set, otherwise prints why `test` is skipped. Returns `None` so callers
-/// can `return` it.
-pub fn missing_prerequisite<T>(test: &str, why: &str) -> Option<T> {
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: prerequisite missing under CI: {why}");
-    }
-    eprintln!("SKIP {test}: {why}");
-    None
-}
+use super::prereq::missing_prerequisite;
 
 /// Runs `body` on a new thread that has first moved into a new, empty network
 /// namespace (`unshare(CLONE_NEWNET)` affects only the calling thread); every

@@ -1,16 +1,28 @@
-//! Test prerequisites and the common test body runner: root and tools in
-//! PATH are checked first (a missing one skips the test with a message, or
-//! fails it when env `CI` is set, see
-//! [`missing_prerequisite`](super::netns::missing_prerequisite)); [`run`]
-//! then runs an async body in a fresh network namespace. Also temporary
-//! directories that an unprivileged uid can enter.
+//! The one place that decides what a missing test prerequisite means
+//! ([`missing_prerequisite`]: a skip with a `SKIP <test>: <why>` line, or a
+//! failure when env `CI` is set), the checks built on it (root, tools in
+//! PATH), and the common test body runner [`run`] (an async body in a fresh
+//! network namespace). Also temporary directories that an unprivileged uid
+//! can enter.
 
 use std::fs;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use super::netns::{in_new_netns, missing_prerequisite};
+use super::netns::in_new_netns;
+
+/// Reports a missing prerequisite of `test`: panics when the environment
+/// variable `CI` is set (a skip must never pass as a success there),
+/// otherwise prints `SKIP <test>: <why>`. Returns `None` so callers can
+/// `return` it.
+pub fn missing_prerequisite<T>(test: &str, why: &str) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: prerequisite missing under CI: {why}");
+    }
+    eprintln!("SKIP {test}: {why}");
+    None
+}
 
 /// The full path of `tool` in PATH.
 pub fn find_in_path(tool: &str) -> Option<PathBuf> {

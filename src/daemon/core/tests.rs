@@ -295,7 +295,7 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
         })
     );
     assert!(matches!(
-        commit.reply.as_ref().map(|reply| &reply.result),
+        commit.replies.first().map(|reply| &reply.result),
         Some(Ok(ReplyValue::Path(_)))
     ));
     let seqnum = core.registry().seqnum();
@@ -305,7 +305,7 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     assert!(core.registry().get("demo").is_none());
     assert!(undone.events.is_empty(), "never shown: {:?}", undone.events);
     assert!(undone.save.is_empty() && undone.recheck_owner.is_none());
-    match undone.reply.map(|reply| reply.result) {
+    match undone.replies.into_iter().next().map(|reply| reply.result) {
         Some(Err(err)) => assert!(err.to_string().contains("disk full"), "{err}"),
         other => panic!("expected an error reply, got {other:?}"),
     }
@@ -343,19 +343,27 @@ fn a_refused_call_changes_nothing_and_gets_its_error() {
     assert!(taken.events.is_empty() && taken.save.is_empty());
     assert!(taken.undo_unless_saved.is_none() && taken.recheck_owner.is_none());
     assert!(matches!(
-        taken.reply.map(|reply| reply.result),
+        taken.replies.into_iter().next().map(|reply| reply.result),
         Some(Err(dbus::Error::AlreadyRegistered(_)))
     ));
     let not_owner = core.unregister("demo".to_owned(), ":1.8".to_owned(), 0, call("U"));
     assert!(matches!(
-        not_owner.reply.map(|reply| reply.result),
+        not_owner
+            .replies
+            .into_iter()
+            .next()
+            .map(|reply| reply.result),
         Some(Err(dbus::Error::NotOwner(_)))
     ));
     let unregistered = core.unregister("demo".to_owned(), ":1.7".to_owned(), 0, call("U"));
     assert_eq!(kinds(&unregistered), ["unregistered"]);
     assert_eq!(unregistered.save, [Lifetime::Owner]);
     assert!(matches!(
-        unregistered.reply.map(|reply| reply.result),
+        unregistered
+            .replies
+            .into_iter()
+            .next()
+            .map(|reply| reply.result),
         Some(Ok(ReplyValue::Unit))
     ));
 }
@@ -466,11 +474,38 @@ fn a_registration_at_a_kernel_device_is_refused_and_changes_nothing() {
         &sysfs,
     );
     assert!(commit.events.is_empty() && commit.save.is_empty());
-    match commit.reply.map(|reply| reply.result) {
+    match commit.replies.into_iter().next().map(|reply| reply.result) {
         Some(Err(dbus::Error::InvalidArgument(message))) => {
             assert!(message.contains("existing sysfs device"), "{message}")
         }
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
     assert_eq!(*core.registry(), before);
+}
+
+#[test]
+fn rescan_calls_are_answered_by_a_scan_that_started_after_them() {
+    let (mut core, counters) = core();
+    let sysfs = FakeSysfs::default();
+    let empty = || {
+        Ok(Scan {
+            parents: Vec::new(),
+            warnings: Vec::new(),
+        })
+    };
+    assert_eq!(core.rescan_call(call("Rescan")), Some("Rescan()"));
+    // A second call while the scan runs waits for the next one.
+    assert_eq!(core.rescan_call(call("Rescan")), None);
+    let first = core.scan_finished(empty(), &sysfs);
+    assert_eq!(first.replies.len(), 1);
+    assert_eq!(first.start_scan, Some("Rescan()"));
+    let second = core.scan_finished(empty(), &sysfs);
+    assert_eq!(second.replies.len(), 1);
+    assert!(matches!(second.replies[0].result, Ok(ReplyValue::Unit)));
+    assert_eq!(second.start_scan, None);
+    assert_eq!(counters.get(Counter::Rescans), 2);
+    // A scan that failed answers with an error.
+    core.rescan_call(call("Rescan"));
+    let failed = core.scan_finished(Err("panicked".to_owned()), &sysfs);
+    assert!(failed.replies[0].result.is_err());
 }

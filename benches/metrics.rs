@@ -95,6 +95,8 @@ fn parent_info(index: u32, n_types: u32) -> ParentInfo {
         name,
         subsystem: "pci".to_owned(),
         driver: "nvidia".to_owned(),
+        backend: Default::default(),
+        physical_device: String::new(),
         types,
     }
 }

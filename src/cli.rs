@@ -31,6 +31,20 @@ pub enum Command {
         /// Scan this sysfs root directly instead of asking the daemon.
         #[arg(long, value_name = "DIR")]
         sysfs_root: Option<PathBuf>,
+        /// Which parents: `mdev` (the default: exactly mdevctl's output) or
+        /// `all` (NVIDIA vendor-specific VFIO parents too, in the same shape).
+        #[arg(long, value_enum, default_value = "mdev")]
+        backend: BackendFilter,
+    },
+    /// vGPU capacity per physical GPU: for each type, how many more the
+    /// GPU's parents (SR-IOV siblings) list as creatable now (an upper
+    /// bound when sizes mix) and how many they hold.
+    Capacity {
+        #[arg(long)]
+        json: bool,
+        /// Scan this sysfs root directly instead of asking the daemon.
+        #[arg(long, value_name = "DIR")]
+        sysfs_root: Option<PathBuf>,
     },
     /// List parents with their types and active mdevs.
     List {
@@ -135,6 +149,16 @@ pub struct RegisterArgs {
     pub persistent: bool,
 }
 
+/// Which parents `types` shows.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendFilter {
+    /// mdev parents only: the `mdevctl types` output.
+    #[default]
+    Mdev,
+    /// Every backend (NVIDIA vendor-specific VFIO parents too).
+    All,
+}
+
 /// How mdevregd tells the world about userspace transitions.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EmitMode {
@@ -179,6 +203,11 @@ pub struct MdevregdCli {
     /// overflow tests and benchmarks.
     #[arg(long, value_name = "BYTES")]
     pub receive_buffer: Option<usize>,
+    /// Seconds between checks of NVIDIA vendor-specific VFIO parents
+    /// (placing a vGPU sends no uevent); fractions allowed, at least 0.01.
+    /// Nothing is polled while there is no such parent.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_poll_interval)]
+    pub poll_interval: std::time::Duration,
     /// Serve Prometheus metrics over HTTP (`GET /metrics`) on this
     /// address, e.g. `127.0.0.1:9850` (off by default).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -191,4 +220,37 @@ pub struct MdevregdCli {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--poll-interval`: seconds (fractions allowed), 0.01 ..= 86400.
+fn parse_poll_interval(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {text:?}"))?;
+    if !(0.01..=86_400.0).contains(&seconds) {
+        return Err(format!("{text} s is outside 0.01 ..= 86400"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_interval_bounds() {
+        assert_eq!(
+            parse_poll_interval("2"),
+            Ok(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_poll_interval("0.5"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        for bad in ["0", "-1", "x", "NaN", "1e9"] {
+            assert!(parse_poll_interval(bad).is_err(), "{bad}");
+        }
+        let cli = MdevregdCli::try_parse_from(["mdevregd"]).unwrap();
+        assert_eq!(cli.poll_interval, std::time::Duration::from_secs(2));
+    }
 }

@@ -25,7 +25,7 @@ use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Str};
 
-use crate::cli::{Command, RegisterArgs, WaitArgs};
+use crate::cli::{BackendFilter, Command, RegisterArgs, WaitArgs};
 use crate::dbus::interfaces::{MDEV_TYPE1, REGISTRY1};
 use crate::dbus::{Error as RegistryError, Registry1Proxy};
 use crate::label;
@@ -297,8 +297,14 @@ async fn run_query(
 ) -> Result<(), ClientError> {
     let conn = target.connect().await?;
     match command {
-        Command::Types { parent, json, .. } => {
-            if json {
+        Command::Types {
+            parent,
+            json,
+            backend,
+            ..
+        } => {
+            // The daemon's documents are mdevctl's (mdev parents only).
+            if json && backend == BackendFilter::Mdev {
                 // One call: the daemon renders the document itself, into a
                 // file it passes over.
                 let registry = registry_proxy(&conn, target).await?;
@@ -318,7 +324,13 @@ async fn run_query(
             }
             let parents = fetch_parents(&conn, target, parent.as_deref()).await?;
             let infos: Vec<ParentInfo> = parents.into_iter().map(|p| p.info).collect();
+            let infos = report::select_backend(infos, backend);
             report::write_types(&infos, parent.as_deref(), json, out).map_err(ClientError::output)
+        }
+        Command::Capacity { json, .. } => {
+            let parents = fetch_parents(&conn, target, None).await?;
+            report::write_capacity(parents.iter().map(|p| &p.info), json, out)
+                .map_err(ClientError::output)
         }
         Command::List { json, .. } => {
             let parents = fetch_parents(&conn, target, None).await?;

@@ -224,6 +224,8 @@ mod tests {
                 devpath: "/devices/virtual/mdevreg/vgpu0".into(),
                 subsystem: "mdevreg".into(),
                 driver: String::new(),
+                backend: Default::default(),
+                physical_device: String::new(),
                 types: Vec::new(),
             },
             source,

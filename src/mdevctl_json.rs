@@ -93,7 +93,7 @@ pub fn kernel_parent(info: ParentInfo) -> Parent {
 }
 
 /// One parent as a JSON object: `name`, `devpath`, `subsystem`, `driver`,
-/// `source`, `owner`, `lifetime`, `types` (each with `id`, `name`,
+/// `backend`, `physical_device`, `source`, `owner`, `lifetime`, `types` (each with `id`, `name`,
 /// `description`, `device_api`, `available_instances`, `devices`).
 pub fn parent_json(parent: &Parent) -> Value {
     let types: Vec<Value> = sorted_types(&parent.info.types)
@@ -114,6 +114,8 @@ pub fn parent_json(parent: &Parent) -> Value {
         "devpath": parent.info.devpath,
         "subsystem": parent.info.subsystem,
         "driver": parent.info.driver,
+        "backend": parent.info.backend.as_str(),
+        "physical_device": parent.info.physical_device,
         "source": parent.source.as_str(),
         "owner": parent.owner,
         "lifetime": parent.lifetime.as_str(),
@@ -135,13 +137,16 @@ pub fn list_document(parents: &[Parent]) -> Value {
 ///   DevPath:   /devices/pci0000:00/0000:00:02.0
 ///   Subsystem: pci
 ///   Driver:    i915
+///   Backend:   mdev
 ///   Source:    kernel
 ///   Types:
 ///     i915-GVTg_V5_4 (vfio-pci, 2 available) GVTg_V5_4
 ///       83b8f4f2-509f-382f-3c1e-e6bfe0fa1001
 /// ```
 ///
-/// `Owner:` and `Lifetime:` lines appear for userspace parents.
+/// `Physical:` (the PF of an SR-IOV VF) appears when there is one, `Owner:`
+/// and `Lifetime:` lines for userspace parents. The instances of a
+/// vendor-VFIO parent are the VF itself (its PCI address).
 pub fn parent_text(parent: &Parent) -> String {
     let info = &parent.info;
     let mut text = String::new();
@@ -150,6 +155,10 @@ pub fn parent_text(parent: &Parent) -> String {
     let _ = writeln!(text, "  Subsystem: {}", info.subsystem);
     if !info.driver.is_empty() {
         let _ = writeln!(text, "  Driver:    {}", info.driver);
+    }
+    let _ = writeln!(text, "  Backend:   {}", info.backend.as_str());
+    if !info.physical_device.is_empty() {
+        let _ = writeln!(text, "  Physical:  {}", info.physical_device);
     }
     let _ = writeln!(text, "  Source:    {}", parent.source.as_str());
     if parent.source != crate::model::Source::Kernel {
@@ -315,6 +324,8 @@ mod tests {
             devpath: format!("/devices/virtual/x/{name}"),
             subsystem: "x".to_string(),
             driver: String::new(),
+            backend: Default::default(),
+            physical_device: String::new(),
             types,
         }
     }
@@ -402,6 +413,8 @@ mod tests {
                 "devpath": "/devices/virtual/x/p1",
                 "subsystem": "x",
                 "driver": "",
+                "backend": "mdev",
+                "physical_device": "",
                 "source": "kernel",
                 "owner": "",
                 "lifetime": "kernel",

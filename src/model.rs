@@ -31,6 +31,14 @@ pub struct ParentInfo {
     pub subsystem: String,
     /// Bound driver name, empty if none.
     pub driver: String,
+    /// How vGPUs are created on this parent: mdev (`mdev_supported_types`)
+    /// or NVIDIA's vendor-specific VFIO (`nvidia/current_vgpu_type`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// PCI address of the physical function this parent is a virtual
+    /// function of (the `physfn` link), empty when none.
+    #[serde(default)]
+    pub physical_device: String,
     /// Supported types, sorted by id, ids unique.
     pub types: Vec<MdevType>,
 }
@@ -47,6 +55,39 @@ impl ParentInfo {
 
     pub fn get_type(&self, id: &str) -> Option<&MdevType> {
         self.types.iter().find(|t| t.id == id)
+    }
+}
+
+/// How instances are created on a parent (SPEC §1.10, §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Backend {
+    /// The kernel's mdev core: `mdev_supported_types/<id>/create`; also
+    /// every userspace parent.
+    #[default]
+    #[serde(rename = "mdev")]
+    Mdev,
+    /// NVIDIA's vendor-specific VFIO (vGPU 17+): an SR-IOV virtual function
+    /// bound to `nvidia` with `nvidia/creatable_vgpu_types` and
+    /// `nvidia/current_vgpu_type`; the VF itself is the vGPU.
+    #[serde(rename = "nvidia-vfio")]
+    NvidiaVfio,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Mdev => "mdev",
+            Backend::NvidiaVfio => "nvidia-vfio",
+        }
+    }
+
+    /// Parses `mdev` or `nvidia-vfio`.
+    pub fn parse(text: &str) -> Option<Backend> {
+        match text {
+            "mdev" => Some(Backend::Mdev),
+            "nvidia-vfio" => Some(Backend::NvidiaVfio),
+            _ => None,
+        }
     }
 }
 
@@ -129,5 +170,33 @@ impl Parent {
 impl Parent {
     pub fn name(&self) -> &str {
         &self.info.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for backend in [Backend::Mdev, Backend::NvidiaVfio] {
+            assert_eq!(Backend::parse(backend.as_str()), Some(backend));
+            assert_eq!(
+                serde_json::to_value(backend).unwrap(),
+                serde_json::Value::String(backend.as_str().to_string())
+            );
+        }
+        assert_eq!(Backend::parse("nvidia"), None);
+    }
+
+    #[test]
+    fn parent_info_without_the_new_fields_reads_as_mdev() {
+        // A state file written before backends existed.
+        let info: ParentInfo = serde_json::from_str(
+            r#"{"name":"p","devpath":"/devices/virtual/mdevreg/p","subsystem":"mdevreg","driver":"","types":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(info.backend, Backend::Mdev);
+        assert_eq!(info.physical_device, "");
     }
 }

@@ -10,6 +10,16 @@ use std::path::{Component, Path, PathBuf};
 /// Directory under a parent device holding one directory per mdev type.
 pub const SUPPORTED_TYPES_DIR: &str = "mdev_supported_types";
 
+/// Directory under an NVIDIA vendor-specific VFIO virtual function holding
+/// its vGPU files (SPEC §1.10).
+pub const NVIDIA_VFIO_DIR: &str = "nvidia";
+/// `<vf>/nvidia/creatable_vgpu_types`: header, then `ID : name` lines.
+pub const CREATABLE_VGPU_TYPES: &str = "creatable_vgpu_types";
+/// `<vf>/nvidia/current_vgpu_type`: the id of the vGPU the VF holds, 0 for none.
+pub const CURRENT_VGPU_TYPE: &str = "current_vgpu_type";
+/// `<vf>/physfn`: link to the physical function of an SR-IOV virtual function.
+pub const PHYSFN_LINK: &str = "physfn";
+
 /// The root of a sysfs tree (the real `/sys` or a fake one in a directory).
 ///
 /// Cheap to clone, `Send + Sync`, holds no open files.
@@ -45,6 +55,12 @@ impl SysfsRoot {
     /// `ROOT/bus/mdev/devices`: one symlink per active mdev instance.
     pub fn mdev_devices_dir(&self) -> PathBuf {
         self.root.join("bus").join("mdev").join("devices")
+    }
+
+    /// `ROOT/bus/pci/devices`: one symlink per PCI device, where vendor
+    /// VFIO virtual functions are found.
+    pub fn pci_devices_dir(&self) -> PathBuf {
+        self.root.join("bus").join("pci").join("devices")
     }
 
     /// Maps a kernel device path (`/devices/...`, as in a uevent's `DEVPATH`)

@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Lifetime, MdevType, Parent, ParentInfo, Source};
+use crate::model::{Backend, Lifetime, MdevType, Parent, ParentInfo, Source};
 
 /// At most this many userspace parents per owner connection.
 pub const MAX_PARENTS_PER_OWNER: usize = 256;
@@ -78,7 +78,8 @@ pub enum EventKind {
     ParentUnregistered {
         parent: Parent,
     },
-    /// Devpath, subsystem, driver or owner changed (types unchanged).
+    /// Devpath, subsystem, driver, backend, physical device or owner changed
+    /// (type changes come as their own events after this one).
     ParentUpdated {
         before: Parent,
         after: Parent,
@@ -200,8 +201,10 @@ impl Registry {
         self.waiting.values()
     }
 
-    /// The kernel parent (registered or waiting) whose devpath is `devpath`
-    /// or an ancestor of it (an mdev instance below the parent, say).
+    /// The kernel mdev parent (registered or waiting) whose devpath is
+    /// `devpath` or an ancestor of it (an mdev instance below the parent,
+    /// say). Vendor-VFIO parents are not mdev parents: they are re-read
+    /// together with their siblings, never one by one.
     pub fn kernel_devpath_owner(&self, devpath: &str) -> Option<&str> {
         let registered = self
             .parents
@@ -210,6 +213,7 @@ impl Registry {
             .map(|p| &p.info);
         registered
             .chain(self.waiting.values())
+            .filter(|info| info.backend == Backend::Mdev)
             .find(|info| is_same_or_below(devpath, &info.devpath))
             .map(|info| info.devpath.as_str())
     }
@@ -327,7 +331,9 @@ impl Registry {
         let name = before.name().to_owned();
         let attrs_changed = before.info.devpath != info.devpath
             || before.info.subsystem != info.subsystem
-            || before.info.driver != info.driver;
+            || before.info.driver != info.driver
+            || before.info.backend != info.backend
+            || before.info.physical_device != info.physical_device;
         let mut kinds = Vec::new();
         diff_types(&name, &before.info.types, &info.types, &mut kinds);
         if !attrs_changed && kinds.is_empty() {

@@ -1,4 +1,4 @@
-//! The direct (no daemon) mode of the `types` and `list` commands: scan a
+//! The direct (no daemon) mode of the `types`, `list` and `capacity` commands: scan a
 //! sysfs root, print warnings, render with [`crate::mdevctl_json`].
 //!
 //! Output goes to the writers passed in, so tests and the D-Bus client can
@@ -7,9 +7,11 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
+use crate::capacity;
+use crate::cli::BackendFilter;
 use crate::mdevctl_json::{kernel_parent, list_document, list_text, types_json_pretty, types_text};
 use crate::metrics;
-use crate::model::Parent;
+use crate::model::{Backend, Parent, ParentInfo};
 use crate::paths::SysfsRoot;
 use crate::sysfs::{self, Warning};
 
@@ -57,9 +59,21 @@ pub fn print_warnings(warnings: &[Warning], err: &mut dyn Write) -> io::Result<(
     Ok(())
 }
 
-/// `types [--parent P] [--json]` for already-fetched parents.
+/// The parents `types --backend` shows: mdev ones only (mdevctl's
+/// output), or all.
+pub fn select_backend(parents: Vec<ParentInfo>, backend: BackendFilter) -> Vec<ParentInfo> {
+    match backend {
+        BackendFilter::All => parents,
+        BackendFilter::Mdev => parents
+            .into_iter()
+            .filter(|p| p.backend == Backend::Mdev)
+            .collect(),
+    }
+}
+
+/// `types [--parent P] [--json]` for already-fetched (and selected) parents.
 pub fn write_types(
-    parents: &[crate::model::ParentInfo],
+    parents: &[ParentInfo],
     only_parent: Option<&str>,
     json: bool,
     out: &mut dyn Write,
@@ -82,17 +96,48 @@ pub fn write_list(parents: &[Parent], json: bool, out: &mut dyn Write) -> io::Re
     }
 }
 
-/// `types --sysfs-root DIR [--parent P] [--json]`.
+/// `capacity [--json]` for already-fetched parents.
+pub fn write_capacity<'a>(
+    parents: impl IntoIterator<Item = &'a ParentInfo>,
+    json: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let devices = capacity::by_physical_device(parents);
+    if json {
+        let text =
+            serde_json::to_string_pretty(&capacity::json(&devices)).map_err(io::Error::other)?;
+        writeln!(out, "{text}")
+    } else {
+        out.write_all(capacity::text(&devices).as_bytes())
+    }
+}
+
+/// `types --sysfs-root DIR [--parent P] [--json] [--backend B]`.
 pub fn types_direct(
     root: &SysfsRoot,
     only_parent: Option<&str>,
     json: bool,
+    backend: BackendFilter,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), ReportError> {
     let scan = scan_root_types(root)?;
     print_warnings(&scan.warnings, err)?;
-    write_types(&scan.parents, only_parent, json, out)?;
+    let parents = select_backend(scan.parents, backend);
+    write_types(&parents, only_parent, json, out)?;
+    Ok(out.flush()?)
+}
+
+/// `capacity --sysfs-root DIR [--json]`.
+pub fn capacity_direct(
+    root: &SysfsRoot,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), ReportError> {
+    let scan = scan_root(root)?;
+    print_warnings(&scan.warnings, err)?;
+    write_capacity(&scan.parents, json, out)?;
     Ok(out.flush()?)
 }
 

@@ -5,14 +5,17 @@
 //! - `class/mdev_bus/<name>`: a symlink per parent, resolved to its devpath;
 //!   the parent's name is the devpath's last component (the kernel names
 //!   the link after the device, so the two agree);
-//! - `<parent>/subsystem` and `<parent>/driver`: symlinks, basename taken
-//!   (empty when absent);
+//! - `<parent>/subsystem`, `<parent>/driver` and `<parent>/physfn` (the
+//!   physical function of an SR-IOV VF): symlinks, basename taken (empty
+//!   when absent);
 //! - `<parent>/mdev_supported_types/<id>/`: `device_api`, `available_instances`
 //!   (required), `name`, `description` (optional), `devices/<uuid>` (not by
 //!   [`scan_types`]);
 //! - `bus/mdev/devices/<uuid>` (by [`scan`] only): links to `<parent>/<uuid>`
 //!   whose `mdev_type` link names the type; instances found there but missing
-//!   from the type's `devices/` are merged in.
+//!   from the type's `devices/` are merged in;
+//! - `bus/pci/devices/*/nvidia/`: NVIDIA vendor-specific VFIO parents, read
+//!   by [`crate::nvidia_vfio`] (by both [`scan`] and [`scan_types`]).
 //!
 //! Text is normalised as mdevctl 1.2.0 does (checked by running it): `name`
 //! and `device_api` have surrounding whitespace trimmed; `description` is
@@ -65,8 +68,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::model::{MdevType, ParentInfo};
-use crate::paths::{devpath_name, supported_types_dir, SysfsRoot};
+use crate::model::{Backend, MdevType, ParentInfo};
+use crate::nvidia_vfio;
+use crate::paths::{devpath_name, supported_types_dir, SysfsRoot, PHYSFN_LINK};
 
 /// Largest attribute file accepted (a sysfs attribute is at most one page;
 /// this leaves room for large pages).
@@ -207,6 +211,24 @@ fn scan_with(root: &SysfsRoot, instances: Instances) -> Scan {
     if instances == Instances::Read {
         merge_bus_instances(&root, &mut parents, &mut warnings);
     }
+    // NVIDIA vendor-specific VFIO virtual functions (their vGPU is the VF
+    // itself: nothing in `bus/mdev/devices`). A device that is an mdev
+    // parent too stays an mdev parent.
+    for info in nvidia_vfio::scan(&root, &mut warnings) {
+        if let Some(existing) = parents.get(&info.name) {
+            if existing.devpath != info.devpath {
+                warnings.push(Warning::new(
+                    &info.devpath,
+                    format!(
+                        "parent name {:?} already used by {}; skipped",
+                        info.name, existing.devpath
+                    ),
+                ));
+            }
+            continue;
+        }
+        parents.insert(info.name.clone(), info);
+    }
     Scan {
         parents: parents.into_values().collect(),
         warnings,
@@ -332,6 +354,7 @@ fn read_parent_with(root: &SysfsRoot, devpath: &str, instances: Instances) -> Pa
     };
     let subsystem = link_name_or_empty(&device_dir.join("subsystem"), &mut warnings);
     let driver = link_name_or_empty(&device_dir.join("driver"), &mut warnings);
+    let physical_device = link_name_or_empty(&device_dir.join(PHYSFN_LINK), &mut warnings);
     // Held open so each attribute open walks `<type>/<file>` only, not the
     // whole path again; without it (it vanished) full paths are used.
     let types_fd = open_dir_fd(&types_dir);
@@ -363,6 +386,8 @@ fn read_parent_with(root: &SysfsRoot, devpath: &str, instances: Instances) -> Pa
         devpath: devpath.to_string(),
         subsystem,
         driver,
+        backend: Backend::Mdev,
+        physical_device,
         types,
     };
     info.normalize();
@@ -710,7 +735,7 @@ fn resolve_instance_link(
 }
 
 /// Resolves a `class/mdev_bus` link to the devpath it points to.
-fn resolve_devpath(canonical_root: &SysfsRoot, link: &Path) -> Result<String, Warning> {
+pub(crate) fn resolve_devpath(canonical_root: &SysfsRoot, link: &Path) -> Result<String, Warning> {
     let target =
         fs::canonicalize(link).map_err(|err| Warning::new(link, describe_link_error(&err)))?;
     canonical_root.path_to_devpath(&target).ok_or_else(|| {
@@ -724,7 +749,7 @@ fn resolve_devpath(canonical_root: &SysfsRoot, link: &Path) -> Result<String, Wa
     })
 }
 
-fn link_name_or_empty(path: &Path, warnings: &mut Vec<Warning>) -> String {
+pub(crate) fn link_name_or_empty(path: &Path, warnings: &mut Vec<Warning>) -> String {
     match read_link_name(path) {
         Ok(name) => name.unwrap_or_default(),
         Err(warning) => {

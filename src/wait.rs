@@ -374,6 +374,7 @@ mod tests {
                     ..MdevType::default()
                 })
                 .collect(),
+            ..ParentInfo::default()
         }
     }
 

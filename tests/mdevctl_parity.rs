@@ -276,6 +276,11 @@ const CASES: &[Case] = &[
         build: || Tree::Example(example_tree("mixed")),
         parent: None,
     },
+    Case {
+        name: "example_nvidia_mixed",
+        build: || Tree::Example(example_tree("nvidia-mixed")),
+        parent: None,
+    },
 ];
 
 fn gvt() -> Tree {
@@ -548,10 +553,21 @@ fn committed_example_trees() {
     if !ready("committed_example_trees") {
         return;
     }
-    for name in ["example_gvt", "example_mixed"] {
+    // `nvidia-mixed` has NVIDIA vendor-specific VFIO VFs beside the mdev
+    // parents: mdevctl does not see them, and neither does `types` by default.
+    for name in ["example_gvt", "example_mixed", "example_nvidia_mixed"] {
         let (_tree, doc) = live_case(name);
         assert!(!parent_names(&doc).is_empty(), "{name}");
     }
+    // A vendor-VFIO-only host: both print the empty document (mdevreg warns
+    // about the sample's malformed `creatable_vgpu_types` line).
+    let vfio = example_tree("nvidia-vfio");
+    let theirs = mdevctl(&vfio, &["types", "--dumpjson"]);
+    assert!(theirs.status.success(), "{}", text(&theirs.stderr));
+    let ours = mdevreg(&vfio, &["types", "--json"]);
+    assert!(ours.status.success(), "{}", text(&ours.stderr));
+    assert_eq!(text(&ours.stdout), text(&theirs.stdout));
+    assert_eq!(text(&ours.stdout).trim(), "[]");
     // The broken sample is refused by mdevctl and read with warnings by mdevreg.
     let broken = example_tree("broken");
     assert!(!mdevctl(&broken, &["types", "--dumpjson"]).status.success());

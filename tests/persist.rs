@@ -16,6 +16,8 @@ fn record(name: &str, lifetime: Lifetime, seqnum: u64) -> StoredRegistration {
                 devpath: format!("/devices/virtual/mdevreg/{name}"),
                 subsystem: "mdevreg".to_owned(),
                 driver: String::new(),
+                backend: Default::default(),
+                physical_device: String::new(),
                 types: vec![MdevType {
                     id: "mtty-2".to_owned(),
                     name: "Dual-port serial".to_owned(),

@@ -20,7 +20,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::prereq::{missing_prerequisite, require_tools};
+use mdevreg::emit::MdevState;
 use mdevreg::netlink::UeventEmitter;
+use mdevreg::paths::SysfsRoot;
+use mdevreg::synth_uevent;
 use mdevreg::uevent::Uevent;
 
 /// Env var naming the temp dir of the scenario; set only for the inner run.
@@ -337,6 +340,7 @@ fn inner_udev_scenario() {
     inject(PARENT_DEVPATH, &registered);
     let events = monitor.wait_for(PARENT_DEVPATH, 1, long);
     assert_parent_event(&events[0], "registered", PARENT);
+    assert_eq!(events[0].get("MDEVREG_BACKEND"), Some("mdev"));
     settle();
     assert_eq!(
         runs_for(&hook_log, PARENT),
@@ -442,6 +446,30 @@ fn inner_udev_scenario() {
         )]
     );
     assert!(runs_for(&hook_log, "node7").is_empty());
+
+    // 8. mdevregd's vendor-VFIO writer (the one that announces NVIDIA VFs)
+    // pointed at `lo`: udevd runs the rules with MDEV_STATE and
+    // MDEVREG_BACKEND, and the event keeps the device's own kernel
+    // properties.
+    let uuid =
+        synth_uevent::write_change(&SysfsRoot::new("/sys"), lo_devpath, MdevState::Registered)
+            .expect("write the synthetic change");
+    let events = monitor.wait_for(lo_devpath, 1, long);
+    let event = &events[0];
+    assert_eq!(
+        event.get("SYNTH_UUID"),
+        Some(uuid.hyphenated().to_string().as_str())
+    );
+    assert_parent_event(event, "registered", "lo");
+    assert_eq!(
+        event.get("MDEVREG_BACKEND"),
+        Some("nvidia-vfio"),
+        "{event:#?}"
+    );
+    assert_eq!(event.get("SUBSYSTEM"), Some("net"), "{event:#?}");
+    assert_eq!(event.get("INTERFACE"), Some("lo"), "{event:#?}");
+    assert_eq!(event.get("IFINDEX"), Some("1"), "{event:#?}");
+    settle();
 
     // The non-executable file was never run (it would not have logged, but
     // it must not be counted as a hook either).

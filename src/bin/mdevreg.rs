@@ -1,5 +1,5 @@
 //! `mdevreg`: the command-line client. With `--sysfs-root` the `types`,
-//! `list` and `metrics` commands scan sysfs directly ([`mdevreg::report`]); everything else
+//! `list`, `capacity` and `metrics` commands scan sysfs directly ([`mdevreg::report`]); everything else
 //! goes to the daemon over D-Bus ([`mdevreg::client`]).
 //!
 //! Exit codes: 0 ok, 1 runtime error (one line naming the cause), 2 usage.
@@ -43,14 +43,21 @@ fn run(cli: MdevregCli) -> Result<(), ClientError> {
             parent,
             json,
             sysfs_root: Some(root),
+            backend,
         } => report::types_direct(
             &SysfsRoot::new(root),
             parent.as_deref(),
             json,
+            backend,
             &mut out,
             &mut err,
         )
         .map_err(direct_failed),
+        Command::Capacity {
+            json,
+            sysfs_root: Some(root),
+        } => report::capacity_direct(&SysfsRoot::new(root), json, &mut out, &mut err)
+            .map_err(direct_failed),
         Command::List {
             json,
             sysfs_root: Some(root),

@@ -14,15 +14,18 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use crate::mdevctl_json;
 use serde::Serializer;
 
-use crate::model::{Parent, ParentInfo};
+use crate::model::{Backend, Parent, ParentInfo};
 
-/// Writes the document of `parents` (only `only_parent` if given) to a new
-/// memfd, sealed against any change.
+/// Writes the document of the mdev parents among `parents` (only
+/// `only_parent` if given) to a new memfd, sealed against any change. Like
+/// mdevctl's, it leaves vendor-VFIO parents out (`types --backend all`
+/// renders them on the client side).
 pub fn render<'a>(
     parents: impl IntoIterator<Item = &'a ParentInfo>,
     only_parent: Option<&str>,
 ) -> io::Result<File> {
-    render_with(|writer| mdevctl_json::write_types_json_pretty(writer, parents, only_parent))
+    let mdev = parents.into_iter().filter(|p| p.backend == Backend::Mdev);
+    render_with(|writer| mdevctl_json::write_types_json_pretty(writer, mdev, only_parent))
 }
 
 /// Writes `parents` (only the one called `only_parent` if given) as a JSON
@@ -82,6 +85,8 @@ mod tests {
             devpath: "/devices/virtual/mtty/mtty".into(),
             subsystem: "mtty".into(),
             driver: String::new(),
+            backend: Default::default(),
+            physical_device: String::new(),
             types: vec![MdevType {
                 id: "mtty-1".into(),
                 name: "Single port serial".into(),

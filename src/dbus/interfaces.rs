@@ -257,6 +257,12 @@ properties! {
         /// registry's parents, in a read-only file (offset 0).
         fn dump_parents_by_file_descriptor(parent: &str) -> Result<zbus::OwnedFd, Error>;
 
+        /// vGPU capacity of one physical device (all of them when
+        /// `physical_device` is empty), aggregated over the parents sharing
+        /// it: per type its id, name, how many more the siblings list as
+        /// creatable now (an upper bound) and how many they hold.
+        fn get_capacity(physical_device: &str) -> Result<Vec<(String, String, u32, u32)>, Error>;
+
         /// A parent was registered (source `kernel` or `userspace`).
         #[zbus(signal)]
         fn parent_registered(
@@ -288,6 +294,11 @@ properties! {
         dev_path: String = "DevPath", Value, PropValue::Str(&parent.info.devpath);
         subsystem: String = "Subsystem", Value, PropValue::Str(&parent.info.subsystem);
         driver: String = "Driver", Value, PropValue::Str(&parent.info.driver);
+        /// `mdev` or `nvidia-vfio` (NVIDIA vendor-specific VFIO).
+        backend: String = "Backend", Value, PropValue::Str(parent.info.backend.as_str());
+        /// PCI address of the physical function (from `physfn`), empty when none.
+        physical_device: String = "PhysicalDevice", Value,
+            PropValue::Str(&parent.info.physical_device);
         /// `kernel` or `userspace`.
         source: String = "Source", Const, PropValue::Str(parent.source.as_str());
         /// Unique bus name of the owner (empty for kernel parents).
@@ -368,6 +379,13 @@ pub const REGISTRY1: Interface = Interface {
         Member {
             name: "DumpParentsByFileDescriptor",
             args: &[arg_in("parent", "s"), arg_out("document", "h")],
+        },
+        Member {
+            name: "GetCapacity",
+            args: &[
+                arg_in("physical_device", "s"),
+                arg_out("capacity", "a(ssuu)"),
+            ],
         },
     ],
     signals: &[
@@ -602,6 +620,8 @@ mod tests {
                 devpath: "/devices/virtual/mtty/mtty".into(),
                 subsystem: "mtty".into(),
                 driver: "mtty".into(),
+                backend: Default::default(),
+                physical_device: String::new(),
                 types: vec![MdevType {
                     id: "mtty-1".into(),
                     name: "Single port".into(),

@@ -30,6 +30,7 @@ use super::interfaces::{
 };
 use super::values::{self, ManagedObjects, PropMap};
 use super::{document, lock, validate, Request};
+use crate::capacity;
 use crate::daemon::Counters;
 use crate::label;
 use crate::registry::Registry;
@@ -532,6 +533,20 @@ impl Server {
                     file.and_then(|file| document::reopen(&file)),
                     "parents",
                 )
+            }
+            "GetCapacity" => {
+                let physical_device: String = match body.deserialize() {
+                    Ok(physical_device) => physical_device,
+                    Err(err) => return Some(invalid_args(err)),
+                };
+                let rows: Vec<(String, String, u32, u32)> = {
+                    let registry = self.read();
+                    capacity::rows_for(registry.parents().map(|p| &p.info), &physical_device)
+                }
+                .into_iter()
+                .map(|row| (row.id, row.name, row.creatable, row.holding))
+                .collect();
+                Reply::Message(Message::method_return(header).build(&rows))
             }
             "DumpTypesByFileDescriptor" => {
                 let parent: String = match body.deserialize() {

@@ -118,6 +118,8 @@ pub fn registration(
         devpath: format!("{DEFAULT_DEVPATH_DIR}/{name}"),
         subsystem: DEFAULT_SUBSYSTEM.to_owned(),
         driver: String::new(),
+        backend: Default::default(),
+        physical_device: String::new(),
         types: Vec::new(),
     };
     let mut lifetime = Lifetime::Owner;

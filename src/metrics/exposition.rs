@@ -147,17 +147,20 @@ impl RegistryView for RwLock<Registry> {
 
 /// The backend of a parent, for the `backend` label.
 ///
-/// Until parents carry a backend (the vendor-VFIO issue), every parent
-/// comes from the mdev core.
-pub fn backend(_parent: &Parent) -> &str {
-    "mdev"
+/// The parent's backend: `mdev` or `nvidia-vfio`.
+pub fn backend(parent: &Parent) -> &str {
+    parent.info.backend.as_str()
 }
 
 /// The physical device a parent's capacity belongs to: its
-/// `PhysicalDevice` (the PF behind an SR-IOV VF) once parents carry one,
-/// else the parent itself.
+/// `PhysicalDevice` (the PF behind an SR-IOV VF) when it has one, else the
+/// parent itself.
 pub fn physical_device(parent: &Parent) -> &str {
-    parent.name()
+    if parent.info.physical_device.is_empty() {
+        parent.name()
+    } else {
+        &parent.info.physical_device
+    }
 }
 
 /// HELP texts, one per family.

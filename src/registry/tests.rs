@@ -23,6 +23,8 @@ fn kinfo(name: &str, avail: u32) -> ParentInfo {
         devpath: format!("/devices/pci0000:00/{name}"),
         subsystem: "pci".to_owned(),
         driver: "i915".to_owned(),
+        backend: Default::default(),
+        physical_device: String::new(),
         types: vec![mtype("i915-GVTg_V5_4", avail), mtype("i915-GVTg_V5_8", 1)],
     }
 }
@@ -33,6 +35,8 @@ fn uinfo(name: &str) -> ParentInfo {
         devpath: format!("/devices/virtual/mdevreg/{name}"),
         subsystem: "mdevreg".to_owned(),
         driver: String::new(),
+        backend: Default::default(),
+        physical_device: String::new(),
         types: vec![mtype("test-1", 4)],
     }
 }

@@ -58,6 +58,9 @@ pub struct ParentSpec {
     pub subsystem: Option<String>,
     /// Root-relative target of the `driver` link (`bus/pci/drivers/i915`).
     pub driver: Option<String>,
+    /// Devpath of the physical function when this parent is an SR-IOV VF
+    /// (written as the `physfn` link).
+    pub physfn: Option<String>,
     pub types: Vec<TypeSpec>,
 }
 
@@ -67,8 +70,15 @@ impl ParentSpec {
             devpath: devpath.to_string(),
             subsystem: None,
             driver: None,
+            physfn: None,
             types: Vec::new(),
         }
+    }
+
+    /// Makes the parent a virtual function of the device at `pf_devpath`.
+    pub fn physfn(mut self, pf_devpath: &str) -> ParentSpec {
+        self.physfn = Some(pf_devpath.to_string());
+        self
     }
 
     /// The parent name: last component of the devpath.
@@ -293,6 +303,9 @@ impl FakeSysfs {
             self.link(&format!("{rel}/driver"), driver);
             let driver_name = driver.rsplit('/').next().unwrap_or(driver);
             uevent.push_str(&format!("DRIVER={driver_name}\n"));
+        }
+        if let Some(physfn) = &spec.physfn {
+            self.link(&format!("{rel}/physfn"), physfn);
         }
         self.write_file(format!("{rel}/uevent"), &uevent);
         fs::create_dir_all(dir.join("mdev_supported_types")).expect("create mdev_supported_types");
@@ -550,6 +563,229 @@ impl FakeSysfs {
     }
 }
 
+/// One vGPU type of an NVIDIA GPU in vendor-specific VFIO mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VgpuTypeSpec {
+    /// The numeric id (`creatable_vgpu_types` column 1; type `nvidia-<id>`).
+    pub id: u32,
+    pub name: String,
+    /// Framebuffer it takes, in GB (decides what still fits, see
+    /// [`FakeSysfs::set_vgpu`]).
+    pub framebuffer_gb: u32,
+}
+
+/// An NVIDIA GPU in vendor-specific VFIO mode (vGPU 17+, SPEC §1.10): the
+/// PF (`sriov_totalvfs`, `sriov_numvfs`, `virtfnN`, no `nvidia/`) and its
+/// VFs (`physfn`, `driver -> nvidia`, `iommu_group`, `nvidia/` with
+/// `creatable_vgpu_types` and `current_vgpu_type`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VfioGpuSpec {
+    /// Devpath of the PF; its last component is the PF address.
+    pub pf_devpath: String,
+    pub n_vfs: u32,
+    pub framebuffer_gb: u32,
+    /// In the driver's order (not sorted by id).
+    pub types: Vec<VgpuTypeSpec>,
+    /// PCI device id (vendor is NVIDIA, 10de), the same for PF and VFs.
+    pub device_id: String,
+}
+
+impl VfioGpuSpec {
+    /// An L40S-like GPU (48 GB, 13 types: B and Q profiles) at `pf_devpath`.
+    pub fn l40s(pf_devpath: &str, n_vfs: u32) -> VfioGpuSpec {
+        let types = [
+            (1145, "NVIDIA L40S-1B", 1),
+            (1146, "NVIDIA L40S-2B", 2),
+            (2164, "NVIDIA L40S-3B", 3),
+            (1147, "NVIDIA L40S-1Q", 1),
+            (1148, "NVIDIA L40S-2Q", 2),
+            (1149, "NVIDIA L40S-3Q", 3),
+            (1150, "NVIDIA L40S-4Q", 4),
+            (1151, "NVIDIA L40S-6Q", 6),
+            (1152, "NVIDIA L40S-8Q", 8),
+            (1153, "NVIDIA L40S-12Q", 12),
+            (1154, "NVIDIA L40S-16Q", 16),
+            (1155, "NVIDIA L40S-24Q", 24),
+            (1156, "NVIDIA L40S-48Q", 48),
+        ]
+        .into_iter()
+        .map(|(id, name, framebuffer_gb)| VgpuTypeSpec {
+            id,
+            name: name.to_string(),
+            framebuffer_gb,
+        })
+        .collect();
+        VfioGpuSpec {
+            pf_devpath: pf_devpath.to_string(),
+            n_vfs,
+            framebuffer_gb: 48,
+            types,
+            device_id: "26b9".to_string(),
+        }
+    }
+
+    /// The PF address (last devpath component).
+    pub fn pf_name(&self) -> &str {
+        self.pf_devpath
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.pf_devpath)
+    }
+
+    /// VF addresses: function 4 onwards on the PF's bus (`0000:41:00.4`,
+    /// `0000:41:00.5`, ..., `0000:41:01.0`, ...), as on real hosts.
+    pub fn vf_names(&self) -> Vec<String> {
+        let pf = self.pf_name();
+        let (bus, _) = pf.rsplit_once(':').expect("PCI address");
+        (0..self.n_vfs)
+            .map(|index| {
+                let devfn = 4 + index;
+                format!("{bus}:{:02x}.{}", devfn / 8, devfn % 8)
+            })
+            .collect()
+    }
+
+    /// Devpath of VF `vf` (a sibling directory of the PF, as the kernel
+    /// places VFs on the same bus).
+    pub fn vf_devpath(&self, vf: &str) -> String {
+        let (dir, _) = self.pf_devpath.rsplit_once('/').expect("devpath");
+        format!("{dir}/{vf}")
+    }
+
+    fn vgpu_type(&self, id: u32) -> Option<&VgpuTypeSpec> {
+        self.types.iter().find(|t| t.id == id)
+    }
+}
+
+/// `creatable_vgpu_types` as the driver writes it: header, then the id
+/// left-justified to width 5, ` : `, the name.
+pub fn creatable_file<'a>(types: impl IntoIterator<Item = &'a VgpuTypeSpec>) -> String {
+    let mut text = "ID    : vGPU Name\n".to_string();
+    for t in types {
+        text.push_str(&format!("{:<5} : {}\n", t.id, t.name));
+    }
+    text
+}
+
+impl FakeSysfs {
+    /// Adds a vendor-VFIO GPU: the PF, `n_vfs` VFs bound to `nvidia` with no
+    /// vGPU (each lists every type), and the `bus/pci/devices` links.
+    pub fn add_vfio_gpu(&self, spec: &VfioGpuSpec) {
+        let pf_rel = spec.pf_devpath.trim_start_matches('/').to_string();
+        self.add_pci_device(&pf_rel, spec);
+        self.write_file(format!("{pf_rel}/sriov_totalvfs"), "32\n");
+        self.write_file(
+            format!("{pf_rel}/sriov_numvfs"),
+            format!("{}\n", spec.n_vfs),
+        );
+        for (index, vf) in spec.vf_names().iter().enumerate() {
+            let vf_rel = spec.vf_devpath(vf).trim_start_matches('/').to_string();
+            self.add_pci_device(&vf_rel, spec);
+            self.link(&format!("{vf_rel}/physfn"), &pf_rel);
+            self.link(&format!("{pf_rel}/virtfn{index}"), &vf_rel);
+            self.write_file(format!("{vf_rel}/nvidia/current_vgpu_type"), "0\n");
+            // Outputs of newer drivers, empty until a vGPU exists.
+            self.write_file(format!("{vf_rel}/nvidia/vgpu_params"), "");
+            self.write_file(format!("{vf_rel}/nvidia/placement_id"), "");
+        }
+        self.refresh_vfio_lists(spec);
+    }
+
+    /// A PCI device of `spec`'s GPU at root-relative `rel`, bound to
+    /// `nvidia`, with the kernel's `uevent` properties and an IOMMU group.
+    fn add_pci_device(&self, rel: &str, spec: &VfioGpuSpec) {
+        let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+        fs::create_dir_all(self.path(rel)).expect("create PCI device");
+        self.ensure_dir_with_files("bus/pci", &["drivers_probe", "uevent"]);
+        self.link(&format!("{rel}/subsystem"), "bus/pci");
+        self.ensure_dir_with_files("bus/pci/drivers/nvidia", &["bind", "unbind", "uevent"]);
+        self.link(&format!("{rel}/driver"), "bus/pci/drivers/nvidia");
+        self.link(&format!("bus/pci/devices/{name}"), rel);
+        self.write_file(format!("{rel}/vendor"), "0x10de\n");
+        self.write_file(format!("{rel}/device"), format!("0x{}\n", spec.device_id));
+        let id = spec.device_id.to_uppercase();
+        self.write_file(
+            format!("{rel}/uevent"),
+            format!(
+                "DRIVER=nvidia\nPCI_CLASS=30200\nPCI_ID=10DE:{id}\nPCI_SUBSYS_ID=10DE:1851\nPCI_SLOT_NAME={name}\nMODALIAS=pci:v000010DEd0000{id}sv000010DEsd00001851bc03sc02i00\n"
+            ),
+        );
+        let group = self.next_iommu_group();
+        self.write_file(format!("kernel/iommu_groups/{group}/type"), "DMA\n");
+        self.link(
+            &format!("{rel}/iommu_group"),
+            &format!("kernel/iommu_groups/{group}"),
+        );
+    }
+
+    /// Places a vGPU of type `id` on VF `vf` (0 destroys it), as writing
+    /// `current_vgpu_type` does, and rewrites every sibling's
+    /// `creatable_vgpu_types` as the driver would (no uevent either way).
+    pub fn set_vgpu(&self, spec: &VfioGpuSpec, vf: &str, id: u32) {
+        self.write_file(
+            format!("{}/nvidia/current_vgpu_type", spec.vf_devpath(vf)),
+            format!("{id}\n"),
+        );
+        self.refresh_vfio_lists(spec);
+    }
+
+    /// The vGPU type VF `vf` holds (0 for none), read back.
+    pub fn current_vgpu(&self, spec: &VfioGpuSpec, vf: &str) -> u32 {
+        let path = self.path(format!("{}/nvidia/current_vgpu_type", spec.vf_devpath(vf)));
+        fs::read_to_string(path)
+            .expect("read current_vgpu_type")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    /// Rewrites each VF's `creatable_vgpu_types` from the vGPUs placed, in
+    /// the driver's default homogeneous mode: with nothing placed every
+    /// type is listed; once vGPUs of one size are placed, a free VF lists
+    /// the types of that size while one more fits in the framebuffer; a VF
+    /// holding a vGPU lists nothing (the header alone).
+    pub fn refresh_vfio_lists(&self, spec: &VfioGpuSpec) {
+        let vfs = spec.vf_names();
+        let placed: Vec<&VgpuTypeSpec> = vfs
+            .iter()
+            .filter_map(|vf| spec.vgpu_type(self.current_vgpu(spec, vf)))
+            .collect();
+        let used: u32 = placed.iter().map(|t| t.framebuffer_gb).sum();
+        let listed: Vec<&VgpuTypeSpec> = match placed.first() {
+            None => spec.types.iter().collect(),
+            Some(first) if used + first.framebuffer_gb <= spec.framebuffer_gb => spec
+                .types
+                .iter()
+                .filter(|t| t.framebuffer_gb == first.framebuffer_gb)
+                .collect(),
+            Some(_) => Vec::new(),
+        };
+        for vf in &vfs {
+            let text = if self.current_vgpu(spec, vf) == 0 {
+                creatable_file(listed.iter().copied())
+            } else {
+                creatable_file([])
+            };
+            self.write_file(
+                format!("{}/nvidia/creatable_vgpu_types", spec.vf_devpath(vf)),
+                text,
+            );
+        }
+    }
+
+    /// Disables SR-IOV on the GPU as `sriov_numvfs = 0` does: every VF
+    /// directory, `virtfnN` and `bus/pci/devices` link goes.
+    pub fn remove_vfio_vfs(&self, spec: &VfioGpuSpec) {
+        let pf_rel = spec.pf_devpath.trim_start_matches('/');
+        for (index, vf) in spec.vf_names().iter().enumerate() {
+            let _ = fs::remove_file(self.path(format!("{pf_rel}/virtfn{index}")));
+            let _ = fs::remove_file(self.path(format!("bus/pci/devices/{vf}")));
+            fs::remove_dir_all(self.path(spec.vf_devpath(vf))).expect("remove VF");
+        }
+        self.write_file(format!("{pf_rel}/sriov_numvfs"), "0\n");
+    }
+}
+
 impl Default for FakeSysfs {
     fn default() -> FakeSysfs {
         FakeSysfs::new()
@@ -611,7 +847,91 @@ pub fn many_parents(tree: &FakeSysfs, n_parents: u32, n_types: u32, instances_pe
 }
 
 /// The sample trees committed under `examples/sysfs/`.
-pub const EXAMPLE_TREES: &[&str] = &["gvt", "mixed", "broken"];
+pub const EXAMPLE_TREES: &[&str] = &["gvt", "mixed", "broken", "nvidia-vfio", "nvidia-mixed"];
+
+/// GPU A of the vendor-VFIO examples: an L40S-like PF with 4 VFs.
+pub fn l40s_a() -> VfioGpuSpec {
+    VfioGpuSpec::l40s("/devices/pci0000:40/0000:40:01.1/0000:41:00.0", 4)
+}
+
+/// GPU B of the vendor-VFIO examples: an L40S-like PF with 4 VFs.
+pub fn l40s_b() -> VfioGpuSpec {
+    VfioGpuSpec::l40s("/devices/pci0000:c0/0000:c0:01.1/0000:c1:00.0", 4)
+}
+
+/// PF of the Ampere (A40-like) GPU of the `nvidia-mixed` example, in mdev
+/// mode: its VFs are mdev parents.
+pub const A40_PF_DEVPATH: &str = "/devices/pci0000:80/0000:80:01.1/0000:81:00.0";
+
+/// `nvidia-vfio`: two L40S-like GPUs with 4 VFs each. On `0000:41:00.0`,
+/// VF `0000:41:00.4` holds an L40S-2B vGPU (its list is the header alone)
+/// and its siblings list the 2 GB types; on `0000:c1:00.0` nothing is
+/// placed, VF `0000:c1:00.5` has one malformed line among good ones, and VF
+/// `0000:c1:00.7` lists nothing (header only).
+pub fn populate_nvidia_vfio(tree: &FakeSysfs) {
+    let (a, b) = (l40s_a(), l40s_b());
+    tree.add_vfio_gpu(&a);
+    tree.add_vfio_gpu(&b);
+    tree.set_vgpu(&a, "0000:41:00.4", 1146);
+    let types: Vec<&VgpuTypeSpec> = b.types.iter().take(3).collect();
+    let good = creatable_file(types.iter().copied());
+    let (header, lines) = good.split_once('\n').expect("header");
+    tree.write_file(
+        format!(
+            "{}/nvidia/creatable_vgpu_types",
+            b.vf_devpath("0000:c1:00.5")
+        ),
+        format!("{header}\n{}this line is not a type\n", lines),
+    );
+    tree.write_file(
+        format!(
+            "{}/nvidia/creatable_vgpu_types",
+            b.vf_devpath("0000:c1:00.7")
+        ),
+        creatable_file([]),
+    );
+}
+
+/// `nvidia-mixed`: a host with both backends. mdev parents (GVT-g, mtty),
+/// an A40-like GPU in mdev mode (PF `0000:81:00.0`, VFs `0000:81:00.4` and
+/// `0000:81:00.5` are mdev parents with a `physfn`, one holding an mdev),
+/// and an L40S-like GPU in vendor-specific VFIO mode (`0000:41:00.0`, 4 VFs,
+/// VF `0000:41:00.4` holding an L40S-4Q).
+pub fn populate_nvidia_mixed(tree: &FakeSysfs) {
+    tree.add_parent(&ParentSpec::gvt());
+    tree.add_parent(&ParentSpec::mtty());
+    let pf_rel = A40_PF_DEVPATH.trim_start_matches('/');
+    fs::create_dir_all(tree.path(pf_rel)).expect("create A40 PF");
+    tree.link(&format!("{pf_rel}/subsystem"), "bus/pci");
+    tree.link("bus/pci/devices/0000:81:00.0", pf_rel);
+    tree.write_file(format!("{pf_rel}/sriov_numvfs"), "2\n");
+    for (index, vf) in ["0000:81:00.4", "0000:81:00.5"].iter().enumerate() {
+        let devpath = format!("/devices/pci0000:80/0000:80:01.1/{vf}");
+        let spec = ParentSpec::new(&devpath)
+            .subsystem("bus/pci")
+            .driver("bus/pci/drivers/nvidia")
+            .physfn(A40_PF_DEVPATH)
+            .with_type(
+                TypeSpec::new("nvidia-557", "vfio-pci", 1 - index as u32).name("NVIDIA A40-4Q"),
+            )
+            .with_type(
+                TypeSpec::new("nvidia-558", "vfio-pci", 1 - index as u32).name("NVIDIA A40-8Q"),
+            );
+        tree.add_parent(&spec);
+        tree.link(
+            &format!("{pf_rel}/virtfn{index}"),
+            devpath.trim_start_matches('/'),
+        );
+        tree.link(
+            &format!("bus/pci/devices/{vf}"),
+            devpath.trim_start_matches('/'),
+        );
+    }
+    tree.add_instance("0000:81:00.5", "nvidia-557", &uuid_for(0x81));
+    let a = l40s_a();
+    tree.add_vfio_gpu(&a);
+    tree.set_vgpu(&a, "0000:41:00.4", 1150);
+}
 
 /// Writes sample tree `name` (one of [`EXAMPLE_TREES`]) with its root at
 /// `dir`, which must not exist yet. Empty directories are removed at the end
@@ -619,6 +939,8 @@ pub const EXAMPLE_TREES: &[&str] = &["gvt", "mixed", "broken"];
 ///
 /// - `gvt`: Intel GVT-g on `0000:00:02.0` with two instances;
 /// - `mixed`: [`populate_mixed`];
+/// - `nvidia-vfio`: [`populate_nvidia_vfio`];
+/// - `nvidia-mixed`: [`populate_nvidia_mixed`];
 /// - `broken`: `mixed` plus a type without `device_api`, a type whose
 ///   `available_instances` is not a number, and a dangling parent link
 ///   (mdevctl refuses this tree; mdevreg warns and lists the rest).
@@ -632,6 +954,8 @@ pub fn write_example_tree(name: &str, dir: &Path) {
             tree.add_instance("0000:00:02.0", "i915-GVTg_V5_8", &uuid_for(2));
         }
         "mixed" => populate_mixed(&tree),
+        "nvidia-vfio" => populate_nvidia_vfio(&tree),
+        "nvidia-mixed" => populate_nvidia_mixed(&tree),
         "broken" => {
             populate_mixed(&tree);
             tree.remove_file(

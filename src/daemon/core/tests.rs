@@ -74,6 +74,8 @@ fn kernel(name: &str, available: u32) -> ParentInfo {
         devpath: format!("/devices/pci0000:00/{name}"),
         subsystem: "pci".to_owned(),
         driver: "i915".to_owned(),
+        backend: Default::default(),
+        physical_device: String::new(),
         types: vec![mtype("i915-GVTg_V5_4", available)],
     }
 }
@@ -85,6 +87,8 @@ fn registration(name: &str, lifetime: Lifetime) -> validate::Registration {
             devpath: format!("/devices/virtual/mdevreg/{name}"),
             subsystem: "mdevreg".to_owned(),
             driver: String::new(),
+            backend: Default::default(),
+            physical_device: String::new(),
             types: vec![mtype("demo-1", 4)],
         },
         lifetime,

@@ -23,6 +23,8 @@ fn parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
         devpath: format!("/devices/pci0000:00/{name}"),
         subsystem: "pci".to_owned(),
         driver: "nvidia".to_owned(),
+        backend: Default::default(),
+        physical_device: String::new(),
         types,
     }
 }

@@ -3,6 +3,11 @@
 #   make                              build (release) + man pages and completions
 #   make install DESTDIR=/tmp/root    install into a staging root
 #   make install NO_BUILD=1 ...       install what is already built
+#   make install DEBUGDIR=/usr/lib/debug
+#                                     also install the binaries' debug info,
+#                                     split out (objcopy, GNU debuglink)
+#   make install NO_STRIP=1           install the binaries as built (with
+#                                     their debug info; rpmbuild strips them)
 #   make deb                          Debian package via cargo-deb (target/debian/)
 #   make uninstall
 #
@@ -42,6 +47,13 @@ endif
 
 INSTALL ?= install
 GZIP ?= gzip -9n
+# Installed binaries are stripped as Debian's dh_strip does, unless NO_STRIP
+# is set; with DEBUGDIR their debug info is kept in
+# $(DEBUGDIR)$(BINDIR)/<binary>.debug (compressed), linked from the binary.
+STRIP ?= strip
+OBJCOPY ?= objcopy
+NO_STRIP ?=
+DEBUGDIR ?=
 
 BINARIES = mdevregd mdevreg
 MAN_PAGES = $(ASSETS_DIR)/man/mdevreg.1.gz $(ASSETS_DIR)/man/mdevregd.8.gz
@@ -71,6 +83,19 @@ install: $(INSTALL_DEPS)
 	$(INSTALL) -d $(DESTDIR)$(BINDIR)
 	for bin in $(BINARIES); do \
 		$(INSTALL) -m 0755 $(BUILT_DIR)/$$bin $(DESTDIR)$(BINDIR)/$$bin || exit 1; \
+		[ -n "$(NO_STRIP)" ] && continue; \
+		if [ -n "$(DEBUGDIR)" ]; then \
+			$(INSTALL) -d $(DESTDIR)$(DEBUGDIR)$(BINDIR) && \
+			$(OBJCOPY) --only-keep-debug --compress-debug-sections=zlib \
+				$(DESTDIR)$(BINDIR)/$$bin $(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug && \
+			chmod 0644 $(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug || exit 1; \
+		fi; \
+		$(STRIP) --remove-section=.comment --remove-section=.note --strip-unneeded \
+			$(DESTDIR)$(BINDIR)/$$bin || exit 1; \
+		if [ -n "$(DEBUGDIR)" ]; then \
+			$(OBJCOPY) --add-gnu-debuglink=$(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug \
+				$(DESTDIR)$(BINDIR)/$$bin || exit 1; \
+		fi; \
 	done
 	$(INSTALL) -D -m 0644 udev-rules/70-mdevreg.rules $(DESTDIR)$(UDEVDIR)/rules.d/70-mdevreg.rules
 	$(INSTALL) -D -m 0755 packaging/udev/mdevreg-run-hooks $(DESTDIR)$(UDEVDIR)/mdevreg-run-hooks
@@ -99,6 +124,7 @@ install: $(INSTALL_DEPS)
 uninstall:
 	for bin in $(BINARIES); do \
 		rm -f $(DESTDIR)$(BINDIR)/$$bin $(DESTDIR)$(BASHCOMPDIR)/$$bin \
+			$(if $(DEBUGDIR),$(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug) \
 			$(DESTDIR)$(ZSHCOMPDIR)/_$$bin $(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
 	done
 	rm -f $(DESTDIR)$(UDEVDIR)/rules.d/70-mdevreg.rules $(DESTDIR)$(UDEVDIR)/mdevreg-run-hooks \
@@ -113,7 +139,9 @@ uninstall:
 	rm -rf $(DESTDIR)$(DOCDIR)/examples/hooks.d
 
 # cargo-deb builds the binaries itself (release unless CARGO_DEB_FLAGS says
-# otherwise, e.g. "--profile dev --fast --output DIR"); the generated
+# otherwise, e.g. "--profile dev --fast --output DIR"), strips them and
+# writes their debug info into a separate mdevreg-dbgsym .ddeb package
+# (see [package.metadata.deb]); the generated
 # assets must exist first, in target/assets of the crate, where
 # [package.metadata.deb] looks for them.
 # Install cargo-deb with: cargo install cargo-deb --locked

@@ -135,7 +135,9 @@ pub struct RegisterArgs {
         required = true
     )]
     pub types: Vec<String>,
-    /// Device path (default `/devices/virtual/mdevreg/<name>`).
+    /// Device path (default `/devices/virtual/mdevreg/<name>`). Its last
+    /// component is the device's kernel name in udev rules (`$kernel`,
+    /// e.g. in mdevctl's `/etc/mdevctl.d/$kernel`), not NAME.
     #[arg(long)]
     pub devpath: Option<String>,
     /// Subsystem (default `mdevreg`).

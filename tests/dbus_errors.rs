@@ -241,3 +241,40 @@ fn unknown_methods_and_wrong_bodies_get_standard_errors() {
         },
     );
 }
+
+/// `Registry1.Stats` lists its keys in sorted order on the wire (a client
+/// printing the dict as it comes, like gdbus, shows a stable order).
+#[test]
+fn stats_keys_come_sorted() {
+    run("stats_keys_come_sorted", &["gdbus"], || async {
+        let tree = FakeSysfs::new();
+        let setup = Setup::start(tree.root(), |options| {
+            options.netlink = false;
+            options.emit = "none";
+        })
+        .await;
+        let output = std::process::Command::new("gdbus")
+            .args(["call", "--address", setup.bus.address(), "--dest", BUS_NAME])
+            .args(["--object-path", ROOT_PATH])
+            .args(["--method", "org.freedesktop.DBus.Properties.Get"])
+            .args([REGISTRY1.name, "Stats"])
+            .output()
+            .expect("run gdbus");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{text}");
+        // `{'key': uint64 N, ...}`: the quoted strings followed by a colon.
+        let keys: Vec<&str> = text
+            .split('\'')
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [_, key] => Some(*key),
+                _ => None,
+            })
+            .collect();
+        assert!(keys.len() >= 5, "{text}");
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted, "{text}");
+    });
+}

@@ -83,6 +83,48 @@ fn target_and_profile() -> (PathBuf, String) {
     (target, profile)
 }
 
+/// What the installed files may take at most: both binaries stripped are
+/// 12 MB (release) to 25 MB (debug build), with their debug info over
+/// 110 MB (release) and 200 MB (debug).
+const INSTALLED_SIZE_BOUND: u64 = 40 * 1024 * 1024;
+
+/// Whether the ELF file at `path` carries DWARF debug info.
+fn has_debug_info(path: &Path) -> bool {
+    section_names(path).iter().any(|name| name == ".debug_info")
+}
+
+/// The section names of the ELF file at `path` (`readelf -S`).
+fn section_names(path: &Path) -> Vec<String> {
+    let output = checked(
+        Command::new("readelf")
+            .args(["-S", "--wide"])
+            .arg(path)
+            .output()
+            .expect("run readelf"),
+        "readelf -S",
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim_start().strip_prefix('[')?;
+            let (_, rest) = rest.split_once(']')?;
+            rest.split_whitespace().next().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Total size of the regular files under `root`.
+fn total_size(root: &Path) -> u64 {
+    staged_files(root)
+        .keys()
+        .map(|path| {
+            fs::metadata(root.join(path.trim_start_matches('/')))
+                .map(|meta| meta.len())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 fn checked(output: Output, what: &str) -> Output {
     assert!(
         output.status.success(),
@@ -215,7 +257,17 @@ fn rpm_files(spec: &str) -> Vec<String> {
 #[test]
 fn make_install_deb_and_rpm_ship_the_same_files() {
     const TEST: &str = "make_install_deb_and_rpm_ship_the_same_files";
-    if !prereq::require_tools(TEST, &["make", "cargo", "cargo-deb", "dpkg-deb", "gzip"]) {
+    let tools = [
+        "make",
+        "cargo",
+        "cargo-deb",
+        "dpkg-deb",
+        "gzip",
+        "strip",
+        "objcopy",
+        "readelf",
+    ];
+    if !prereq::require_tools(TEST, &tools) {
         return;
     }
     let work = tempfile::tempdir().expect("work dir");
@@ -238,6 +290,50 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
         expected(DEBIAN_ZSH_DIR),
         "make install"
     );
+    // Stripped binaries; the installation stays small.
+    for bin in ["usr/bin/mdevregd", "usr/bin/mdevreg"] {
+        assert!(
+            !has_debug_info(&stage.join(bin)),
+            "make install left debug info in {bin}"
+        );
+    }
+    let size = total_size(&stage);
+    assert!(
+        size < INSTALLED_SIZE_BOUND,
+        "make install installs {size} bytes (bound {INSTALLED_SIZE_BOUND})"
+    );
+    // With DEBUGDIR the debug info is kept beside, split out and linked.
+    let with_debug = work.path().join("stage-debug");
+    make(
+        "install",
+        &[
+            ("DESTDIR", with_debug.display().to_string()),
+            ("ASSETS_DIR", assets.display().to_string()),
+            ("NO_BUILD", "1".to_owned()),
+            ("DEBUGDIR", "/usr/lib/debug".to_owned()),
+        ],
+    );
+    for bin in ["mdevregd", "mdevreg"] {
+        let binary = with_debug.join("usr/bin").join(bin);
+        let debug = with_debug
+            .join("usr/lib/debug/usr/bin")
+            .join(format!("{bin}.debug"));
+        assert!(!has_debug_info(&binary), "{}", binary.display());
+        assert!(
+            section_names(&binary)
+                .iter()
+                .any(|name| name == ".gnu_debuglink"),
+            "{} has no .gnu_debuglink",
+            binary.display()
+        );
+        assert!(
+            has_debug_info(&debug),
+            "{} has no debug info",
+            debug.display()
+        );
+    }
+    drop(fs::remove_dir_all(&with_debug));
+
     let man = fs::read(stage.join("usr/share/man/man8/mdevregd.8.gz")).expect("man page");
     assert_eq!(&man[..2], &[0x1f, 0x8b], "man pages are gzip files");
     let unit = fs::read_to_string(stage.join("usr/lib/systemd/system/mdevregd.service"))
@@ -283,6 +379,71 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
         deb.display()
     );
 
+    // The package's binaries are stripped, its size bounded; the debug info
+    // is in a separate -dbgsym package.
+    let installed_kib: u64 = String::from_utf8_lossy(
+        &checked(
+            Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&deb)
+                .arg("Installed-Size")
+                .output()
+                .expect("dpkg-deb -f"),
+            "dpkg-deb -f",
+        )
+        .stdout,
+    )
+    .trim()
+    .parse()
+    .expect("Installed-Size in KiB");
+    assert!(
+        installed_kib * 1024 < INSTALLED_SIZE_BOUND,
+        "the .deb installs {installed_kib} KiB (bound {INSTALLED_SIZE_BOUND} bytes)"
+    );
+    let unpacked = work.path().join("unpacked");
+    checked(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&unpacked)
+            .output()
+            .expect("dpkg-deb -x"),
+        "dpkg-deb -x",
+    );
+    for bin in ["usr/bin/mdevregd", "usr/bin/mdevreg"] {
+        assert!(
+            !has_debug_info(&unpacked.join(bin)),
+            "the .deb ships {bin} with debug info"
+        );
+    }
+    drop(fs::remove_dir_all(&unpacked));
+    let dbgsym = fs::read_dir(&debs)
+        .expect("read deb dir")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("mdevreg-dbgsym_"))
+        })
+        .unwrap_or_else(|| panic!("no mdevreg-dbgsym package in {}", debs.display()));
+    let listing = checked(
+        Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(&dbgsym)
+            .output()
+            .expect("dpkg-deb -c dbgsym"),
+        "dpkg-deb -c dbgsym",
+    );
+    let debug_files = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|line| line.contains("/usr/lib/debug/.build-id/") && line.ends_with(".debug"))
+        .count();
+    assert_eq!(
+        debug_files,
+        2,
+        "{}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
+
     let control = work.path().join("control");
     checked(
         Command::new("dpkg-deb")
@@ -310,6 +471,13 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
     // The RPM spec names the same files (zsh in Fedora's directory).
     let spec =
         fs::read_to_string(manifest_dir().join("packaging/rpm/mdevreg.spec")).expect("read spec");
+    // rpmbuild strips and writes the -debuginfo package itself: the spec
+    // installs unstripped binaries and keeps debuginfo generation on.
+    assert!(
+        spec.contains("make install NO_BUILD=1 NO_STRIP=1"),
+        "{spec}"
+    );
+    assert!(!spec.contains("debug_package %{nil}"), "{spec}");
     let mut in_rpm = rpm_files(&spec);
     in_rpm.sort();
     let mut want: Vec<String> = expected(RPM_ZSH_DIR)

@@ -70,6 +70,23 @@ impl UserEnv {
     }
 }
 
+/// `mdevregd --bus embedded --sysfs-root TREE` as the user: the process,
+/// the address it printed, its stderr lines.
+fn start_daemon(user: &UserEnv, tree: &Path) -> (Killed, String, LineReader) {
+    let mut daemon = user.command(DAEMON, NOBODY);
+    daemon
+        .args(["--bus", "embedded", "--sysfs-root"])
+        .arg(tree)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut daemon = Killed(daemon.spawn().expect("spawn mdevregd"));
+    let stdout = LineReader::new(daemon.0.stdout.take().expect("stdout"));
+    let stderr = LineReader::new(daemon.0.stderr.take().expect("stderr"));
+    let address = stdout.expect_within(PATIENCE, "mdevregd prints its bus address");
+    assert!(address.starts_with("unix:"), "{address}");
+    (daemon, address, stderr)
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -110,17 +127,7 @@ fn quick_start_as_an_unprivileged_user() {
     }
     let user = UserEnv::new();
     let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sysfs/mixed");
-    let mut daemon = user.command(DAEMON, NOBODY);
-    daemon
-        .args(["--bus", "embedded", "--sysfs-root"])
-        .arg(&tree)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut daemon = Killed(daemon.spawn().expect("spawn mdevregd"));
-    let stdout = LineReader::new(daemon.0.stdout.take().expect("stdout"));
-    let stderr = LineReader::new(daemon.0.stderr.take().expect("stderr"));
-    let address = stdout.expect_within(PATIENCE, "mdevregd prints its bus address");
-    assert!(address.starts_with("unix:"), "{address}");
+    let (mut daemon, address, stderr) = start_daemon(&user, &tree);
 
     let cli = |args: &[&str]| {
         user.command(CLI, NOBODY)
@@ -231,5 +238,46 @@ fn quick_start_as_an_unprivileged_user() {
             .join(".local/state/mdevreg/persistent-registrations.json")
             .is_file(),
         "persistent state under ~/.local/state/mdevreg; log:\n{log}"
+    );
+
+    // A daemon stopped while an owner-bound registration was held: a new
+    // embedded bus reuses unique names, so the old registration must not be
+    // restored (its "owner left" would hit the new holder of the name).
+    let held = |address: &str| {
+        let mut register = user.command(CLI, NOBODY);
+        register
+            .env("MDEVREG_BUS", address)
+            .args(["register", "demo", "--type", "demo-1,vfio-pci,4,Demo"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut register = Killed(register.spawn().expect("spawn register"));
+        let out = LineReader::new(register.0.stdout.take().expect("stdout"));
+        out.expect_within(PATIENCE, "register prints the object path");
+        register
+    };
+    let (mut daemon, address, _stderr) = start_daemon(&user, &tree);
+    let _first = held(&address);
+    assert_eq!(interrupt(&mut daemon.0), Some(0));
+    let (mut daemon, address, stderr_again) = start_daemon(&user, &tree);
+    let _second = held(&address);
+    for _ in 0..3 {
+        let show = user
+            .command(CLI, NOBODY)
+            .env("MDEVREG_BUS", &address)
+            .args(["show", "demo"])
+            .output()
+            .expect("run mdevreg");
+        ok_stdout(&show, "show demo while register holds it");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(interrupt(&mut daemon.0), Some(0));
+    let mut log = Vec::new();
+    while let Some(line) = stderr_again.next_within(Duration::from_secs(1)) {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(
+        log.contains("owner-bound registrations of the previous one dropped"),
+        "{log}"
     );
 }

@@ -72,6 +72,7 @@ async fn run(cli: MdevregdCli) -> ExitCode {
             }
         };
         log::info!("hosting an embedded bus at {}", bus.address());
+        drop_owner_bound_state(&dirs.runtime);
         choice = BusChoice::Address(bus.address().to_owned());
         embedded = Some(bus);
     }
@@ -124,6 +125,22 @@ async fn run(cli: MdevregdCli) -> ExitCode {
             log::error!("{err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Owner-bound registrations live as long as their owner's connection: on a
+/// new embedded bus none of a previous run's owners can be there, and the
+/// new bus hands out the same unique names again (`:busd.5` may be someone
+/// else now), so their state file is removed instead of restored.
+fn drop_owner_bound_state(runtime_dir: &std::path::Path) {
+    let file = runtime_dir.join(mdevreg::persist::OWNER_STATE_FILE);
+    match std::fs::remove_file(&file) {
+        Ok(()) => log::info!(
+            "new embedded bus: owner-bound registrations of the previous one dropped ({})",
+            file.display()
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => log::warn!("cannot remove {}: {err}", file.display()),
     }
 }
 

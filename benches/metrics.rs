@@ -110,10 +110,10 @@ fn registry(n_parents: u32, n_types: u32) -> Registry {
 }
 
 /// Changes one type of parent 0 (a new sequence number).
-fn touch(shared: &RwLock<Registry>, round: u32) {
+fn touch(shared: &RwLock<Arc<Registry>>, round: u32) {
     let mut info = parent_info(0, 32);
     info.types[0].available_instances = round % 16;
-    let _ = shared.write().expect("lock").apply(Input::KernelParent {
+    let _ = Arc::make_mut(&mut shared.write().expect("lock")).apply(Input::KernelParent {
         devpath: info.devpath.clone(),
         info: Some(info),
     });
@@ -175,7 +175,7 @@ fn main() {
     } else {
         (20, 4, 3, 5)
     };
-    let shared = Arc::new(RwLock::new(registry(n_parents, n_types)));
+    let shared = Arc::new(RwLock::new(Arc::new(registry(n_parents, n_types))));
     let view: Arc<dyn RegistryView> = shared.clone();
 
     // Cold renders: a new cache each time.

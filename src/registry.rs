@@ -25,7 +25,8 @@
 //! connection (or when it leaves the bus); persistent parents by root or by
 //! the uid that registered them (the adapter decides who gets this far).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::model::{Backend, Lifetime, MdevType, Parent, ParentInfo, Source};
 
@@ -40,6 +41,13 @@ pub const MAX_PARENTS_PER_UID: usize = 256;
 pub enum Input {
     /// A full sysfs scan: every kernel parent present now.
     KernelScan(Vec<ParentInfo>),
+    /// A scan of one backend's kernel parents only (the vendor-VFIO VFs,
+    /// re-read together): every kernel parent of `backend` present now;
+    /// kernel parents of other backends are left alone.
+    BackendScan {
+        backend: Backend,
+        parents: Vec<ParentInfo>,
+    },
     /// A re-read of one devpath: `Some` if a parent is there, `None` if not.
     KernelParent {
         devpath: String,
@@ -139,9 +147,16 @@ pub enum Error {
 
 /// The registry: registered parents by name, waiting kernel parents, and the
 /// last sequence number handed out.
+///
+/// Cheap to clone: each parent is shared (`Arc`) between clones, so a
+/// snapshot costs one map of pointers and a change copies only the parent
+/// it touches (the daemon publishes one per commit for its readers).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registry {
-    parents: BTreeMap<String, Parent>,
+    parents: BTreeMap<String, Arc<Parent>>,
+    /// Devpath → names of the registered kernel parents there (a re-read
+    /// looks its devpath up instead of walking every parent).
+    kernel_devpaths: BTreeMap<String, BTreeSet<String>>,
     /// Kernel parents whose name a userspace parent holds.
     waiting: BTreeMap<String, ParentInfo>,
     seqnum: u64,
@@ -168,7 +183,7 @@ impl Registry {
             if registry.parents.contains_key(parent.name()) {
                 rejected.push(parent);
             } else {
-                registry.parents.insert(parent.name().to_owned(), parent);
+                registry.put(parent);
             }
         }
         (registry, rejected)
@@ -180,12 +195,39 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Option<&Parent> {
-        self.parents.get(name)
+        self.parents.get(name).map(Arc::as_ref)
     }
 
     /// Registered parents, sorted by name.
     pub fn parents(&self) -> impl Iterator<Item = &Parent> {
-        self.parents.values()
+        self.parents.values().map(Arc::as_ref)
+    }
+
+    /// Adds (or replaces) a registered parent, keeping the devpath index.
+    fn put(&mut self, parent: Parent) {
+        self.take(parent.name());
+        if parent.source == Source::Kernel {
+            self.kernel_devpaths
+                .entry(parent.info.devpath.clone())
+                .or_default()
+                .insert(parent.name().to_owned());
+        }
+        self.parents
+            .insert(parent.name().to_owned(), Arc::new(parent));
+    }
+
+    /// Removes a registered parent, keeping the devpath index.
+    fn take(&mut self, name: &str) -> Option<Parent> {
+        let parent = self.parents.remove(name)?;
+        if parent.source == Source::Kernel {
+            if let Some(names) = self.kernel_devpaths.get_mut(&parent.info.devpath) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.kernel_devpaths.remove(&parent.info.devpath);
+                }
+            }
+        }
+        Some(Arc::unwrap_or_clone(parent))
     }
 
     pub fn len(&self) -> usize {
@@ -206,13 +248,26 @@ impl Registry {
     /// say). Vendor-VFIO parents are not mdev parents: they are re-read
     /// together with their siblings, never one by one.
     pub fn kernel_devpath_owner(&self, devpath: &str) -> Option<&str> {
-        let registered = self
-            .parents
+        // The devpath itself, then each directory above it: a lookup each.
+        let mut candidate = devpath;
+        loop {
+            if let Some((registered, names)) = self.kernel_devpaths.get_key_value(candidate) {
+                let mdev = names.iter().any(|name| {
+                    self.parents
+                        .get(name)
+                        .is_some_and(|parent| parent.info.backend == Backend::Mdev)
+                });
+                if mdev {
+                    return Some(registered.as_str());
+                }
+            }
+            match candidate.rsplit_once('/') {
+                Some((above, _)) if !above.is_empty() => candidate = above,
+                _ => break,
+            }
+        }
+        self.waiting
             .values()
-            .filter(|p| p.source == Source::Kernel)
-            .map(|p| &p.info);
-        registered
-            .chain(self.waiting.values())
             .filter(|info| info.backend == Backend::Mdev)
             .find(|info| is_same_or_below(devpath, &info.devpath))
             .map(|info| info.devpath.as_str())
@@ -222,7 +277,10 @@ impl Registry {
     pub fn apply(&mut self, input: Input) -> Result<Vec<Event>, Error> {
         let mut events = Vec::new();
         match input {
-            Input::KernelScan(infos) => self.kernel_scan(infos, &mut events),
+            Input::KernelScan(infos) => self.kernel_scan(infos, None, &mut events),
+            Input::BackendScan { backend, parents } => {
+                self.kernel_scan(parents, Some(backend), &mut events)
+            }
             Input::KernelParent { devpath, info } => match info {
                 Some(info) => {
                     // A stale entry at the same devpath under another name
@@ -255,22 +313,32 @@ impl Registry {
         });
     }
 
-    fn kernel_scan(&mut self, infos: Vec<ParentInfo>, events: &mut Vec<Event>) {
+    /// A scan of all kernel parents, or (with `only`) of one backend's.
+    fn kernel_scan(
+        &mut self,
+        infos: Vec<ParentInfo>,
+        only: Option<Backend>,
+        events: &mut Vec<Event>,
+    ) {
+        let covered = |info: &ParentInfo| only.is_none_or(|backend| info.backend == backend);
         let mut seen = BTreeMap::new();
-        for mut info in infos {
+        for mut info in infos.into_iter().filter(|info| covered(info)) {
             info.normalize();
             seen.entry(info.name.clone()).or_insert(info);
         }
         let gone: Vec<String> = self
             .parents
             .values()
-            .filter(|p| p.source == Source::Kernel && !seen.contains_key(p.name()))
+            .filter(|p| {
+                p.source == Source::Kernel && covered(&p.info) && !seen.contains_key(p.name())
+            })
             .map(|p| p.name().to_owned())
             .collect();
         for name in gone {
             self.remove(&name, events);
         }
-        self.waiting.retain(|name, _| seen.contains_key(name));
+        self.waiting
+            .retain(|name, info| !covered(info) || seen.contains_key(name));
         for info in seen.into_values() {
             self.kernel_present(info, events);
         }
@@ -301,7 +369,7 @@ impl Registry {
                 self.waiting.insert(info.name.clone(), info);
             }
             Some(existing) => {
-                let before = existing.clone();
+                let before = Parent::clone(existing);
                 self.update_kernel(before, info, events);
             }
         }
@@ -317,11 +385,10 @@ impl Registry {
         self.waiting
             .retain(|name, info| name == keep || info.devpath != devpath);
         let gone: Vec<String> = self
-            .parents
-            .values()
-            .filter(|p| p.source == Source::Kernel && p.info.devpath == devpath && p.name() != keep)
-            .map(|p| p.name().to_owned())
-            .collect();
+            .kernel_devpaths
+            .get(devpath)
+            .map(|names| names.iter().filter(|name| *name != keep).cloned().collect())
+            .unwrap_or_default();
         for name in gone {
             self.remove(&name, events);
         }
@@ -341,7 +408,7 @@ impl Registry {
         }
         let mut after = before.clone();
         after.info = info;
-        self.parents.insert(name, after.clone());
+        self.put(after.clone());
         if attrs_changed {
             self.push(events, EventKind::ParentUpdated { before, after });
         }
@@ -427,10 +494,10 @@ impl Registry {
         for (name, lifetime) in held {
             if lifetime == Lifetime::Owner {
                 self.remove(&name, events);
-            } else if let Some(before) = self.parents.get(&name).cloned() {
+            } else if let Some(before) = self.get(&name).cloned() {
                 let mut after = before.clone();
                 after.owner.clear();
-                self.parents.insert(name, after.clone());
+                self.put(after.clone());
                 self.push(events, EventKind::ParentUpdated { before, after });
             }
         }
@@ -444,7 +511,8 @@ impl Registry {
             .map(|p| p.name().to_owned())
             .collect();
         for name in persistent {
-            if let Some(mut parent) = self.parents.remove(&name) {
+            if let Some(parent) = self.parents.remove(&name) {
+                let mut parent = Parent::clone(&parent);
                 // Its old connection is of the old boot.
                 parent.owner.clear();
                 self.insert(parent, events);
@@ -454,15 +522,14 @@ impl Registry {
 
     fn insert(&mut self, mut parent: Parent, events: &mut Vec<Event>) {
         parent.registered_seqnum = self.seqnum + 1;
-        self.parents
-            .insert(parent.name().to_owned(), parent.clone());
+        self.put(parent.clone());
         self.push(events, EventKind::ParentRegistered { parent });
     }
 
     /// Removes a registered parent; a kernel parent waiting for the name
     /// takes it.
     fn remove(&mut self, name: &str, events: &mut Vec<Event>) {
-        let Some(parent) = self.parents.remove(name) else {
+        let Some(parent) = self.take(name) else {
             return;
         };
         let was_userspace = parent.source == Source::Userspace;

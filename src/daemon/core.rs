@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::io;
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::Arc;
 
 use zbus::Message;
 
@@ -16,7 +16,8 @@ use super::counters::{Counter, Counters};
 use super::sources::{Hint, SourceMessage};
 use crate::boundary::{self, Crossing};
 use crate::dbus::{self, validate, SharedRegistry};
-use crate::model::Source;
+use crate::model::{Backend, ParentInfo, Source};
+use crate::nvidia_vfio::{self, Polled};
 use crate::paths::SysfsRoot;
 use crate::registry::{Event, EventKind, Input, Registry};
 use crate::sysfs::{self, ParentRead, Scan};
@@ -24,12 +25,26 @@ use crate::sysfs::{self, ParentRead, Scan};
 /// Injected events whose echo is awaited, at most; older ones are forgotten.
 pub const MAX_PENDING_ECHOES: usize = 4096;
 
-/// Reads sysfs for the core (sysfs in the daemon, a map in tests): one
-/// parent by devpath, and whether a userspace parent's location crosses
-/// into the kernel's devices ([`crate::boundary`]).
+/// Reads one parent by devpath (sysfs in the daemon, a map in tests), and
+/// the NVIDIA vendor-VFIO parents, which are always read together.
 pub trait ParentReader {
     fn read_parent(&self, devpath: &str) -> ParentRead;
+
+    /// Whether a userspace parent at `devpath` with `subsystem` would cross
+    /// into the kernel's devices ([`crate::boundary`]).
     fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing>;
+
+    /// Every vendor-VFIO parent now, or `None` when this reader cannot say
+    /// (then nothing about them changes).
+    fn vendor_parents(&self) -> Option<Vec<ParentInfo>> {
+        None
+    }
+
+    /// The two-file check of the `known` vendor-VFIO parents
+    /// ([`nvidia_vfio::poll`]), one result each.
+    fn vendor_poll(&self, known: &[&ParentInfo]) -> Vec<Polled> {
+        vec![Polled::Unchanged; known.len()]
+    }
 }
 
 impl ParentReader for SysfsRoot {
@@ -40,6 +55,38 @@ impl ParentReader for SysfsRoot {
     fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing> {
         boundary::check(self, devpath, subsystem)
     }
+
+    fn vendor_parents(&self) -> Option<Vec<ParentInfo>> {
+        let (parents, warnings) = nvidia_vfio::scan_root(self);
+        log_warnings(&warnings);
+        Some(parents)
+    }
+
+    fn vendor_poll(&self, known: &[&ParentInfo]) -> Vec<Polled> {
+        let mut warnings = Vec::new();
+        let polled = nvidia_vfio::poll(self, known, &mut warnings);
+        // Every interval: the same problems would flood the journal. They
+        // were logged as warnings by the scan that found the parent.
+        for warning in warnings {
+            log::debug!("sysfs: {warning}");
+        }
+        polled
+    }
+}
+
+/// Whether `devpath` names a PCI device (`.../0000:41:00.4`): a uevent
+/// about one may concern a vendor-VFIO VF or its PF.
+pub fn is_pci_devpath(devpath: &str) -> bool {
+    let name = crate::paths::devpath_name(devpath).as_bytes();
+    // DDDD:BB:DD.F
+    name.len() == 12
+        && name[4] == b':'
+        && name[7] == b':'
+        && name[10] == b'.'
+        && name
+            .iter()
+            .enumerate()
+            .all(|(i, b)| matches!(i, 4 | 7 | 10) || b.is_ascii_hexdigit())
 }
 
 /// The registry's only writer and the state around it.
@@ -79,18 +126,19 @@ impl Core {
         }
     }
 
-    /// The registry, for reading.
-    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The registry as of now.
+    pub fn registry(&self) -> Arc<Registry> {
+        dbus::snapshot(&self.registry)
     }
 
+    /// Applies `input` to the registry (the only writer). Readers keep the
+    /// snapshot they hold; the parent map is copied only if one does.
     fn apply(&self, input: Input) -> Result<Vec<Event>, crate::registry::Error> {
-        self.registry
+        let mut shared = self
+            .registry
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .apply(input)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::make_mut(&mut shared).apply(input)
     }
 
     /// Loads the first scan, before anything is served: no commit (the
@@ -305,6 +353,11 @@ impl Core {
         }
         let start_scan = resync.and_then(|reason| self.request_scan(reason));
         let mut inputs = Vec::new();
+        // A PCI device changed (a VF added, bound, unbound, removed, or its
+        // PF): the vendor-VFIO VFs are re-read together, siblings included.
+        if devpaths.keys().any(|devpath| is_pci_devpath(devpath)) {
+            inputs.extend(self.vendor_input(reader));
+        }
         let mut seen = HashSet::new();
         for (devpath, copies) in devpaths {
             match self.kernel_input(&devpath, reader) {
@@ -378,6 +431,61 @@ impl Core {
         None
     }
 
+    /// The re-read of every vendor-VFIO parent, if the reader can do it.
+    fn vendor_input(&self, reader: &dyn ParentReader) -> Option<Input> {
+        reader.vendor_parents().map(|parents| Input::BackendScan {
+            backend: Backend::NvidiaVfio,
+            parents,
+        })
+    }
+
+    /// Whether any vendor-VFIO parent is registered: only then is there
+    /// anything to poll.
+    pub fn has_vendor_parents(&self) -> bool {
+        self.registry()
+            .parents()
+            .any(|parent| parent.info.backend == Backend::NvidiaVfio)
+    }
+
+    /// The periodic check of the vendor-VFIO parents (placing or removing a
+    /// vGPU sends no uevent and changes the siblings' lists): their two
+    /// files are re-read and what changed is applied; a VF whose `nvidia/`
+    /// is gone makes all of them be re-read in full.
+    pub fn poll(&mut self, reader: &dyn ParentReader) -> Commit {
+        self.counters.bump(Counter::VendorPolls);
+        let known: Vec<ParentInfo> = self
+            .registry()
+            .parents()
+            .filter(|parent| {
+                parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio
+            })
+            .map(|parent| parent.info.clone())
+            .collect();
+        let refs: Vec<&ParentInfo> = known.iter().collect();
+        let polled = reader.vendor_poll(&refs);
+        let inputs: Vec<Input> = if polled.contains(&Polled::Gone) {
+            self.vendor_input(reader).into_iter().collect()
+        } else {
+            polled
+                .into_iter()
+                .filter_map(|polled| match polled {
+                    Polled::Changed(info) => Some(Input::KernelParent {
+                        devpath: info.devpath.clone(),
+                        info: Some(info),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut events = Vec::new();
+        for input in inputs {
+            if let Ok(more) = self.apply(input) {
+                events.extend(more);
+            }
+        }
+        Commit::of_events(events)
+    }
+
     /// A full rescan is wanted: `Some(reason)` if the caller is to start
     /// one now; `None` if one runs (it runs again once it is done).
     pub fn request_scan(&mut self, reason: &'static str) -> Option<&'static str> {
@@ -430,6 +538,13 @@ impl Core {
                         // First in the list: it wins over a stale namesake.
                         scan.parents.insert(0, info);
                     }
+                }
+                // The vendor-VFIO parents may have been re-read (or polled)
+                // while it ran: read them again, as of now.
+                if let Some(vendor) = reader.vendor_parents() {
+                    scan.parents
+                        .retain(|parent| parent.backend != Backend::NvidiaVfio);
+                    scan.parents.extend(vendor);
                 }
                 let events = self
                     .apply(Input::KernelScan(scan.parents))

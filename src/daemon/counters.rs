@@ -44,11 +44,15 @@ pub enum Counter {
     /// Parents unregistered (ParentUnregistered events), by source.
     UnregistrationsKernel,
     UnregistrationsUserspace,
+    /// Synthetic `change` uevents written to vendor-VFIO VFs' `uevent` files.
+    UeventsSynthetic,
+    /// Checks of the vendor-VFIO VFs' files (`--poll-interval`).
+    VendorPolls,
 }
 
 impl Counter {
     /// Every counter, in the order they are shown.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::UeventsReceived,
         Counter::UeventsOwn,
         Counter::UeventsIgnored,
@@ -66,6 +70,8 @@ impl Counter {
         Counter::RegistrationsUserspace,
         Counter::UnregistrationsKernel,
         Counter::UnregistrationsUserspace,
+        Counter::UeventsSynthetic,
+        Counter::VendorPolls,
     ];
 
     /// Stable key (the `Stats` property, `mdevreg stats`).
@@ -88,6 +94,8 @@ impl Counter {
             Counter::RegistrationsUserspace => "registrations_userspace",
             Counter::UnregistrationsKernel => "unregistrations_kernel",
             Counter::UnregistrationsUserspace => "unregistrations_userspace",
+            Counter::UeventsSynthetic => "uevents_synthetic",
+            Counter::VendorPolls => "vendor_polls",
         }
     }
 
@@ -113,6 +121,10 @@ impl Counter {
             Counter::RegistrationsUserspace => "Userspace parents registered.",
             Counter::UnregistrationsKernel => "Kernel parents unregistered.",
             Counter::UnregistrationsUserspace => "Userspace parents unregistered.",
+            Counter::UeventsSynthetic => {
+                "Synthetic change uevents written for vendor-VFIO parents."
+            }
+            Counter::VendorPolls => "Checks of the vendor-VFIO virtual functions' files.",
         }
     }
 }

@@ -88,6 +88,8 @@ pub struct Config {
     /// The runtime directory (emptied by a reboot), where the boot marker
     /// lives ([`crate::boot`]).
     pub runtime_dir: std::path::PathBuf,
+    /// How often NVIDIA vendor-VFIO parents are checked (`--poll-interval`).
+    pub poll_interval: std::time::Duration,
     /// Prometheus metrics outputs (`--metrics-listen`, `--metrics-textfile`).
     pub metrics: MetricsConfig,
 }
@@ -187,7 +189,7 @@ pub async fn run(
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
-    let registry: SharedRegistry = Arc::new(RwLock::new(registry));
+    let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
     let server = Server::new(
         connection.clone(),
         Arc::clone(&registry),
@@ -236,6 +238,7 @@ pub async fn run(
         sysfs_root: config.sysfs_root.clone(),
         bus: bus.clone(),
         scan_job: None,
+        poll_interval: config.poll_interval,
     };
     let server_task = server.start().await?;
     daemon.sink.save_all();

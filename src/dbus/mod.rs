@@ -11,6 +11,7 @@ mod document;
 pub mod errors;
 pub mod interfaces;
 pub mod polkit;
+pub mod readers;
 pub mod server;
 pub mod signals;
 pub mod validate;
@@ -22,7 +23,7 @@ use zbus::{Message, OwnedObjectPath};
 
 pub use errors::Error;
 pub use interfaces::{MdevType1Proxy, Parent1Proxy, Registry1Proxy};
-pub use server::{Server, SharedRegistry};
+pub use server::{snapshot, Server, SharedRegistry};
 
 use crate::label;
 

@@ -28,6 +28,7 @@ use super::interfaces::{
     self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
     REGISTRY1,
 };
+use super::readers::{self, ReaderLimits};
 use super::values::{self, ManagedObjects, PropMap};
 use super::{document, lock, validate, Request};
 use crate::capacity;
@@ -35,8 +36,21 @@ use crate::daemon::Counters;
 use crate::label;
 use crate::registry::Registry;
 
-/// The registry as the event loop (writer) and the server (reader) share it.
-pub type SharedRegistry = Arc<RwLock<Registry>>;
+/// The registry as the event loop (writer) and the server (readers) share
+/// it: the snapshot of the last commit, immutable. A reader clones the `Arc`
+/// (the lock is held for that only) and answers from it for as long as it
+/// takes; the writer changes its own copy (`Arc::make_mut`: the parent map
+/// is copied only while a reader still holds the previous snapshot).
+pub type SharedRegistry = Arc<RwLock<Arc<Registry>>>;
+
+/// The current snapshot of `shared`.
+pub fn snapshot(shared: &SharedRegistry) -> Arc<Registry> {
+    Arc::clone(
+        &shared
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
 
 /// Most callers' uids remembered (unique names are never reused on a bus,
 /// so an entry can only go stale by its connection leaving).
@@ -131,6 +145,8 @@ pub struct Server {
     requests: mpsc::Sender<Request>,
     bus: DBusProxy<'static>,
     uids: Mutex<HashMap<String, u32>>,
+    /// Bounds on large replies being built and sent.
+    readers: ReaderLimits,
     /// Who may call the mutating methods.
     auth: AuthPolicy,
     /// The last whole `DumpTypes` document and the sequence number it shows.
@@ -153,6 +169,7 @@ impl Server {
             requests,
             bus,
             uids: Mutex::new(HashMap::new()),
+            readers: ReaderLimits::default(),
             auth,
             types_cache: Mutex::new(None),
         })
@@ -188,6 +205,16 @@ impl Server {
             return;
         }
         let no_reply = header.primary().flags().contains(Flags::NO_REPLY_EXPECTED);
+        if header
+            .member()
+            .is_some_and(|member| readers::is_large(member))
+        {
+            // Off this task and the event loop: built on a blocking thread
+            // from the snapshot, within the caller's uid's bound.
+            let server = Arc::clone(self);
+            tokio::spawn(async move { server.large_read(message, no_reply).await });
+            return;
+        }
         let reply = match self.route(&message, &header) {
             Some(reply) => reply,
             None => {
@@ -203,6 +230,48 @@ impl Server {
             }
         };
         self.send(&header, reply, no_reply).await;
+    }
+
+    /// Answers a call whose reply grows with the registry: waits for a
+    /// turn of its caller's uid, builds the reply on a blocking thread, and
+    /// holds the turn until the reply is written.
+    async fn large_read(self: Arc<Self>, message: Message, no_reply: bool) {
+        let header = message.header();
+        let uid = match auth::caller(&header) {
+            Ok(caller) => self.caller_uid(&caller).await.ok(),
+            Err(_) => None,
+        };
+        let _permit = self.readers.acquire(uid).await;
+        let server = Arc::clone(&self);
+        let call = message.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let header = call.header();
+            server.route(&call, &header)
+        })
+        .await;
+        let reply = match built {
+            Ok(Some(reply)) => reply,
+            // Only mutating calls route to `None`, and none is large.
+            Ok(None) => unknown_method(REGISTRY1.name, "(none)"),
+            Err(err) => Reply::Fdo(fdo::Error::Failed(format!("reply not built: {err}"))),
+        };
+        self.send(&header, reply, no_reply).await;
+    }
+
+    /// The uid of unique name `caller`, asked of the bus once per
+    /// connection.
+    async fn caller_uid(&self, caller: &str) -> zbus::Result<u32> {
+        let cached = lock(&self.uids).get(caller).copied();
+        match cached {
+            Some(uid) => Ok(uid),
+            None => auth::sender_uid(&self.bus, caller).await.inspect(|&uid| {
+                let mut uids = lock(&self.uids);
+                if uids.len() >= UID_CACHE_MAX {
+                    uids.clear();
+                }
+                uids.insert(caller.to_owned(), uid);
+            }),
+        }
     }
 
     async fn send(&self, header: &Header<'_>, reply: Reply, no_reply: bool) {
@@ -308,10 +377,9 @@ impl Server {
             .map(|i| i.name)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The registry as of the last commit (no lock held while it is used).
+    fn read(&self) -> Arc<Registry> {
+        snapshot(&self.registry)
     }
 
     fn exists(&self, node: &Node) -> bool {
@@ -685,17 +753,7 @@ impl Server {
     async fn authorized(&self, header: &Header<'_>, ask: Ask<'_>) -> Result<Identified, Error> {
         let method = ask.action.method();
         let caller = auth::caller(header)?;
-        let cached = lock(&self.uids).get(&caller).copied();
-        let uid = match cached {
-            Some(uid) => Ok(uid),
-            None => auth::sender_uid(&self.bus, &caller).await.inspect(|&uid| {
-                let mut uids = lock(&self.uids);
-                if uids.len() >= UID_CACHE_MAX {
-                    uids.clear();
-                }
-                uids.insert(caller.clone(), uid);
-            }),
-        };
+        let uid = self.caller_uid(&caller).await;
         let result = match uid {
             Ok(uid) => {
                 let who = auth::Caller { name: &caller, uid };

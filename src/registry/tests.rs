@@ -151,6 +151,62 @@ fn kernel_parent_hint_adds_updates_and_removes() {
     assert!(r.is_empty());
 }
 
+fn vinfo(name: &str, avail: u32) -> ParentInfo {
+    ParentInfo {
+        backend: Backend::NvidiaVfio,
+        physical_device: "0000:41:00.0".to_owned(),
+        driver: "nvidia".to_owned(),
+        ..kinfo(name, avail)
+    }
+}
+
+#[test]
+fn backend_scan_touches_only_its_backend() {
+    let mut registry = Registry::new();
+    registry
+        .apply(Input::KernelScan(vec![
+            kinfo("0000:00:02.0", 1),
+            vinfo("0000:41:00.4", 1),
+            vinfo("0000:41:00.5", 1),
+        ]))
+        .unwrap();
+    // One VF gone, one changed, one new; the mdev parent is not in the
+    // list and stays.
+    let events = registry
+        .apply(Input::BackendScan {
+            backend: Backend::NvidiaVfio,
+            parents: vec![vinfo("0000:41:00.5", 0), vinfo("0000:41:00.6", 1)],
+        })
+        .unwrap();
+    assert_eq!(
+        kinds(&events),
+        ["unregistered", "type-updated", "registered"]
+    );
+    let names: Vec<&str> = registry.parents().map(|p| p.name()).collect();
+    assert_eq!(names, ["0000:00:02.0", "0000:41:00.5", "0000:41:00.6"]);
+    // An mdev parent passed in a vendor scan is ignored, not registered.
+    let events = registry
+        .apply(Input::BackendScan {
+            backend: Backend::NvidiaVfio,
+            parents: vec![
+                vinfo("0000:41:00.5", 0),
+                vinfo("0000:41:00.6", 1),
+                kinfo("mtty", 1),
+            ],
+        })
+        .unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    // Vendor parents are never owners of a devpath re-read one by one.
+    assert_eq!(
+        registry.kernel_devpath_owner("/devices/pci0000:00/0000:41:00.5"),
+        None
+    );
+    assert_eq!(
+        registry.kernel_devpath_owner("/devices/pci0000:00/0000:00:02.0"),
+        Some("/devices/pci0000:00/0000:00:02.0")
+    );
+}
+
 #[test]
 fn devpath_owner_matches_parent_and_children_only() {
     let mut r = Registry::new();

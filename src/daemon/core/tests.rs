@@ -104,7 +104,7 @@ fn call(member: &str) -> Message {
 
 fn core() -> (Core, Arc<Counters>) {
     let counters = Arc::new(Counters::new());
-    let registry: SharedRegistry = Arc::new(std::sync::RwLock::new(Registry::new()));
+    let registry: SharedRegistry = Arc::new(std::sync::RwLock::new(Arc::new(Registry::new())));
     (Core::new(registry, Arc::clone(&counters)), counters)
 }
 
@@ -469,7 +469,7 @@ fn a_registration_at_a_kernel_device_is_refused_and_changes_nothing() {
     sysfs.put(kernel("0000:00:02.0", 1));
     let mut hostile = registration("hostile", Lifetime::Persistent);
     hostile.info.devpath = kernel("0000:00:02.0", 1).devpath;
-    let before = core.registry().clone();
+    let before = Registry::clone(&core.registry());
     let commit = core.register(
         hostile,
         ":1.7".to_owned(),

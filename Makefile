@@ -113,6 +113,12 @@ install: $(INSTALL_DEPS)
 	$(INSTALL) -D -m 0755 packaging/hooks/50-log-transition $(DESTDIR)$(DOCDIR)/examples/hooks.d/50-log-transition
 	$(INSTALL) -D -m 0644 packaging/polkit/org.mdevreg.Registry1.policy $(DESTDIR)$(POLKITACTIONDIR)/org.mdevreg.Registry1.policy
 	$(INSTALL) -D -m 0644 packaging/polkit/50-mdevreg-group.rules $(DESTDIR)$(DOCDIR)/examples/50-mdevreg-group.rules
+	for f in prometheus.yml mdevreg-rules.yml mdevreg-rules.test.yml; do \
+		$(INSTALL) -D -m 0644 packaging/prometheus/$$f $(DESTDIR)$(DOCDIR)/examples/prometheus/$$f || exit 1; \
+	done
+	for f in metrics-listen.conf metrics-textfile.conf; do \
+		$(INSTALL) -D -m 0644 packaging/systemd/mdevregd.service.d/$$f $(DESTDIR)$(DOCDIR)/examples/mdevregd.service.d/$$f || exit 1; \
+	done
 	$(INSTALL) -D -m 0644 $(ASSETS_DIR)/man/mdevreg.1.gz $(DESTDIR)$(MANDIR)/man1/mdevreg.1.gz
 	$(INSTALL) -D -m 0644 $(ASSETS_DIR)/man/mdevregd.8.gz $(DESTDIR)$(MANDIR)/man8/mdevregd.8.gz
 	for bin in $(BINARIES); do \
@@ -136,7 +142,8 @@ uninstall:
 		$(DESTDIR)$(SYSCONFDIR)/mdevreg/hooks.d/README \
 		$(DESTDIR)$(POLKITACTIONDIR)/org.mdevreg.Registry1.policy \
 		$(DESTDIR)$(DOCDIR)/examples/50-mdevreg-group.rules
-	rm -rf $(DESTDIR)$(DOCDIR)/examples/hooks.d
+	rm -rf $(DESTDIR)$(DOCDIR)/examples/hooks.d $(DESTDIR)$(DOCDIR)/examples/prometheus \
+		$(DESTDIR)$(DOCDIR)/examples/mdevregd.service.d
 
 # cargo-deb builds the binaries itself (release unless CARGO_DEB_FLAGS says
 # otherwise, e.g. "--profile dev --fast --output DIR"), strips them and

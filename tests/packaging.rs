@@ -50,6 +50,26 @@ const SHIPPED: &[(&str, u32)] = &[
         "/usr/share/doc/mdevreg/examples/50-mdevreg-group.rules",
         0o644,
     ),
+    (
+        "/usr/share/doc/mdevreg/examples/prometheus/prometheus.yml",
+        0o644,
+    ),
+    (
+        "/usr/share/doc/mdevreg/examples/prometheus/mdevreg-rules.yml",
+        0o644,
+    ),
+    (
+        "/usr/share/doc/mdevreg/examples/prometheus/mdevreg-rules.test.yml",
+        0o644,
+    ),
+    (
+        "/usr/share/doc/mdevreg/examples/mdevregd.service.d/metrics-listen.conf",
+        0o644,
+    ),
+    (
+        "/usr/share/doc/mdevreg/examples/mdevregd.service.d/metrics-textfile.conf",
+        0o644,
+    ),
     ("/usr/share/man/man1/mdevreg.1.gz", 0o644),
     ("/usr/share/man/man8/mdevregd.8.gz", 0o644),
     ("/usr/share/bash-completion/completions/mdevreg", 0o644),

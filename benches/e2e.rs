@@ -1456,7 +1456,21 @@ fn write_reports(results: &Results) -> Result<(), String> {
     let text = serde_json::to_string_pretty(&document).map_err(|err| err.to_string())?;
     std::fs::write(&json_path, text + "\n")
         .map_err(|err| format!("{}: {err}", json_path.display()))?;
-    std::fs::write(&markdown_path, markdown(results, &summary))
+    // Sections other benchmarks keep in BENCHMARKS.md (`cargo bench --bench
+    // metrics`) stay, between their markers.
+    let mut report = markdown(results, &summary);
+    let previous = std::fs::read_to_string(&markdown_path).unwrap_or_default();
+    if let (Some(begin), Some(end)) = (
+        previous.find(METRICS_SECTION_BEGIN),
+        previous.find(METRICS_SECTION_END),
+    ) {
+        if end > begin {
+            report.push('\n');
+            report.push_str(&previous[begin..end + METRICS_SECTION_END.len()]);
+            report.push('\n');
+        }
+    }
+    std::fs::write(&markdown_path, report)
         .map_err(|err| format!("{}: {err}", markdown_path.display()))?;
     eprintln!(
         "e2e: wrote {} and {}",
@@ -1707,3 +1721,7 @@ fn markdown(results: &Results, s: &Summary) -> String {
     }
     text
 }
+
+/// Markers of the section `cargo bench --bench metrics` writes.
+const METRICS_SECTION_BEGIN: &str = "<!-- metrics bench: begin -->";
+const METRICS_SECTION_END: &str = "<!-- metrics bench: end -->";

@@ -269,6 +269,23 @@ pub fn scan(root: &SysfsRoot, warnings: &mut Vec<Warning>) -> Vec<ParentInfo> {
     finish(read)
 }
 
+/// [`scan`] of a root that need not be canonical; the parents and the
+/// warnings.
+pub fn scan_root(root: &SysfsRoot) -> (Vec<ParentInfo>, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let parents = match root.canonicalize() {
+        Ok(canonical) => scan(&canonical, &mut warnings),
+        Err(err) => {
+            warnings.push(Warning::new(
+                root.path(),
+                format!("cannot open sysfs root: {err}"),
+            ));
+            Vec::new()
+        }
+    };
+    (parents, warnings)
+}
+
 /// Reads the VF at `devpath` (links and files); `None` when it is not a
 /// vendor-VFIO VF.
 fn read_vf(root: &SysfsRoot, devpath: &str, warnings: &mut Vec<Warning>) -> Option<ReadVf> {

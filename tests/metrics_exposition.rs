@@ -1,6 +1,9 @@
 //! `mdevreg metrics --sysfs-root` (the exposition without a daemon):
 //! `promtool check metrics` accepts it for every sample tree and for hostile
-//! names, and its values are those of the tree.
+//! names, and its values are those of the tree. With a daemon (root, a
+//! private network namespace): what `--metrics-listen` serves, what
+//! `--metrics-textfile` writes and what `mdevreg metrics` prints pass
+//! promtool and show the same parents and types.
 
 mod common;
 
@@ -134,4 +137,92 @@ fn a_missing_root_is_a_one_line_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent-mdevreg-root"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+/// The registry lines of an exposition (counters and build info aside).
+fn registry_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|line| {
+            [
+                "mdevreg_parent_info",
+                "mdevreg_type_",
+                "mdevreg_physical_",
+                "mdevreg_registry_seqnum",
+            ]
+            .iter()
+            .any(|prefix| line.starts_with(prefix))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_daemon_serves_what_mdevreg_metrics_prints() {
+    use common::daemon::Setup;
+    use common::prometheus::{http_get, loopback_up};
+    use common::sysfs_fixture::populate_mixed;
+
+    common::prereq::run(
+        "the_daemon_serves_what_mdevreg_metrics_prints",
+        &["promtool", "ip"],
+        || async {
+            loopback_up();
+            let tree = FakeSysfs::new();
+            populate_mixed(&tree);
+            let textfile_dir = tempfile::tempdir().expect("tempdir");
+            let textfile = textfile_dir.path().join("mdevreg.prom");
+            let setup = Setup::start(tree.root(), |options| {
+                options.emit = "none";
+                options.extra_args = vec![
+                    "--metrics-listen".to_owned(),
+                    "127.0.0.1:19400".to_owned(),
+                    "--metrics-textfile".to_owned(),
+                    textfile.display().to_string(),
+                ];
+            })
+            .await;
+            let (status, served) = http_get(19400, "/metrics").expect("scrape");
+            assert_eq!(status, 200);
+            let served = String::from_utf8(served).expect("UTF-8");
+            let (ok, printed) = promtool_check(served.as_bytes());
+            assert!(
+                ok,
+                "promtool on the daemon's exposition:\n{printed}\n{served}"
+            );
+
+            let out = Command::new(env!("CARGO_BIN_EXE_mdevreg"))
+                .args(["--bus", setup.bus.address(), "metrics"])
+                .output()
+                .expect("run mdevreg metrics");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let printed_text = String::from_utf8(out.stdout).expect("UTF-8");
+            let (ok, lint) = promtool_check(printed_text.as_bytes());
+            assert!(ok, "promtool on mdevreg metrics:\n{lint}");
+            assert!(!registry_lines(&served).is_empty());
+            assert_eq!(registry_lines(&printed_text), registry_lines(&served));
+            assert!(
+                printed_text.contains("\nmdevreg_rescans_total "),
+                "{printed_text}"
+            );
+
+            let direct = checked(tree.root(), &[]);
+            let file = std::fs::read_to_string(&textfile).expect("textfile written at start");
+            let (ok, lint) = promtool_check(file.as_bytes());
+            assert!(ok, "promtool on the textfile:\n{lint}");
+            // The same parents and types in all four; the sequence numbers
+            // differ (the daemon counts its startup events its own way).
+            let without_seqnum = |text: &str| -> Vec<String> {
+                registry_lines(text)
+                    .into_iter()
+                    .filter(|line| !line.starts_with("mdevreg_registry_seqnum"))
+                    .collect()
+            };
+            assert_eq!(without_seqnum(&direct), without_seqnum(&served));
+            assert_eq!(without_seqnum(&file), without_seqnum(&served));
+        },
+    );
 }

@@ -14,8 +14,10 @@ use zbus::Message;
 use super::commit::{Commit, PendingReply, ReplyValue, Undo};
 use super::counters::{Counter, Counters};
 use super::sources::{Hint, SourceMessage};
+use crate::boundary::{self, Crossing};
 use crate::dbus::{self, validate, SharedRegistry};
-use crate::model::Source;
+use crate::model::{Backend, ParentInfo, Source};
+use crate::nvidia_vfio::{self, Polled};
 use crate::paths::SysfsRoot;
 use crate::registry::{Event, EventKind, Input, Registry};
 use crate::sysfs::{self, ParentRead, Scan};
@@ -23,15 +25,68 @@ use crate::sysfs::{self, ParentRead, Scan};
 /// Injected events whose echo is awaited, at most; older ones are forgotten.
 pub const MAX_PENDING_ECHOES: usize = 4096;
 
-/// Reads one parent by devpath (sysfs in the daemon, a map in tests).
+/// Reads one parent by devpath (sysfs in the daemon, a map in tests), and
+/// the NVIDIA vendor-VFIO parents, which are always read together.
 pub trait ParentReader {
     fn read_parent(&self, devpath: &str) -> ParentRead;
+
+    /// Whether a userspace parent at `devpath` with `subsystem` would cross
+    /// into the kernel's devices ([`crate::boundary`]).
+    fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing>;
+
+    /// Every vendor-VFIO parent now, or `None` when this reader cannot say
+    /// (then nothing about them changes).
+    fn vendor_parents(&self) -> Option<Vec<ParentInfo>> {
+        None
+    }
+
+    /// The two-file check of the `known` vendor-VFIO parents
+    /// ([`nvidia_vfio::poll`]), one result each.
+    fn vendor_poll(&self, known: &[&ParentInfo]) -> Vec<Polled> {
+        vec![Polled::Unchanged; known.len()]
+    }
 }
 
 impl ParentReader for SysfsRoot {
     fn read_parent(&self, devpath: &str) -> ParentRead {
         sysfs::read_parent(self, devpath)
     }
+
+    fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing> {
+        boundary::check(self, devpath, subsystem)
+    }
+
+    fn vendor_parents(&self) -> Option<Vec<ParentInfo>> {
+        let (parents, warnings) = nvidia_vfio::scan_root(self);
+        log_warnings(&warnings);
+        Some(parents)
+    }
+
+    fn vendor_poll(&self, known: &[&ParentInfo]) -> Vec<Polled> {
+        let mut warnings = Vec::new();
+        let polled = nvidia_vfio::poll(self, known, &mut warnings);
+        // Every interval: the same problems would flood the journal. They
+        // were logged as warnings by the scan that found the parent.
+        for warning in warnings {
+            log::debug!("sysfs: {warning}");
+        }
+        polled
+    }
+}
+
+/// Whether `devpath` names a PCI device (`.../0000:41:00.4`): a uevent
+/// about one may concern a vendor-VFIO VF or its PF.
+pub fn is_pci_devpath(devpath: &str) -> bool {
+    let name = crate::paths::devpath_name(devpath).as_bytes();
+    // DDDD:BB:DD.F
+    name.len() == 12
+        && name[4] == b':'
+        && name[7] == b':'
+        && name[10] == b'.'
+        && name
+            .iter()
+            .enumerate()
+            .all(|(i, b)| matches!(i, 4 | 7 | 10) || b.is_ascii_hexdigit())
 }
 
 /// The registry's only writer and the state around it.
@@ -103,20 +158,30 @@ impl Core {
         }
     }
 
-    /// `RegisterParent` from `owner`: applied at once; the caller is told
-    /// once the state file is written (else [`Core::undo`]).
+    /// `RegisterParent` from `owner` (of `uid`): its location checked
+    /// against sysfs (for every caller), then applied at once; the caller
+    /// is told once the state file is written (else [`Core::undo`]).
     pub fn register(
         &mut self,
         registration: validate::Registration,
         owner: String,
+        uid: u32,
         call: Message,
+        reader: &dyn ParentReader,
     ) -> Commit {
         let name = registration.info.name.clone();
         let lifetime = registration.lifetime;
+        if let Err(crossing) =
+            reader.check_location(&registration.info.devpath, &registration.info.subsystem)
+        {
+            log::info!("RegisterParent {name:?} from {owner} refused: {crossing}");
+            return refused(call, dbus::Error::InvalidArgument(crossing.to_string()));
+        }
         let input = Input::Register {
             info: registration.info,
             owner: owner.clone(),
             lifetime,
+            uid,
         };
         match self.apply(input) {
             Ok(events) => {
@@ -130,6 +195,7 @@ impl Core {
                     undo_unless_saved: Some(Undo {
                         name: name.clone(),
                         owner: owner.clone(),
+                        uid,
                     }),
                     replies: vec![PendingReply::new(
                         call,
@@ -161,6 +227,7 @@ impl Core {
         let _ = self.apply(Input::Unregister {
             name: undo.name,
             caller: undo.owner,
+            uid: undo.uid,
         });
         let error = dbus::Error::failed(format!("cannot save state: {err}"));
         match commit.replies.into_iter().next() {
@@ -169,11 +236,12 @@ impl Core {
         }
     }
 
-    /// `UnregisterParent` by `caller`.
-    pub fn unregister(&mut self, name: String, caller: String, call: Message) -> Commit {
+    /// `UnregisterParent` by `caller` (of `uid`).
+    pub fn unregister(&mut self, name: String, caller: String, uid: u32, call: Message) -> Commit {
         let input = Input::Unregister {
             name: name.clone(),
             caller: caller.clone(),
+            uid,
         };
         match self.apply(input) {
             Ok(events) => {
@@ -230,6 +298,20 @@ impl Core {
             .then(|| self.owner_gone(owner))
     }
 
+    /// The daemon starts in a new boot: every restored persistent parent
+    /// is registered again as far as the world can tell (its uevent and
+    /// signals, once; the state file records the new sequence numbers).
+    pub fn new_boot(&mut self) -> Commit {
+        let events = self.apply(Input::NewBoot).unwrap_or_default();
+        if !events.is_empty() {
+            log::info!(
+                "new boot: announcing {} restored persistent parents",
+                events.len()
+            );
+        }
+        Commit::of_events(events)
+    }
+
     /// Owners of restored registrations, to ask the bus about.
     pub fn userspace_owners(&self) -> BTreeSet<String> {
         self.registry()
@@ -271,6 +353,11 @@ impl Core {
         }
         let start_scan = resync.and_then(|reason| self.request_scan(reason));
         let mut inputs = Vec::new();
+        // A PCI device changed (a VF added, bound, unbound, removed, or its
+        // PF): the vendor-VFIO VFs are re-read together, siblings included.
+        if devpaths.keys().any(|devpath| is_pci_devpath(devpath)) {
+            inputs.extend(self.vendor_input(reader));
+        }
         let mut seen = HashSet::new();
         for (devpath, copies) in devpaths {
             match self.kernel_input(&devpath, reader) {
@@ -344,6 +431,61 @@ impl Core {
         None
     }
 
+    /// The re-read of every vendor-VFIO parent, if the reader can do it.
+    fn vendor_input(&self, reader: &dyn ParentReader) -> Option<Input> {
+        reader.vendor_parents().map(|parents| Input::BackendScan {
+            backend: Backend::NvidiaVfio,
+            parents,
+        })
+    }
+
+    /// Whether any vendor-VFIO parent is registered: only then is there
+    /// anything to poll.
+    pub fn has_vendor_parents(&self) -> bool {
+        self.registry()
+            .parents()
+            .any(|parent| parent.info.backend == Backend::NvidiaVfio)
+    }
+
+    /// The periodic check of the vendor-VFIO parents (placing or removing a
+    /// vGPU sends no uevent and changes the siblings' lists): their two
+    /// files are re-read and what changed is applied; a VF whose `nvidia/`
+    /// is gone makes all of them be re-read in full.
+    pub fn poll(&mut self, reader: &dyn ParentReader) -> Commit {
+        self.counters.bump(Counter::VendorPolls);
+        let known: Vec<ParentInfo> = self
+            .registry()
+            .parents()
+            .filter(|parent| {
+                parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio
+            })
+            .map(|parent| parent.info.clone())
+            .collect();
+        let refs: Vec<&ParentInfo> = known.iter().collect();
+        let polled = reader.vendor_poll(&refs);
+        let inputs: Vec<Input> = if polled.contains(&Polled::Gone) {
+            self.vendor_input(reader).into_iter().collect()
+        } else {
+            polled
+                .into_iter()
+                .filter_map(|polled| match polled {
+                    Polled::Changed(info) => Some(Input::KernelParent {
+                        devpath: info.devpath.clone(),
+                        info: Some(info),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut events = Vec::new();
+        for input in inputs {
+            if let Ok(more) = self.apply(input) {
+                events.extend(more);
+            }
+        }
+        Commit::of_events(events)
+    }
+
     /// A full rescan is wanted: `Some(reason)` if the caller is to start
     /// one now; `None` if one runs (it runs again once it is done).
     pub fn request_scan(&mut self, reason: &'static str) -> Option<&'static str> {
@@ -396,6 +538,13 @@ impl Core {
                         // First in the list: it wins over a stale namesake.
                         scan.parents.insert(0, info);
                     }
+                }
+                // The vendor-VFIO parents may have been re-read (or polled)
+                // while it ran: read them again, as of now.
+                if let Some(vendor) = reader.vendor_parents() {
+                    scan.parents
+                        .retain(|parent| parent.backend != Backend::NvidiaVfio);
+                    scan.parents.extend(vendor);
                 }
                 let events = self
                     .apply(Input::KernelScan(scan.parents))

@@ -35,17 +35,24 @@ pub enum Counter {
     StateSaveFailures,
     /// Userspace registrations restored from the state files at start.
     ParentsRestored,
+    /// Uevents of userspace parents not emitted because their location
+    /// now names a kernel device or subsystem ([`crate::boundary`]).
+    UeventsRefusedBoundary,
     /// Parents registered (ParentRegistered events), by source.
     RegistrationsKernel,
     RegistrationsUserspace,
     /// Parents unregistered (ParentUnregistered events), by source.
     UnregistrationsKernel,
     UnregistrationsUserspace,
+    /// Synthetic `change` uevents written to vendor-VFIO VFs' `uevent` files.
+    UeventsSynthetic,
+    /// Checks of the vendor-VFIO VFs' files (`--poll-interval`).
+    VendorPolls,
 }
 
 impl Counter {
     /// Every counter, in the order they are shown.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 19] = [
         Counter::UeventsReceived,
         Counter::UeventsOwn,
         Counter::UeventsIgnored,
@@ -58,10 +65,13 @@ impl Counter {
         Counter::UeventEmitFailures,
         Counter::StateSaveFailures,
         Counter::ParentsRestored,
+        Counter::UeventsRefusedBoundary,
         Counter::RegistrationsKernel,
         Counter::RegistrationsUserspace,
         Counter::UnregistrationsKernel,
         Counter::UnregistrationsUserspace,
+        Counter::UeventsSynthetic,
+        Counter::VendorPolls,
     ];
 
     /// Stable key (the `Stats` property, `mdevreg stats`).
@@ -79,10 +89,13 @@ impl Counter {
             Counter::UeventEmitFailures => "uevent_emit_failures",
             Counter::StateSaveFailures => "state_save_failures",
             Counter::ParentsRestored => "parents_restored",
+            Counter::UeventsRefusedBoundary => "uevents_refused_boundary",
             Counter::RegistrationsKernel => "registrations_kernel",
             Counter::RegistrationsUserspace => "registrations_userspace",
             Counter::UnregistrationsKernel => "unregistrations_kernel",
             Counter::UnregistrationsUserspace => "unregistrations_userspace",
+            Counter::UeventsSynthetic => "uevents_synthetic",
+            Counter::VendorPolls => "vendor_polls",
         }
     }
 
@@ -101,10 +114,17 @@ impl Counter {
             Counter::UeventEmitFailures => "Uevents that could not be emitted.",
             Counter::StateSaveFailures => "State file saves that failed.",
             Counter::ParentsRestored => "Registrations restored from the state files.",
+            Counter::UeventsRefusedBoundary => {
+                "Uevents of userspace parents not sent: their location is a kernel device's."
+            }
             Counter::RegistrationsKernel => "Kernel parents registered.",
             Counter::RegistrationsUserspace => "Userspace parents registered.",
             Counter::UnregistrationsKernel => "Kernel parents unregistered.",
             Counter::UnregistrationsUserspace => "Userspace parents unregistered.",
+            Counter::UeventsSynthetic => {
+                "Synthetic change uevents written for vendor-VFIO parents."
+            }
+            Counter::VendorPolls => "Checks of the vendor-VFIO virtual functions' files.",
         }
     }
 }

@@ -1,7 +1,11 @@
 //! The loop: a thin `select!` over the sources, each input handed to the
-//! core and the resulting commits to the sink, in arrival order.
+//! core and the resulting commits to the sink, in arrival order; plus the
+//! vendor-VFIO poll timer, armed only while such parents exist.
 
 use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,6 +29,8 @@ pub struct EventLoop {
     pub bus: DBusProxy<'static>,
     /// The background rescan running, if any.
     pub scan_job: Option<JoinHandle<sysfs::Scan>>,
+    /// How often the vendor-VFIO parents are checked (`--poll-interval`).
+    pub poll_interval: Duration,
 }
 
 impl EventLoop {
@@ -38,6 +44,10 @@ impl EventLoop {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut closed = std::pin::pin!(connection.closed());
         let mut idle_trim = IdleTrim::new();
+        // The poll runs only while vendor-VFIO parents exist: a host
+        // without any never wakes up for it.
+        let mut polling = self.core.has_vendor_parents();
+        let mut next_poll = Instant::now() + self.poll_interval;
         loop {
             // Not biased: preferring requests would leave kernel uevents
             // (our own echoes, under load) queued up to the channel depth,
@@ -72,7 +82,16 @@ impl EventLoop {
                     self.commit(commit).await;
                     idle_trim.note_input();
                 }
+                () = tokio::time::sleep_until(next_poll), if polling => {
+                    let commit = self.core.poll(&self.sysfs_root);
+                    self.commit(commit).await;
+                    next_poll = Instant::now() + self.poll_interval;
+                }
                 () = &mut idle_trim.timer, if idle_trim.armed => idle_trim.timer_fired(),
+            }
+            let was_polling = std::mem::replace(&mut polling, self.core.has_vendor_parents());
+            if polling && !was_polling {
+                next_poll = Instant::now() + self.poll_interval;
             }
         }
     }
@@ -84,9 +103,17 @@ impl EventLoop {
             Request::Register {
                 registration,
                 owner,
+                uid,
                 call,
-            } => self.core.register(registration, owner, call),
-            Request::Unregister { name, caller, call } => self.core.unregister(name, caller, call),
+            } => self
+                .core
+                .register(registration, owner, uid, call, &self.sysfs_root),
+            Request::Unregister {
+                name,
+                caller,
+                uid,
+                call,
+            } => self.core.unregister(name, caller, uid, call),
             Request::Rescan { call } => Commit {
                 start_scan: self.core.rescan_call(call),
                 ..Commit::default()

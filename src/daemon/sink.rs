@@ -2,7 +2,9 @@
 //!
 //! 1. the state files it touches (atomic write + fsync; a registration
 //!    that cannot be made durable goes back to the core to be undone);
-//! 2. one uevent per userspace (un)registration;
+//! 2. one uevent per userspace (un)registration (injected or broadcast),
+//!    and per vendor-VFIO (un)registration (a synthetic `change` written to
+//!    the VF's `uevent` file);
 //! 3. the D-Bus signals showing its events, then the reply, in one write
 //!    (a caller holding its reply has been sent every signal of it);
 //! 4. follow-ups: forgotten callers, the [`CommitObserver`]s.
@@ -17,11 +19,14 @@ use zbus::Connection;
 
 use super::commit::Commit;
 use super::counters::{Counter, Counters};
+use crate::boundary;
 use crate::dbus::{signals, Server, SharedRegistry};
-use crate::emit::{Emitted, UeventSink};
-use crate::model::{Lifetime, Source};
+use crate::emit::{Emitted, MdevState, UeventSink};
+use crate::model::{Backend, Lifetime, Parent, Source};
+use crate::paths::SysfsRoot;
 use crate::persist::{StateStores, StoredRegistration};
 use crate::registry::Registry;
+use crate::synth_uevent;
 
 /// Sees every commit once it is carried out (a metrics renderer, say),
 /// with the registry as the commit left it.
@@ -58,6 +63,10 @@ pub struct Sink {
     pub stores: StateStores,
     pub counters: Arc<Counters>,
     pub observers: Vec<Box<dyn CommitObserver>>,
+    /// Where the synthetic uevents of vendor-VFIO parents are written, and
+    /// userspace parents' locations checked again before each uevent
+    /// ([`crate::boundary`]).
+    pub sysfs_root: SysfsRoot,
 }
 
 impl Sink {
@@ -88,6 +97,27 @@ impl Sink {
                 parent.name(),
                 state.as_str()
             );
+            if parent.source == Source::Userspace {
+                // Checked again: a device may have appeared there since.
+                let location = boundary::check(
+                    &self.sysfs_root,
+                    &parent.info.devpath,
+                    &parent.info.subsystem,
+                );
+                if let Err(crossing) = location {
+                    self.counters.bump(Counter::UeventsRefusedBoundary);
+                    log::warn!(
+                        "not emitting the {} uevent of {:?}: {crossing}",
+                        state.as_str(),
+                        parent.name()
+                    );
+                    continue;
+                }
+            }
+            if parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio {
+                self.synthetic_uevent(parent, state);
+                continue;
+            }
             match self.uevents.emit(parent, state, seqnum) {
                 Ok(Emitted::Injected) => {
                     self.counters.bump(Counter::UeventsInjected);
@@ -131,6 +161,36 @@ impl Sink {
             }
         }
         Carried::Done(follow_up)
+    }
+
+    /// A vendor-VFIO VF has no mdev core to announce it: writes the
+    /// synthetic `change` to its own `uevent` file, so the event carries its
+    /// kernel properties. A VF that is gone (its unregistration after
+    /// `sriov_numvfs = 0`) has no file left: that is expected, not counted.
+    fn synthetic_uevent(&self, parent: &Parent, state: MdevState) {
+        match synth_uevent::write_change(&self.sysfs_root, &parent.info.devpath, state) {
+            Ok(uuid) => {
+                self.counters.bump(Counter::UeventsSynthetic);
+                log::debug!(
+                    "wrote the synthetic {} uevent of {:?} (SYNTH_UUID={uuid})",
+                    state.as_str(),
+                    parent.name()
+                );
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => log::debug!(
+                "no synthetic {} uevent for {:?}: the device is gone",
+                state.as_str(),
+                parent.name()
+            ),
+            Err(err) => {
+                self.counters.bump(Counter::UeventEmitFailures);
+                log::warn!(
+                    "cannot write the synthetic {} uevent of {:?}: {err}",
+                    state.as_str(),
+                    parent.name()
+                );
+            }
+        }
     }
 
     /// Writes both state files from the registry (at start and at exit);

@@ -149,22 +149,18 @@ impl RegistryView for RwLock<Arc<Registry>> {
     }
 }
 
-/// The backend of a parent, for the `backend` label.
-///
-/// The parent's backend: `mdev` or `nvidia-vfio`.
+/// The backend of a parent, for the `backend` label (`mdev`,
+/// `nvidia-vfio`).
 pub fn backend(parent: &Parent) -> &str {
     parent.info.backend.as_str()
 }
 
-/// The physical device a parent's capacity belongs to: its
-/// `PhysicalDevice` (the PF behind an SR-IOV VF) when it has one, else the
-/// parent itself.
-pub fn physical_device(parent: &Parent) -> &str {
-    if parent.info.physical_device.is_empty() {
-        parent.name()
-    } else {
-        &parent.info.physical_device
-    }
+/// The physical device a parent's capacity counts toward, for the
+/// `physical_device` labels: its PF (`PhysicalDevice`), a PCI parent
+/// without one itself, other parents none (as `GetCapacity` counts, see
+/// [`crate::capacity`]).
+pub fn physical_device(parent: &Parent) -> Option<&str> {
+    crate::capacity::physical_device_of(&parent.info)
 }
 
 /// HELP texts, one per family.
@@ -175,7 +171,7 @@ mod help {
         "Instances of an mdev type that can still be created on a parent (sysfs available_instances)";
     pub const INSTANCES: &str = "Instances (mdev devices) of an mdev type that exist on a parent";
     pub const CREATABLE: &str =
-        "Instances of a type that can still be created on a physical device, summed over its parents";
+        "Instances of a type that can still be created on a physical GPU, summed over the parents sharing it (an upper bound)";
     pub const SEQNUM: &str = "Sequence number of the last registry event";
     pub const BUILD_INFO: &str = "Version of the mdevreg that renders these metrics; always 1";
 }
@@ -193,7 +189,7 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
             let labels = [
                 ("parent", parent.name()),
                 ("backend", backend(parent)),
-                ("physical_device", physical_device(parent)),
+                ("physical_device", physical_device(parent).unwrap_or("")),
                 ("subsystem", parent.info.subsystem.as_str()),
                 ("driver", parent.info.driver.as_str()),
                 ("source", parent.source.as_str()),
@@ -240,14 +236,14 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
     }
     {
         // Parents grouped by physical device (few groups), then per group
-        // type id -> (type name, creatable), the name of the first parent
-        // that has the type: small maps, not one entry per type of the host.
+        // type id -> (type name, creatable), the first non-empty name: small
+        // maps, not one entry per type of the host. The same sums as
+        // `GetCapacity`.
         let mut devices: BTreeMap<&str, Vec<&Parent>> = BTreeMap::new();
         for parent in parents.parents() {
-            devices
-                .entry(physical_device(parent))
-                .or_default()
-                .push(parent);
+            if let Some(device) = physical_device(parent) {
+                devices.entry(device).or_default().push(parent);
+            }
         }
         let mut family = encoder.encode_descriptor(
             "mdevreg_physical_device_creatable",
@@ -263,6 +259,9 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
                     let entry = creatable
                         .entry(mdev_type.id.as_str())
                         .or_insert((mdev_type.name.as_str(), 0));
+                    if entry.0.is_empty() {
+                        entry.0 = mdev_type.name.as_str();
+                    }
                     entry.1 += u64::from(mdev_type.available_instances);
                 }
             }

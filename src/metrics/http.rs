@@ -17,7 +17,7 @@
 //! [`Limits::max_head_bytes`], each connection at most
 //! [`Limits::connection_lifetime`] (then closed after its current
 //! response, or [`CLOSE_GRACE`] later at the latest). Request bodies are
-//! never read.
+//! never read: a request with one gets 413 and the connection is closed.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -237,6 +237,16 @@ async fn answer(
 ) -> Result<Response<Chunks>, Infallible> {
     if request.uri().path() != METRICS_PATH {
         return Ok(plain(StatusCode::NOT_FOUND, "not found; try /metrics\n"));
+    }
+    // A body is never read: refuse it and close, rather than leave it in
+    // the socket (the client would hold the connection until its lifetime
+    // ends).
+    if !request.body().is_end_stream() {
+        let mut response = plain(StatusCode::PAYLOAD_TOO_LARGE, "no request body expected\n");
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

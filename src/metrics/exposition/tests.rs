@@ -248,3 +248,47 @@ fn accept_headers_choose_the_format() {
         Format::Text
     );
 }
+
+#[test]
+fn creatable_is_per_physical_gpu_as_get_capacity_counts() {
+    let vf = |name: &str, available: u32| ParentInfo {
+        backend: crate::model::Backend::NvidiaVfio,
+        physical_device: "0000:41:00.0".to_owned(),
+        ..parent(
+            name,
+            vec![mdev_type("nvidia-1145", "NVIDIA L40S-1B", available, 0)],
+        )
+    };
+    let s390 = ParentInfo {
+        subsystem: "css".to_owned(),
+        ..parent(
+            "0.0.0013",
+            vec![mdev_type("vfio_ccw-io", "I/O subchannel", 1, 0)],
+        )
+    };
+    let registry = registry(vec![vf("0000:41:00.4", 1), vf("0000:41:00.5", 1), s390]);
+    let parents: Vec<ParentInfo> = registry.parents().map(|p| p.info.clone()).collect();
+    let out = text(Arc::new(registry), None, Format::Text);
+    assert!(
+        out.contains(r#"mdevreg_parent_info{parent="0000:41:00.4",backend="nvidia-vfio",physical_device="0000:41:00.0","#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"mdevreg_parent_info{parent="0.0.0013",backend="mdev",physical_device="",subsystem="css","#),
+        "{out}"
+    );
+    let creatable: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("mdevreg_physical_device_creatable{"))
+        .collect();
+    assert_eq!(
+        creatable,
+        [
+            r#"mdevreg_physical_device_creatable{physical_device="0000:41:00.0",type="nvidia-1145",name="NVIDIA L40S-1B"} 2"#
+        ]
+    );
+    // The same figure GetCapacity reports.
+    let rows = crate::capacity::rows_for(&parents, "0000:41:00.0");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].creatable, 2);
+}

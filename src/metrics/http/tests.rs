@@ -100,7 +100,7 @@ fn other_paths_are_not_found_and_other_methods_not_allowed() {
     for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
         let reply = exchange(
             &listener,
-            format!("{method} /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            format!("{method} /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         );
         assert!(
@@ -129,6 +129,30 @@ fn an_oversized_head_is_refused() {
     let reply = String::from_utf8_lossy(&reply);
     assert!(
         reply.is_empty() || reply.starts_with("HTTP/1.1 431 "),
+        "{reply}"
+    );
+    assert_eq!(listener.stats().scrapes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_request_body_is_refused_and_the_connection_closed() {
+    let listener = start(Limits::default());
+    let mut stream = TcpStream::connect(listener.local_addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\nabc")
+        .expect("write");
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    // Closed by the server (not by the client's 20 s timeout), the rest of
+    // the body never sent.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
         "{reply}"
     );
     assert_eq!(listener.stats().scrapes.load(Ordering::Relaxed), 0);

@@ -1,0 +1,310 @@
+//! `mdevregd` on NVIDIA vendor-specific VFIO hosts (fake sysfs trees, a
+//! real dbus-daemon, real kernel uevents injected in a fresh network
+//! namespace): the parents and their Backend/PhysicalDevice over D-Bus,
+//! GetCapacity, placing a vGPU seen by the poll as PropertiesChanged,
+//! VFs appearing and leaving with uevents (registrations, unregistrations,
+//! the synthetic `change` written to each VF's `uevent` file).
+//!
+//! Needs root (namespaces, injection); skipped without it, or failed when
+//! `CI` is set.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::daemon::Setup;
+use common::prereq::run;
+use common::registry_client::eventually;
+use common::registry_signals::{next_signal, registry_signals};
+use common::sysfs_fixture::{l40s_a, l40s_b, populate_nvidia_vfio, FakeSysfs};
+use futures_util::StreamExt;
+use mdevreg::dbus::{MdevType1Proxy, Parent1Proxy};
+use mdevreg::netlink::UeventEmitter;
+use mdevreg::uevent::Uevent;
+use zbus::proxy::CacheProperties;
+
+const LONG: Duration = Duration::from_secs(20);
+
+async fn parent1<'c>(setup: &'c Setup, name: &str) -> Parent1Proxy<'c> {
+    Parent1Proxy::builder(&setup.client)
+        .path(mdevreg::label::parent_path(name))
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .expect("Parent1 proxy")
+}
+
+async fn type1<'c>(setup: &'c Setup, parent: &str, id: &str) -> MdevType1Proxy<'c> {
+    MdevType1Proxy::builder(&setup.client)
+        .path(mdevreg::label::type_path(parent, id))
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .expect("MdevType1 proxy")
+}
+
+/// Has the kernel number and broadcast a `pci` uevent in this namespace.
+fn inject_pci(action: &str, devpath: &str) {
+    let event = Uevent::new(action, devpath)
+        .with("SUBSYSTEM", "pci")
+        .with("DRIVER", "nvidia");
+    UeventEmitter::open()
+        .expect("uevent emitter")
+        .inject(&event)
+        .expect("inject (needs CAP_SYS_ADMIN)");
+}
+
+#[test]
+fn vendor_parents_over_dbus_and_the_poll_sees_placements() {
+    run(
+        "vendor_parents_over_dbus_and_the_poll_sees_placements",
+        &[],
+        || async {
+            let tree = FakeSysfs::new();
+            populate_nvidia_vfio(&tree);
+            const INTERVAL: f64 = 1.5;
+            let setup = Setup::start(tree.root(), |options| {
+                options.emit = "none";
+                options
+                    .extra_args
+                    .extend(["--poll-interval".to_string(), INTERVAL.to_string()]);
+            })
+            .await;
+
+            let vf = parent1(&setup, "0000:41:00.5").await;
+            assert_eq!(vf.backend().await.expect("Backend"), "nvidia-vfio");
+            assert_eq!(
+                vf.physical_device().await.expect("PhysicalDevice"),
+                "0000:41:00.0"
+            );
+            assert_eq!(vf.driver().await.expect("Driver"), "nvidia");
+
+            let registry = setup.registry().await;
+            let capacity = registry
+                .get_capacity("0000:41:00.0")
+                .await
+                .expect("GetCapacity");
+            assert_eq!(
+                capacity,
+                [
+                    (
+                        "nvidia-1146".to_string(),
+                        "NVIDIA L40S-2B".to_string(),
+                        3,
+                        1
+                    ),
+                    (
+                        "nvidia-1148".to_string(),
+                        "NVIDIA L40S-2Q".to_string(),
+                        3,
+                        0
+                    ),
+                ]
+            );
+            let all = registry.get_capacity("").await.expect("GetCapacity all");
+            assert_eq!(all.len(), 13, "{all:?}");
+            assert!(registry
+                .get_capacity("0000:99:00.0")
+                .await
+                .expect("unknown device")
+                .is_empty());
+
+            // Place an L40S-24Q on GPU B's first VF, as writing
+            // current_vgpu_type does: no uevent; the siblings' lists shrink
+            // to the 24 GB type.
+            let b = l40s_b();
+            let held = type1(&setup, "0000:c1:00.4", "nvidia-1155").await;
+            assert_eq!(held.available_instances().await.expect("avail"), 1);
+            let mut changed_stream = zbus::MessageStream::for_match_rule(
+                zbus::MatchRule::builder()
+                    .msg_type(zbus::message::Type::Signal)
+                    .interface("org.freedesktop.DBus.Properties")
+                    .member("PropertiesChanged")
+                    .path(mdevreg::label::type_path("0000:c1:00.4", "nvidia-1155"))
+                    .build()
+                    .expect("match rule"),
+                &setup.client,
+                None,
+            )
+            .await
+            .expect("subscribe to PropertiesChanged");
+            let placed = Instant::now();
+            tree.set_vgpu(&b, "0000:c1:00.4", 1155);
+            let deadline = Duration::from_secs_f64(2.0 * INTERVAL);
+            let available = loop {
+                let message = tokio::time::timeout(LONG, changed_stream.next())
+                    .await
+                    .expect("PropertiesChanged in time")
+                    .expect("stream")
+                    .expect("message");
+                let (interface, changed, _invalidated): (
+                    String,
+                    std::collections::HashMap<String, zbus::OwnedVariant>,
+                    Vec<String>,
+                ) = message
+                    .body()
+                    .deserialize()
+                    .expect("PropertiesChanged body");
+                assert_eq!(interface, "org.mdevreg.MdevType1");
+                if let Some(value) = changed.get("AvailableInstances") {
+                    break u32::try_from(value.clone()).expect("u32");
+                }
+            };
+            let took = placed.elapsed();
+            assert_eq!(available, 0);
+            assert!(
+                took <= deadline,
+                "PropertiesChanged after {took:?}, more than two poll intervals ({deadline:?})"
+            );
+            assert_eq!(
+                held.devices().await.expect("Devices"),
+                ["0000:c1:00.4"],
+                "the VF holds the vGPU"
+            );
+            // A sibling now lists the 24 GB type only.
+            let sibling = parent1(&setup, "0000:c1:00.6").await;
+            eventually("the sibling's list to shrink", || async {
+                (sibling.types().await.ok()?.len() == 1).then_some(())
+            })
+            .await;
+            let capacity = registry
+                .get_capacity("0000:c1:00.0")
+                .await
+                .expect("GetCapacity");
+            assert_eq!(
+                capacity,
+                [(
+                    "nvidia-1155".to_string(),
+                    "NVIDIA L40S-24Q".to_string(),
+                    3,
+                    1
+                )]
+            );
+            let stats = registry.stats().await.expect("Stats");
+            assert!(stats["vendor_polls"] >= 1, "{stats:?}");
+
+            // `mdevreg show` and `capacity` through the daemon.
+            let show = std::process::Command::new(env!("CARGO_BIN_EXE_mdevreg"))
+                .args(["--bus", setup.bus.address(), "show", "0000:c1:00.4"])
+                .output()
+                .expect("run mdevreg show");
+            let text = String::from_utf8_lossy(&show.stdout);
+            assert!(
+                show.status.success(),
+                "{}",
+                String::from_utf8_lossy(&show.stderr)
+            );
+            assert!(
+                text.contains("  Backend:   nvidia-vfio\n  Physical:  0000:c1:00.0\n")
+                    && text.contains(
+                        "    nvidia-1155 (vfio-pci, 0 available) NVIDIA L40S-24Q\n      0000:c1:00.4\n"
+                    ),
+                "{text}"
+            );
+            let capacity = std::process::Command::new(env!("CARGO_BIN_EXE_mdevreg"))
+                .args(["--bus", setup.bus.address(), "capacity"])
+                .output()
+                .expect("run mdevreg capacity");
+            assert!(String::from_utf8_lossy(&capacity.stdout).contains(
+                "0000:c1:00.0 (4 parents)\n  TYPE         CREATABLE  HOLDING  NAME\n  nvidia-1155          3        1  NVIDIA L40S-24Q\n"
+            ));
+        },
+    );
+}
+
+#[test]
+fn vfs_coming_and_going_with_uevents_register_and_write_synthetic_changes() {
+    run(
+        "vfs_coming_and_going_with_uevents_register_and_write_synthetic_changes",
+        &[],
+        || async {
+            let tree = FakeSysfs::new();
+            let a = l40s_a();
+            tree.add_vfio_gpu(&a);
+            // A long interval: only uevents can drive what follows.
+            let setup = Setup::start(tree.root(), |options| {
+                options.emit = "none";
+                options
+                    .extra_args
+                    .extend(["--poll-interval".to_string(), "600".to_string()]);
+            })
+            .await;
+            let mut signals = registry_signals(&setup.client).await;
+
+            // SR-IOV enabled on GPU B: add + bind per VF.
+            let b = l40s_b();
+            tree.add_vfio_gpu(&b);
+            for vf in b.vf_names() {
+                inject_pci("add", &b.vf_devpath(&vf));
+                inject_pci("bind", &b.vf_devpath(&vf));
+            }
+            let mut registered = Vec::new();
+            while registered.len() < 4 {
+                let signal = next_signal(&mut signals, LONG)
+                    .await
+                    .expect("ParentRegistered for each new VF");
+                assert_eq!(signal.member, "ParentRegistered", "{signal:?}");
+                assert_eq!(signal.source, "kernel");
+                registered.push(signal.name);
+            }
+            registered.sort();
+            assert_eq!(registered, b.vf_names());
+            // Each new VF got its synthetic change, in its own uevent file.
+            for vf in b.vf_names() {
+                let path = tree.path(format!("{}/uevent", b.vf_devpath(&vf)));
+                let text = fs::read_to_string(&path).expect("uevent file");
+                let words: Vec<&str> = text.trim_end().split(' ').collect();
+                assert_eq!(words.len(), 4, "{text:?}");
+                assert_eq!(words[0], "change");
+                assert!(uuid::Uuid::try_parse(words[1]).is_ok(), "{text:?}");
+                assert_eq!(
+                    &words[2..],
+                    ["MDEVSTATE=registered", "MDEVREGBACKEND=nvidiavfio"]
+                );
+            }
+
+            // One VF of GPU A is unbound from nvidia (its nvidia/ goes, the
+            // device stays): unregistered, with the synthetic change.
+            let unbound = a.vf_names()[2].clone();
+            fs::remove_dir_all(tree.path(format!("{}/nvidia", a.vf_devpath(&unbound))))
+                .expect("remove nvidia/");
+            inject_pci("unbind", &a.vf_devpath(&unbound));
+            let signal = next_signal(&mut signals, LONG)
+                .await
+                .expect("ParentUnregistered");
+            assert_eq!(
+                (signal.member.as_str(), signal.name.as_str()),
+                ("ParentUnregistered", unbound.as_str())
+            );
+            let text = fs::read_to_string(tree.path(format!("{}/uevent", a.vf_devpath(&unbound))))
+                .expect("uevent file");
+            assert!(
+                text.ends_with(" MDEVSTATE=unregistered MDEVREGBACKEND=nvidiavfio\n"),
+                "{text:?}"
+            );
+
+            // SR-IOV disabled on GPU B: every VF goes (unbind + remove).
+            tree.remove_vfio_vfs(&b);
+            for vf in b.vf_names() {
+                inject_pci("unbind", &b.vf_devpath(&vf));
+                inject_pci("remove", &b.vf_devpath(&vf));
+            }
+            let mut unregistered = Vec::new();
+            while unregistered.len() < 4 {
+                let signal = next_signal(&mut signals, LONG)
+                    .await
+                    .expect("ParentUnregistered for each VF");
+                assert_eq!(signal.member, "ParentUnregistered", "{signal:?}");
+                unregistered.push(signal.name);
+            }
+            unregistered.sort();
+            assert_eq!(unregistered, b.vf_names());
+            let registry = setup.registry().await;
+            let stats = registry.stats().await.expect("Stats");
+            assert_eq!(stats["vendor_polls"], 0, "no poll ran: {stats:?}");
+            assert_eq!(stats["uevents_synthetic"], 5, "{stats:?}");
+            assert!(setup.daemon.log().contains("the device is gone"));
+        },
+    );
+}

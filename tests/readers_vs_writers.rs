@@ -76,9 +76,8 @@ fn root_writes_are_answered_while_unprivileged_readers_fetch_the_tree() {
             let types: Vec<Dict<'_>> = vec![good_type("rw-1")];
             let options = Dict::new();
 
-            let mut readers: Vec<Child> = (0..READERS)
-                .map(|_| reader(setup.bus.address()))
-                .collect();
+            let mut readers: Vec<Child> =
+                (0..READERS).map(|_| reader(setup.bus.address())).collect();
             let started = Instant::now();
             let mut latencies = Vec::new();
             let mut busy_during = Vec::new();

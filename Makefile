@@ -26,6 +26,7 @@ SYSCONFDIR ?= /etc
 UDEVDIR ?= /usr/lib/udev
 DBUSDIR ?= /usr/share/dbus-1
 SYSTEMDUNITDIR ?= /usr/lib/systemd/system
+POLKITACTIONDIR ?= /usr/share/polkit-1/actions
 BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
@@ -110,6 +111,8 @@ install: $(INSTALL_DEPS)
 	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/mdevregd.service
 	$(INSTALL) -D -m 0644 packaging/hooks/README $(DESTDIR)$(SYSCONFDIR)/mdevreg/hooks.d/README
 	$(INSTALL) -D -m 0755 packaging/hooks/50-log-transition $(DESTDIR)$(DOCDIR)/examples/hooks.d/50-log-transition
+	$(INSTALL) -D -m 0644 packaging/polkit/org.mdevreg.Registry1.policy $(DESTDIR)$(POLKITACTIONDIR)/org.mdevreg.Registry1.policy
+	$(INSTALL) -D -m 0644 packaging/polkit/50-mdevreg-group.rules $(DESTDIR)$(DOCDIR)/examples/50-mdevreg-group.rules
 	$(INSTALL) -D -m 0644 $(ASSETS_DIR)/man/mdevreg.1.gz $(DESTDIR)$(MANDIR)/man1/mdevreg.1.gz
 	$(INSTALL) -D -m 0644 $(ASSETS_DIR)/man/mdevregd.8.gz $(DESTDIR)$(MANDIR)/man8/mdevregd.8.gz
 	for bin in $(BINARIES); do \
@@ -130,7 +133,9 @@ uninstall:
 		$(DESTDIR)$(DBUSDIR)/interfaces/org.mdevreg.Registry1.xml \
 		$(DESTDIR)$(SYSTEMDUNITDIR)/mdevregd.service \
 		$(DESTDIR)$(MANDIR)/man1/mdevreg.1.gz $(DESTDIR)$(MANDIR)/man8/mdevregd.8.gz \
-		$(DESTDIR)$(SYSCONFDIR)/mdevreg/hooks.d/README
+		$(DESTDIR)$(SYSCONFDIR)/mdevreg/hooks.d/README \
+		$(DESTDIR)$(POLKITACTIONDIR)/org.mdevreg.Registry1.policy \
+		$(DESTDIR)$(DOCDIR)/examples/50-mdevreg-group.rules
 	rm -rf $(DESTDIR)$(DOCDIR)/examples/hooks.d
 
 # cargo-deb builds the binaries itself (release unless CARGO_DEB_FLAGS says

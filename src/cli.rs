@@ -88,6 +88,40 @@ pub enum Command {
         /// Parent name.
         name: String,
     },
+    /// Wait until a parent is registered (with a type, with available
+    /// instances): exit 0 then, 1 on timeout naming what is missing.
+    /// Subscribes before it checks and does not poll; with --sysfs-root it
+    /// needs no daemon and watches kernel uevents.
+    Wait(WaitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Parent name.
+    pub parent: String,
+    /// Wait until the parent has this mdev type.
+    #[arg(long = "type", value_name = "ID")]
+    pub type_id: Option<String>,
+    /// Wait until the type (or, without --type, some type) has at least N
+    /// available instances.
+    #[arg(long, value_name = "N")]
+    pub available: Option<u32>,
+    /// Give up after this many seconds (fractions allowed; default: wait
+    /// for ever).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<std::time::Duration>,
+    /// Watch this sysfs root and kernel uevents instead of asking the daemon.
+    #[arg(long, value_name = "DIR")]
+    pub sysfs_root: Option<PathBuf>,
+}
+
+/// A non-negative number of seconds (`5`, `0.5`).
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} is not a non-negative number of seconds"))
 }
 
 #[derive(Args, Debug, Clone)]

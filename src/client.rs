@@ -25,7 +25,7 @@ use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, DBusError, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Str};
 
-use crate::cli::{BackendFilter, Command, RegisterArgs};
+use crate::cli::{BackendFilter, Command, RegisterArgs, WaitArgs};
 use crate::dbus::interfaces::{MDEV_TYPE1, REGISTRY1};
 use crate::dbus::{Error as RegistryError, Registry1Proxy};
 use crate::label;
@@ -33,6 +33,7 @@ use crate::mdevctl_json::{parent_json, parent_text};
 use crate::metrics;
 use crate::model::{Lifetime, Parent, ParentInfo};
 use crate::report;
+use crate::wait;
 
 /// D-Bus interface names of the signals `monitor` shows.
 const TYPE_IFACE: &str = MDEV_TYPE1.name;
@@ -241,6 +242,21 @@ fn string_variant(text: &str) -> OwnedVariant {
     OwnedVariant::from(Str::from(text.to_owned()))
 }
 
+/// The condition of `wait`, or a usage error for a bad parent name.
+pub fn wait_condition(args: &WaitArgs) -> Result<wait::Condition, ClientError> {
+    if !crate::persist::is_valid_parent_name(&args.parent) {
+        return Err(ClientError::Usage(format!(
+            "invalid parent name {:?}: want 1..=255 bytes of [A-Za-z0-9:._-], not . or ..",
+            args.parent
+        )));
+    }
+    Ok(wait::Condition {
+        parent: args.parent.clone(),
+        type_id: args.type_id.clone(),
+        available: args.available,
+    })
+}
+
 /// Runs a daemon command on a fresh current-thread runtime. `types` and
 /// `list` with `--sysfs-root` are not daemon commands (see [`report`]).
 pub fn run(bus: &str, command: Command, out: &mut dyn Write) -> Result<(), ClientError> {
@@ -250,6 +266,9 @@ pub fn run(bus: &str, command: Command, out: &mut dyn Write) -> Result<(), Clien
         Command::Register(args) => Some(Registration::from_args(args)?),
         _ => None,
     };
+    if let Command::Wait(args) = &command {
+        wait_condition(args)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -261,6 +280,10 @@ pub fn run(bus: &str, command: Command, out: &mut dyn Write) -> Result<(), Clien
             }
             // Monitor subscribes before anything else is asked or printed.
             (Command::Monitor { json }, _) => monitor(&target, json, out).await,
+            (Command::Wait(args), _) => {
+                let condition = wait_condition(&args)?;
+                wait::wait_dbus(&target, &condition, args.timeout, &mut io::stderr()).await
+            }
             (command, _) => run_query(&target, command, out).await,
         }
     })
@@ -337,7 +360,7 @@ async fn run_query(
                 .map_err(|e| registry_error(e, target))
         }
         // Dispatched by `run`, never passed here.
-        Command::Monitor { .. } | Command::Register(_) => Ok(()),
+        Command::Monitor { .. } | Command::Register(_) | Command::Wait(_) => Ok(()),
     }?;
     out.flush().map_err(ClientError::output)
 }
@@ -738,6 +761,11 @@ async fn register(
     }
 }
 
+/// Whether `err` is the bus saying nobody owns `org.mdevreg.Registry1`.
+pub fn is_no_daemon_error(err: &zbus::Error) -> bool {
+    reply_name(err).is_some_and(|(name, _)| NO_DAEMON_ERRORS.contains(&name.as_str()))
+}
+
 /// Error names meaning nobody owns `org.mdevreg.Registry1`.
 const NO_DAEMON_ERRORS: [&str; 2] = [
     "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -907,6 +935,7 @@ mod tests {
             owner: ":1.7".into(),
             lifetime: crate::model::Lifetime::Owner,
             registered_seqnum: 9,
+            uid: 0,
         };
         let document = serde_json::to_vec(&[&parent]).unwrap();
         assert_eq!(parse_parents(&document).unwrap(), [parent]);

@@ -232,6 +232,7 @@ mod tests {
             owner: ":1.4".into(),
             lifetime: Lifetime::Owner,
             registered_seqnum: 7,
+            uid: 0,
         }
     }
 

@@ -4,6 +4,8 @@
 //! the pure `registry`; its events go to the sinks (D-Bus signals and objects
 //! in `dbus`, uevent emission in `emit`, the state files in `persist`).
 
+pub mod boot;
+pub mod boundary;
 pub mod bus_host;
 pub mod capacity;
 pub mod cli;
@@ -25,3 +27,4 @@ pub mod report;
 pub mod synth_uevent;
 pub mod sysfs;
 pub mod uevent;
+pub mod wait;

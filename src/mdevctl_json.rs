@@ -88,6 +88,7 @@ pub fn kernel_parent(info: ParentInfo) -> Parent {
         owner: String::new(),
         lifetime: crate::model::Lifetime::Kernel,
         registered_seqnum: 0,
+        uid: 0,
     }
 }
 

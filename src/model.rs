@@ -152,6 +152,19 @@ pub struct Parent {
     pub lifetime: Lifetime,
     /// Registry sequence number of the `ParentRegistered` event.
     pub registered_seqnum: u64,
+    /// Uid of the registrant as the bus reported it: 0 for kernel parents,
+    /// root's registrations and state files written before it was kept
+    /// (only root could register then).
+    #[serde(default)]
+    pub uid: u32,
+}
+
+impl Parent {
+    /// A userspace parent registered by a non-root uid (polkit let it in):
+    /// it never shadows a kernel parent and counts against its uid's bound.
+    pub fn is_unprivileged(&self) -> bool {
+        self.source == Source::Userspace && self.uid != 0
+    }
 }
 
 impl Parent {

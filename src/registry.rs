@@ -6,16 +6,24 @@
 //! sequence number. Adapters turn events into D-Bus signals, uevents and state
 //! files; nothing here knows about them.
 //!
-//! Name collisions between sources follow one rule: **first come, first
-//! served**. A userspace registration of a name held by any parent fails with
-//! [`Error::AlreadyRegistered`]. A kernel parent that appears in sysfs under a
-//! name a userspace parent holds is kept *waiting* (not registered, no events)
-//! and is registered as soon as the userspace parent goes.
+//! Name collisions between sources: a userspace registration of a name held
+//! by any parent fails with [`Error::AlreadyRegistered`]. A kernel parent
+//! that appears in sysfs under a name a userspace parent holds:
+//! - if root registered that parent, **first come, first served**: the
+//!   kernel parent is kept *waiting* (not registered, no events) and is
+//!   registered as soon as the userspace parent goes;
+//! - if a non-root uid did (polkit let it in), the userspace parent never
+//!   shadows the kernel: it is unregistered and the kernel parent registers,
+//!   in that order.
+//!
+//! Bounds: at most [`MAX_PARENTS_PER_OWNER`] userspace parents per owner
+//! connection and, for non-root uids, [`MAX_PARENTS_PER_UID`] per uid over
+//! all its connections and lifetimes.
 //!
 //! Unregistering: kernel parents only leave with their sysfs tree
 //! ([`Error::NotOwner`] over D-Bus); owner-bound parents only by their owner
-//! connection (or when it leaves the bus); persistent parents by any caller
-//! the adapter let through (the D-Bus layer requires uid 0).
+//! connection (or when it leaves the bus); persistent parents by root or by
+//! the uid that registered them (the adapter decides who gets this far).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,6 +32,9 @@ use crate::model::{Backend, Lifetime, MdevType, Parent, ParentInfo, Source};
 
 /// At most this many userspace parents per owner connection.
 pub const MAX_PARENTS_PER_OWNER: usize = 256;
+/// At most this many userspace parents per non-root uid, over all its
+/// connections and both lifetimes.
+pub const MAX_PARENTS_PER_UID: usize = 256;
 
 /// Something that happened outside the registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,16 +53,28 @@ pub enum Input {
         devpath: String,
         info: Option<ParentInfo>,
     },
-    /// A userspace registration by bus connection `owner`.
+    /// A userspace registration by bus connection `owner`, whose uid the
+    /// bus reported as `uid`.
     Register {
         info: ParentInfo,
         owner: String,
         lifetime: Lifetime,
+        uid: u32,
     },
-    /// A userspace unregistration requested by bus connection `caller`.
-    Unregister { name: String, caller: String },
+    /// A userspace unregistration requested by bus connection `caller` of
+    /// uid `uid`.
+    Unregister {
+        name: String,
+        caller: String,
+        uid: u32,
+    },
     /// Bus connection `owner` left the bus.
     OwnerGone { owner: String },
+    /// The daemon starts in a new boot: every persistent userspace parent
+    /// (restored from its state file) is registered again, as far as the
+    /// world can tell (one `ParentRegistered` each, with a new sequence
+    /// number), since nothing of the old boot saw it.
+    NewBoot,
 }
 
 /// What changed.
@@ -118,6 +141,8 @@ pub enum Error {
     NotOwner(String),
     #[error("owner {0:?} already holds {MAX_PARENTS_PER_OWNER} parents")]
     LimitExceeded(String),
+    #[error("uid {0} already holds {MAX_PARENTS_PER_UID} userspace parents")]
+    UidLimitExceeded(u32),
 }
 
 /// The registry: registered parents by name, waiting kernel parents, and the
@@ -269,9 +294,13 @@ impl Registry {
                 info,
                 owner,
                 lifetime,
-            } => self.register(info, owner, lifetime, &mut events)?,
-            Input::Unregister { name, caller } => self.unregister(&name, &caller, &mut events)?,
+                uid,
+            } => self.register(info, owner, lifetime, uid, &mut events)?,
+            Input::Unregister { name, caller, uid } => {
+                self.unregister(&name, &caller, uid, &mut events)?
+            }
             Input::OwnerGone { owner } => self.owner_gone(&owner, &mut events),
+            Input::NewBoot => self.new_boot(&mut events),
         }
         Ok(events)
     }
@@ -325,8 +354,16 @@ impl Registry {
                     owner: String::new(),
                     lifetime: Lifetime::Kernel,
                     registered_seqnum: self.seqnum + 1,
+                    uid: 0,
                 };
                 self.insert(parent, events);
+            }
+            Some(existing) if existing.is_unprivileged() => {
+                // Never shadows the kernel: the userspace parent goes first
+                // (remove() then registers the kernel parent waiting for it).
+                let name = info.name.clone();
+                self.waiting.insert(name.clone(), info);
+                self.remove(&name, events);
             }
             Some(existing) if existing.source == Source::Userspace => {
                 self.waiting.insert(info.name.clone(), info);
@@ -385,6 +422,7 @@ impl Registry {
         mut info: ParentInfo,
         owner: String,
         lifetime: Lifetime,
+        uid: u32,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         if self.parents.contains_key(&info.name) {
@@ -393,6 +431,16 @@ impl Registry {
         let held = self.parents.values().filter(|p| p.owner == owner).count();
         if held >= MAX_PARENTS_PER_OWNER {
             return Err(Error::LimitExceeded(owner));
+        }
+        if uid != 0 {
+            let held = self
+                .parents
+                .values()
+                .filter(|p| p.is_unprivileged() && p.uid == uid)
+                .count();
+            if held >= MAX_PARENTS_PER_UID {
+                return Err(Error::UidLimitExceeded(uid));
+            }
         }
         info.normalize();
         let parent = Parent {
@@ -404,6 +452,7 @@ impl Registry {
                 other => other,
             },
             registered_seqnum: self.seqnum + 1,
+            uid,
         };
         self.insert(parent, events);
         Ok(())
@@ -413,6 +462,7 @@ impl Registry {
         &mut self,
         name: &str,
         caller: &str,
+        uid: u32,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         let parent = self
@@ -422,7 +472,7 @@ impl Registry {
         let allowed = match parent.lifetime {
             Lifetime::Kernel => false,
             Lifetime::Owner => parent.owner == caller,
-            Lifetime::Persistent => true,
+            Lifetime::Persistent => uid == 0 || parent.uid == uid,
         };
         if !allowed {
             return Err(Error::NotOwner(name.to_owned()));
@@ -449,6 +499,23 @@ impl Registry {
                 after.owner.clear();
                 self.put(after.clone());
                 self.push(events, EventKind::ParentUpdated { before, after });
+            }
+        }
+    }
+
+    fn new_boot(&mut self, events: &mut Vec<Event>) {
+        let persistent: Vec<String> = self
+            .parents
+            .values()
+            .filter(|p| p.source == Source::Userspace && p.lifetime == Lifetime::Persistent)
+            .map(|p| p.name().to_owned())
+            .collect();
+        for name in persistent {
+            if let Some(parent) = self.parents.remove(&name) {
+                let mut parent = Parent::clone(&parent);
+                // Its old connection is of the old boot.
+                parent.owner.clear();
+                self.insert(parent, events);
             }
         }
     }

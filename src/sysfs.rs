@@ -299,6 +299,34 @@ where
     })
 }
 
+/// Reads the parent registered under `name` in `class/mdev_bus`, if there
+/// is one (`NotAParent` when the link is missing or dangling). `name` must
+/// be a valid parent name (no `/`).
+pub fn read_parent_by_name(root: &SysfsRoot, name: &str) -> ParentRead {
+    let root = match root.canonicalize() {
+        Ok(root) => root,
+        Err(err) => {
+            return ParentRead::Bad(Warning::new(
+                root.path(),
+                format!("cannot open sysfs root: {}", describe_io_error(&err)),
+            ))
+        }
+    };
+    let link = root.mdev_bus_dir().join(name);
+    match fs::symlink_metadata(&link) {
+        Ok(_) => {}
+        Err(err) if is_missing(&err) => return ParentRead::NotAParent,
+        Err(err) => return ParentRead::Bad(Warning::new(link, describe_io_error(&err))),
+    }
+    match fs::canonicalize(&link) {
+        Err(err) if is_missing(&err) => ParentRead::NotAParent,
+        _ => match resolve_devpath(&root, &link) {
+            Ok(devpath) => read_parent(&root, &devpath),
+            Err(warning) => ParentRead::Bad(warning),
+        },
+    }
+}
+
 /// Re-reads the parent at `devpath` (`/devices/...`); its name is the last
 /// component. Instances come from each type's `devices/` directory only.
 pub fn read_parent(root: &SysfsRoot, devpath: &str) -> ParentRead {

@@ -42,6 +42,14 @@ const SHIPPED: &[(&str, u32)] = &[
         "/usr/share/doc/mdevreg/examples/hooks.d/50-log-transition",
         0o755,
     ),
+    (
+        "/usr/share/polkit-1/actions/org.mdevreg.Registry1.policy",
+        0o644,
+    ),
+    (
+        "/usr/share/doc/mdevreg/examples/50-mdevreg-group.rules",
+        0o644,
+    ),
     ("/usr/share/man/man1/mdevreg.1.gz", 0o644),
     ("/usr/share/man/man8/mdevregd.8.gz", 0o644),
     ("/usr/share/bash-completion/completions/mdevreg", 0o644),

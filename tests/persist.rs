@@ -35,6 +35,7 @@ fn record(name: &str, lifetime: Lifetime, seqnum: u64) -> StoredRegistration {
             },
             lifetime,
             registered_seqnum: seqnum,
+            uid: 0,
         },
     }
 }

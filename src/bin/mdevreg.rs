@@ -12,6 +12,7 @@ use mdevreg::cli::{Command, MdevregCli};
 use mdevreg::client::{self, ClientError};
 use mdevreg::paths::SysfsRoot;
 use mdevreg::report;
+use mdevreg::wait;
 
 fn main() -> ExitCode {
     let cli = match MdevregCli::try_parse() {
@@ -62,6 +63,15 @@ fn run(cli: MdevregCli) -> Result<(), ClientError> {
             sysfs_root: Some(root),
         } => report::list_direct(&SysfsRoot::new(root), json, &mut out, &mut err)
             .map_err(direct_failed),
+        Command::Wait(args) if args.sysfs_root.is_some() => {
+            let condition = client::wait_condition(&args)?;
+            let root = SysfsRoot::new(args.sysfs_root.clone().unwrap_or_default());
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ClientError::Runtime(format!("cannot start the async runtime: {e}")))?
+                .block_on(wait::wait_sysfs(&root, &condition, args.timeout, &mut err))
+        }
         Command::Metrics {
             openmetrics,
             sysfs_root: Some(root),

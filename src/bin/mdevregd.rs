@@ -97,6 +97,7 @@ async fn run(cli: MdevregdCli) -> ExitCode {
         netlink: !cli.no_netlink,
         receive_buffer: cli.receive_buffer,
         auth: AuthPolicy::new(own_bus, euid),
+        runtime_dir: dirs.runtime.clone(),
         poll_interval: cli.poll_interval,
         metrics: MetricsConfig {
             listen: cli.metrics_listen,

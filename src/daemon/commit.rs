@@ -38,6 +38,8 @@ pub struct Commit {
 pub struct Undo {
     pub name: String,
     pub owner: String,
+    /// The registrant's uid.
+    pub uid: u32,
 }
 
 /// A method call waiting for its answer.
@@ -145,6 +147,7 @@ mod tests {
                     owner: String::new(),
                     lifetime,
                     registered_seqnum: seqnum,
+                    uid: 0,
                 },
             },
         }

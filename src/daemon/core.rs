@@ -14,6 +14,7 @@ use zbus::Message;
 use super::commit::{Commit, PendingReply, ReplyValue, Undo};
 use super::counters::{Counter, Counters};
 use super::sources::{Hint, SourceMessage};
+use crate::boundary::{self, Crossing};
 use crate::dbus::{self, validate, SharedRegistry};
 use crate::model::{Backend, ParentInfo, Source};
 use crate::nvidia_vfio::{self, Polled};
@@ -28,6 +29,10 @@ pub const MAX_PENDING_ECHOES: usize = 4096;
 /// the NVIDIA vendor-VFIO parents, which are always read together.
 pub trait ParentReader {
     fn read_parent(&self, devpath: &str) -> ParentRead;
+
+    /// Whether a userspace parent at `devpath` with `subsystem` would cross
+    /// into the kernel's devices ([`crate::boundary`]).
+    fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing>;
 
     /// Every vendor-VFIO parent now, or `None` when this reader cannot say
     /// (then nothing about them changes).
@@ -45,6 +50,10 @@ pub trait ParentReader {
 impl ParentReader for SysfsRoot {
     fn read_parent(&self, devpath: &str) -> ParentRead {
         sysfs::read_parent(self, devpath)
+    }
+
+    fn check_location(&self, devpath: &str, subsystem: &str) -> Result<(), Crossing> {
+        boundary::check(self, devpath, subsystem)
     }
 
     fn vendor_parents(&self) -> Option<Vec<ParentInfo>> {
@@ -149,20 +158,30 @@ impl Core {
         }
     }
 
-    /// `RegisterParent` from `owner`: applied at once; the caller is told
-    /// once the state file is written (else [`Core::undo`]).
+    /// `RegisterParent` from `owner` (of `uid`): its location checked
+    /// against sysfs (for every caller), then applied at once; the caller
+    /// is told once the state file is written (else [`Core::undo`]).
     pub fn register(
         &mut self,
         registration: validate::Registration,
         owner: String,
+        uid: u32,
         call: Message,
+        reader: &dyn ParentReader,
     ) -> Commit {
         let name = registration.info.name.clone();
         let lifetime = registration.lifetime;
+        if let Err(crossing) =
+            reader.check_location(&registration.info.devpath, &registration.info.subsystem)
+        {
+            log::info!("RegisterParent {name:?} from {owner} refused: {crossing}");
+            return refused(call, dbus::Error::InvalidArgument(crossing.to_string()));
+        }
         let input = Input::Register {
             info: registration.info,
             owner: owner.clone(),
             lifetime,
+            uid,
         };
         match self.apply(input) {
             Ok(events) => {
@@ -176,6 +195,7 @@ impl Core {
                     undo_unless_saved: Some(Undo {
                         name: name.clone(),
                         owner: owner.clone(),
+                        uid,
                     }),
                     replies: vec![PendingReply::new(
                         call,
@@ -207,6 +227,7 @@ impl Core {
         let _ = self.apply(Input::Unregister {
             name: undo.name,
             caller: undo.owner,
+            uid: undo.uid,
         });
         let error = dbus::Error::failed(format!("cannot save state: {err}"));
         match commit.replies.into_iter().next() {
@@ -215,11 +236,12 @@ impl Core {
         }
     }
 
-    /// `UnregisterParent` by `caller`.
-    pub fn unregister(&mut self, name: String, caller: String, call: Message) -> Commit {
+    /// `UnregisterParent` by `caller` (of `uid`).
+    pub fn unregister(&mut self, name: String, caller: String, uid: u32, call: Message) -> Commit {
         let input = Input::Unregister {
             name: name.clone(),
             caller: caller.clone(),
+            uid,
         };
         match self.apply(input) {
             Ok(events) => {
@@ -274,6 +296,20 @@ impl Core {
         self.gone_owners
             .contains(&owner)
             .then(|| self.owner_gone(owner))
+    }
+
+    /// The daemon starts in a new boot: every restored persistent parent
+    /// is registered again as far as the world can tell (its uevent and
+    /// signals, once; the state file records the new sequence numbers).
+    pub fn new_boot(&mut self) -> Commit {
+        let events = self.apply(Input::NewBoot).unwrap_or_default();
+        if !events.is_empty() {
+            log::info!(
+                "new boot: announcing {} restored persistent parents",
+                events.len()
+            );
+        }
+        Commit::of_events(events)
     }
 
     /// Owners of restored registrations, to ask the bus about.

@@ -35,6 +35,9 @@ pub enum Counter {
     StateSaveFailures,
     /// Userspace registrations restored from the state files at start.
     ParentsRestored,
+    /// Uevents of userspace parents not emitted because their location
+    /// now names a kernel device or subsystem ([`crate::boundary`]).
+    UeventsRefusedBoundary,
     /// Parents registered (ParentRegistered events), by source.
     RegistrationsKernel,
     RegistrationsUserspace,
@@ -49,7 +52,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in the order they are shown.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::UeventsReceived,
         Counter::UeventsOwn,
         Counter::UeventsIgnored,
@@ -62,6 +65,7 @@ impl Counter {
         Counter::UeventEmitFailures,
         Counter::StateSaveFailures,
         Counter::ParentsRestored,
+        Counter::UeventsRefusedBoundary,
         Counter::RegistrationsKernel,
         Counter::RegistrationsUserspace,
         Counter::UnregistrationsKernel,
@@ -85,6 +89,7 @@ impl Counter {
             Counter::UeventEmitFailures => "uevent_emit_failures",
             Counter::StateSaveFailures => "state_save_failures",
             Counter::ParentsRestored => "parents_restored",
+            Counter::UeventsRefusedBoundary => "uevents_refused_boundary",
             Counter::RegistrationsKernel => "registrations_kernel",
             Counter::RegistrationsUserspace => "registrations_userspace",
             Counter::UnregistrationsKernel => "unregistrations_kernel",
@@ -109,6 +114,9 @@ impl Counter {
             Counter::UeventEmitFailures => "Uevents that could not be emitted.",
             Counter::StateSaveFailures => "State file saves that failed.",
             Counter::ParentsRestored => "Registrations restored from the state files.",
+            Counter::UeventsRefusedBoundary => {
+                "Uevents of userspace parents not sent: their location is a kernel device's."
+            }
             Counter::RegistrationsKernel => "Kernel parents registered.",
             Counter::RegistrationsUserspace => "Userspace parents registered.",
             Counter::UnregistrationsKernel => "Kernel parents unregistered.",

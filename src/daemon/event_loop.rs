@@ -103,9 +103,17 @@ impl EventLoop {
             Request::Register {
                 registration,
                 owner,
+                uid,
                 call,
-            } => self.core.register(registration, owner, call),
-            Request::Unregister { name, caller, call } => self.core.unregister(name, caller, call),
+            } => self
+                .core
+                .register(registration, owner, uid, call, &self.sysfs_root),
+            Request::Unregister {
+                name,
+                caller,
+                uid,
+                call,
+            } => self.core.unregister(name, caller, uid, call),
             Request::Rescan { call } => Commit {
                 start_scan: self.core.rescan_call(call),
                 ..Commit::default()

@@ -27,7 +27,9 @@
 //! [`sink::CommitObserver`] pushed on `Sink::observers` (sees every commit
 //! with the registry it left). Startup work that must be shown (say,
 //! re-announcing restored parents) is a `Core` method whose commit [`run`]
-//! carries out before the loop starts, like [`event_loop::EventLoop::check_restored_owners`].
+//! carries out before the loop starts, like [`event_loop::EventLoop::check_restored_owners`]
+//! and [`Core::new_boot`] (persistent parents restored in a new boot,
+//! decided by [`crate::boot`]).
 
 mod commit;
 mod core;
@@ -52,6 +54,7 @@ pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
 
 use self::event_loop::EventLoop;
+use crate::boot;
 use crate::cli::EmitMode;
 use crate::dbus::auth::AuthPolicy;
 use crate::dbus::{validate, Server, SharedRegistry};
@@ -82,6 +85,9 @@ pub struct Config {
     pub receive_buffer: Option<usize>,
     /// Who may call the mutating methods besides uid 0.
     pub auth: AuthPolicy,
+    /// The runtime directory (emptied by a reboot), where the boot marker
+    /// lives ([`crate::boot`]).
+    pub runtime_dir: std::path::PathBuf,
     /// How often NVIDIA vendor-VFIO parents are checked (`--poll-interval`).
     pub poll_interval: std::time::Duration,
     /// Prometheus metrics outputs (`--metrics-listen`, `--metrics-textfile`).
@@ -263,6 +269,19 @@ pub async fn run(
         );
     }
     daemon.check_restored_owners().await;
+    // A new boot: restored persistent parents are registrations to the
+    // world (uevent + signals, once); a restart in the same boot is silent.
+    let boot_id = boot::current_boot_id();
+    if boot::detect(&config.runtime_dir, boot_id.as_deref()) {
+        let commit = daemon.core.new_boot();
+        daemon.commit(commit).await;
+    }
+    if let Err(err) = boot::mark(&config.runtime_dir, boot_id.as_deref()) {
+        log::warn!(
+            "cannot write the boot marker in {}: {err}; the next start will announce persistent parents again",
+            config.runtime_dir.display()
+        );
+    }
     let netlink_task = listener.map(|listener| {
         tokio::spawn(sources::read_uevents(
             listener,

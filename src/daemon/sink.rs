@@ -19,6 +19,7 @@ use zbus::Connection;
 
 use super::commit::Commit;
 use super::counters::{Counter, Counters};
+use crate::boundary;
 use crate::dbus::{signals, Server, SharedRegistry};
 use crate::emit::{Emitted, MdevState, UeventSink};
 use crate::model::{Backend, Lifetime, Parent, Source};
@@ -62,7 +63,9 @@ pub struct Sink {
     pub stores: StateStores,
     pub counters: Arc<Counters>,
     pub observers: Vec<Box<dyn CommitObserver>>,
-    /// Where the synthetic uevents of vendor-VFIO parents are written.
+    /// Where the synthetic uevents of vendor-VFIO parents are written, and
+    /// userspace parents' locations checked again before each uevent
+    /// ([`crate::boundary`]).
     pub sysfs_root: SysfsRoot,
 }
 
@@ -94,6 +97,23 @@ impl Sink {
                 parent.name(),
                 state.as_str()
             );
+            if parent.source == Source::Userspace {
+                // Checked again: a device may have appeared there since.
+                let location = boundary::check(
+                    &self.sysfs_root,
+                    &parent.info.devpath,
+                    &parent.info.subsystem,
+                );
+                if let Err(crossing) = location {
+                    self.counters.bump(Counter::UeventsRefusedBoundary);
+                    log::warn!(
+                        "not emitting the {} uevent of {:?}: {crossing}",
+                        state.as_str(),
+                        parent.name()
+                    );
+                    continue;
+                }
+            }
             if parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio {
                 self.synthetic_uevent(parent, state);
                 continue;

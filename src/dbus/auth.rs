@@ -1,13 +1,20 @@
 //! Caller authorisation for the mutating methods (RegisterParent,
 //! UnregisterParent, Rescan), decided in one place, [`authorize`], on the
 //! caller's uid as the bus reports it for the message's sender (never the
-//! daemon's own credentials, never only the bus policy). Read-only methods
-//! are open to every caller and never come here.
+//! daemon's own credentials, never a value from the message, never only the
+//! bus policy): uid 0 may; the daemon's own uid may on a bus of its own
+//! user; anyone else may if polkit authorises the caller's bus name for the
+//! method's action, with the parent name as a detail. Without polkitd on
+//! the bus, only those two. Read-only methods are open to every caller and
+//! never come here.
 
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
+use zbus::Connection;
 
 use super::errors::Error;
+use super::polkit::{self, Outcome};
+use super::validate::quoted;
 
 /// The uid that may always call the mutating methods.
 pub const PRIVILEGED_UID: u32 = 0;
@@ -21,6 +28,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, as `packaging/polkit/org.mdevreg.Registry1.policy`
+    /// declares them.
+    pub const ALL: [Action; 3] = [
+        Action::RegisterParent,
+        Action::UnregisterParent,
+        Action::Rescan,
+    ];
+
     /// The D-Bus method.
     pub fn method(self) -> &'static str {
         match self {
@@ -57,6 +72,11 @@ impl AuthPolicy {
             own_uid: own_bus.then_some(euid),
         }
     }
+
+    /// Whether `uid` may mutate without asking polkit.
+    pub fn trusts(&self, uid: u32) -> bool {
+        uid == PRIVILEGED_UID || self.own_uid == Some(uid)
+    }
 }
 
 /// The sender of a mutating call.
@@ -68,27 +88,94 @@ pub struct Caller<'a> {
     pub uid: u32,
 }
 
-/// Decides whether `caller` may do `action`: uid 0 may; the daemon's own
-/// uid may on a bus of its own user ([`AuthPolicy::own_uid`]); anyone else
-/// gets `AccessDenied` (polkit is to be asked here).
+/// What a mutating call asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    pub action: Action,
+    /// The parent it is about (empty for Rescan), passed to polkit as the
+    /// detail `parent`.
+    pub parent: &'a str,
+    /// The caller lets polkit ask it to authenticate (`AllowInteraction`).
+    pub allow_interaction: bool,
+}
+
+impl<'a> Ask<'a> {
+    /// `action` on `parent`, without interaction.
+    pub fn new(action: Action, parent: &'a str) -> Ask<'a> {
+        Ask {
+            action,
+            parent,
+            allow_interaction: false,
+        }
+    }
+}
+
+/// Decides whether `caller` may do `ask`: uid 0 may; the daemon's own uid
+/// may on a bus of its own user ([`AuthPolicy::own_uid`]); anyone else if
+/// polkit on `polkit`'s bus says so (`None`: not asked, denied).
 pub async fn authorize(
     policy: &AuthPolicy,
-    action: Action,
+    polkit: Option<&Connection>,
+    ask: Ask<'_>,
     caller: Caller<'_>,
 ) -> Result<(), Error> {
-    if caller.uid == PRIVILEGED_UID || policy.own_uid == Some(caller.uid) {
+    if policy.trusts(caller.uid) {
         return Ok(());
     }
-    let allowed = match policy.own_uid {
+    let outcome = match polkit {
+        Some(connection) => {
+            polkit::check(
+                connection,
+                caller.name,
+                ask.action,
+                ask.parent,
+                ask.allow_interaction,
+            )
+            .await
+        }
+        None => Outcome::Unavailable("not asked".to_owned()),
+    };
+    verdict(policy, ask, caller, outcome)
+}
+
+/// The answer to `caller` once polkit said `outcome` (pure).
+pub fn verdict(
+    policy: &AuthPolicy,
+    ask: Ask<'_>,
+    caller: Caller<'_>,
+    outcome: Outcome,
+) -> Result<(), Error> {
+    let action = ask.action;
+    let what = if ask.parent.is_empty() {
+        action.method().to_owned()
+    } else {
+        format!("{} {}", action.method(), quoted(ask.parent))
+    };
+    let who = format!("caller {} (uid {})", caller.name, caller.uid);
+    let trusted = match policy.own_uid {
         Some(own) => format!("uid {PRIVILEGED_UID} or {own}"),
         None => format!("uid {PRIVILEGED_UID}"),
     };
-    Err(Error::AccessDenied(format!(
-        "{} needs {allowed}; caller {} has uid {}",
-        action.method(),
-        caller.name,
-        caller.uid
-    )))
+    match outcome {
+        Outcome::Authorized => Ok(()),
+        Outcome::NotAuthorized { challenge } => Err(Error::AccessDenied(format!(
+            "{what}: polkit did not authorise {who} for {}{}",
+            action.polkit_action(),
+            if challenge {
+                " (it would after authentication: set AllowInteraction)"
+            } else {
+                ""
+            }
+        ))),
+        Outcome::Unavailable(why) => Err(Error::AccessDenied(format!(
+            "{what} needs {trusted} or polkit, and polkit is missing \
+             ({} is not on the bus: {why}); {who} is neither",
+            polkit::POLKIT_BUS_NAME
+        ))),
+        Outcome::Failed(why) => Err(Error::AccessDenied(format!(
+            "{what}: polkit could not decide for {who}: {why}"
+        ))),
+    }
 }
 
 /// The unique bus name of the caller of `header`'s message.
@@ -111,7 +198,8 @@ mod tests {
 
     fn decide(policy: AuthPolicy, uid: u32) -> Result<(), Error> {
         let caller = Caller { name: ":1.2", uid };
-        futures_util::FutureExt::now_or_never(authorize(&policy, Action::RegisterParent, caller))
+        let ask = Ask::new(Action::RegisterParent, "p");
+        futures_util::FutureExt::now_or_never(authorize(&policy, None, ask, caller))
             .expect("decided without waiting")
     }
 
@@ -130,11 +218,56 @@ mod tests {
         assert_eq!(err.kind(), "AccessDenied");
         assert!(err.to_string().contains("65534"), "{err}");
         assert!(err.to_string().contains("RegisterParent"), "{err}");
+        assert!(err.to_string().contains("uid 0 or 1000"), "{err}");
     }
 
     #[test]
     fn actions_name_their_polkit_ids() {
         assert_eq!(Action::Rescan.polkit_action(), "org.mdevreg.rescan");
         assert_eq!(Action::UnregisterParent.method(), "UnregisterParent");
+    }
+
+    #[test]
+    fn polkit_outcomes_become_replies() {
+        let policy = AuthPolicy::new(false, 0);
+        let nobody = Caller {
+            name: ":1.7",
+            uid: 65534,
+        };
+        let ask = Ask::new(Action::RegisterParent, "p");
+        assert!(verdict(&policy, ask, nobody, Outcome::Authorized).is_ok());
+        let denied = verdict(
+            &policy,
+            ask,
+            nobody,
+            Outcome::NotAuthorized { challenge: true },
+        )
+        .unwrap_err();
+        assert_eq!(denied.kind(), "AccessDenied");
+        let text = denied.to_string();
+        assert!(
+            text.contains("org.mdevreg.register-parent") && text.contains("AllowInteraction"),
+            "{text}"
+        );
+        let missing = verdict(
+            &policy,
+            ask,
+            nobody,
+            Outcome::Unavailable("no owner".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.contains("polkit is missing") && missing.contains("65534"),
+            "{missing}"
+        );
+        let rescan = Ask::new(Action::Rescan, "");
+        let failed = verdict(&policy, rescan, nobody, Outcome::Failed("boom".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            failed.contains("Rescan: polkit could not decide"),
+            "{failed}"
+        );
     }
 }

@@ -58,7 +58,9 @@ impl From<registry::Error> for Error {
             registry::Error::AlreadyRegistered(_) => Error::AlreadyRegistered(message),
             registry::Error::NotRegistered(_) => Error::NotRegistered(message),
             registry::Error::NotOwner(_) => Error::NotOwner(message),
-            registry::Error::LimitExceeded(_) => Error::LimitExceeded(message),
+            registry::Error::LimitExceeded(_) | registry::Error::UidLimitExceeded(_) => {
+                Error::LimitExceeded(message)
+            }
         }
     }
 }

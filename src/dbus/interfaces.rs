@@ -635,6 +635,7 @@ mod tests {
             owner: String::new(),
             lifetime: Lifetime::Kernel,
             registered_seqnum: 1,
+            uid: 0,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod auth;
 mod document;
 pub mod errors;
 pub mod interfaces;
+pub mod polkit;
 pub mod readers;
 pub mod server;
 pub mod signals;
@@ -35,12 +36,16 @@ pub enum Request {
         registration: validate::Registration,
         /// Unique bus name of the caller.
         owner: String,
+        /// The caller's uid, as the bus reported it.
+        uid: u32,
         call: Message,
     },
     Unregister {
         name: String,
         /// Unique bus name of the caller.
         caller: String,
+        /// The caller's uid, as the bus reported it.
+        uid: u32,
         call: Message,
     },
     Rescan {

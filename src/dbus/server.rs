@@ -22,7 +22,7 @@ use zbus::fdo::{self, DBusProxy};
 use zbus::message::{Flags, Header, Type as MessageType};
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
-use super::auth::{self, Action, AuthPolicy};
+use super::auth::{self, Action, Ask, AuthPolicy};
 use super::errors::Error;
 use super::interfaces::{
     self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
@@ -656,8 +656,10 @@ impl Server {
         }
     }
 
-    /// `RegisterParent`, `UnregisterParent`, `Rescan`: an authorised caller, valid
-    /// arguments, then the event loop, which replies (`None` here); a
+    /// `RegisterParent`, `UnregisterParent`, `Rescan`: valid arguments, an
+    /// authorised caller ([`auth::authorize`]: uid 0, the daemon's own uid
+    /// on its own bus, or polkit), for callers other than root the default
+    /// location, then the event loop, which replies (`None` here); a
     /// refused call gets its error reply from here.
     async fn mutate(&self, message: &Message, header: &Header<'_>) -> Option<Reply> {
         let member = header.member().map(|m| m.as_str()).unwrap_or_default();
@@ -675,39 +677,25 @@ impl Server {
                     Ok(args) => args,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                self.authorized(header, Action::RegisterParent)
+                self.register_request(message, header, &name, &options, &types)
                     .await
-                    .and_then(|owner| {
-                        validate::registration(&name, &options, &types)
-                            .map_err(|violation| {
-                                log::info!(
-                                    "RegisterParent {} from {owner} refused: {violation}",
-                                    validate::quoted(&name)
-                                );
-                                Error::from(violation)
-                            })
-                            .map(|registration| Request::Register {
-                                registration,
-                                owner,
-                                call: message.clone(),
-                            })
-                    })
             }
             "UnregisterParent" => {
                 let name: String = match body.deserialize() {
                     Ok(name) => name,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                self.authorized(header, Action::UnregisterParent)
+                self.authorized(header, Ask::new(Action::UnregisterParent, &name))
                     .await
                     .map(|caller| Request::Unregister {
                         name,
-                        caller,
+                        caller: caller.name,
+                        uid: caller.uid,
                         call: message.clone(),
                     })
             }
             _ => self
-                .authorized(header, Action::Rescan)
+                .authorized(header, Ask::new(Action::Rescan, ""))
                 .await
                 .map(|_| Request::Rescan {
                     call: message.clone(),
@@ -722,30 +710,75 @@ impl Server {
         }
     }
 
-    /// The caller's unique name if [`auth::authorize`] lets it do `action`
-    /// (its uid is asked of the bus once per connection); a denial is
-    /// logged.
-    async fn authorized(&self, header: &Header<'_>, action: Action) -> Result<String, Error> {
-        let method = action.method();
+    /// Checks a `RegisterParent` call: arguments, caller, location.
+    async fn register_request(
+        &self,
+        message: &Message,
+        header: &Header<'_>,
+        name: &str,
+        options: &HashMap<String, OwnedVariant>,
+        types: &[HashMap<String, OwnedVariant>],
+    ) -> Result<Request, Error> {
+        let refused = |who: &str, violation: validate::Violation| {
+            log::info!(
+                "RegisterParent {} from {who} refused: {violation}",
+                validate::quoted(name)
+            );
+            Error::from(violation)
+        };
+        let registration = validate::registration(name, options, types).map_err(|violation| {
+            let who = header.sender().map(|s| s.to_string()).unwrap_or_default();
+            refused(&who, violation)
+        })?;
+        let ask = Ask {
+            action: Action::RegisterParent,
+            parent: name,
+            allow_interaction: registration.allow_interaction,
+        };
+        let caller = self.authorized(header, ask).await?;
+        if caller.uid != auth::PRIVILEGED_UID {
+            validate::require_default_location(&registration)
+                .map_err(|violation| refused(&caller.name, violation))?;
+        }
+        Ok(Request::Register {
+            registration,
+            owner: caller.name,
+            uid: caller.uid,
+            call: message.clone(),
+        })
+    }
+
+    /// The caller if [`auth::authorize`] lets it do `ask` (its uid is
+    /// asked of the bus once per connection); a denial is logged.
+    async fn authorized(&self, header: &Header<'_>, ask: Ask<'_>) -> Result<Identified, Error> {
+        let method = ask.action.method();
         let caller = auth::caller(header)?;
         let uid = self.caller_uid(&caller).await;
         let result = match uid {
             Ok(uid) => {
                 let who = auth::Caller { name: &caller, uid };
-                auth::authorize(&self.auth, action, who).await
+                auth::authorize(&self.auth, Some(&self.connection), ask, who)
+                    .await
+                    .map(|()| uid)
             }
             Err(err) => Err(Error::AccessDenied(format!(
                 "{method}: cannot determine the uid of {caller}: {err}"
             ))),
         };
         match result {
-            Ok(()) => Ok(caller),
+            Ok(uid) => Ok(Identified { name: caller, uid }),
             Err(err) => {
                 log::info!("denied: {err}");
                 Err(err)
             }
         }
     }
+}
+
+/// An authorised caller: unique bus name and uid as the bus reports them.
+struct Identified {
+    name: String,
+    uid: u32,
 }
 
 /// The reply handing over a rendered `what` document, or the error that

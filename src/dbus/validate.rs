@@ -13,6 +13,11 @@
 //!   bytes of `[A-Za-z0-9:._-]`, not `.`/`..` (kernel names; a type id is a
 //!   sysfs directory name). `Driver`: empty or the same.
 //! - `Lifetime`: `owner` (default) or `persistent`.
+//! - `AllowInteraction`: `b` (default false), passed on to polkit.
+//! - callers other than root ([`require_default_location`]): `DevPath` and
+//!   `Subsystem` must be the defaults (an option naming anything else is
+//!   `InvalidArgument`); where they may point for anyone is
+//!   [`crate::boundary`]'s job.
 //! - `Name`, `Description`: any string within the length bound.
 //! - `AvailableInstances`: `u` (default 0).
 //! - unknown keys, a value of the wrong D-Bus type (a `v` inside the `v`
@@ -44,7 +49,13 @@ pub const DEFAULT_SUBSYSTEM: &str = "mdevreg";
 pub const DEFAULT_DEVPATH_DIR: &str = "/devices/virtual/mdevreg";
 
 /// Option keys of `RegisterParent`.
-pub const OPTION_KEYS: [&str; 4] = ["DevPath", "Subsystem", "Driver", "Lifetime"];
+pub const OPTION_KEYS: [&str; 5] = [
+    "DevPath",
+    "Subsystem",
+    "Driver",
+    "Lifetime",
+    "AllowInteraction",
+];
 /// Keys of one `types` entry.
 pub const TYPE_KEYS: [&str; 5] = [
     "Id",
@@ -60,6 +71,8 @@ pub struct Registration {
     /// Normalised (types sorted by id).
     pub info: ParentInfo,
     pub lifetime: Lifetime,
+    /// The caller lets polkit ask it to authenticate.
+    pub allow_interaction: bool,
 }
 
 /// Why a request is refused.
@@ -110,6 +123,7 @@ pub fn registration(
         types: Vec::new(),
     };
     let mut lifetime = Lifetime::Owner;
+    let mut allow_interaction = false;
     for key in sorted_keys(options) {
         let value = &options[key];
         match key {
@@ -134,6 +148,15 @@ pub fn registration(
                     ))
                 })?;
             }
+            "AllowInteraction" => match &**value {
+                Variant::Bool(allow) => allow_interaction = *allow,
+                other => {
+                    return Err(Violation::Invalid(format!(
+                        "option AllowInteraction must be of type b, not {}",
+                        other.value_signature()
+                    )))
+                }
+            },
             other => {
                 return Err(Violation::Invalid(format!(
                     "unknown option {} (known: {})",
@@ -161,7 +184,32 @@ pub fn registration(
         info.types.push(mdev_type);
     }
     info.normalize();
-    Ok(Registration { info, lifetime })
+    Ok(Registration {
+        info,
+        lifetime,
+        allow_interaction,
+    })
+}
+
+/// A caller other than root registers at the default place only:
+/// `DevPath` `/devices/virtual/mdevreg/<name>`, `Subsystem` `mdevreg`.
+pub fn require_default_location(registration: &Registration) -> Result<(), Violation> {
+    let info = &registration.info;
+    let devpath = format!("{DEFAULT_DEVPATH_DIR}/{}", info.name);
+    if info.devpath != devpath {
+        return Err(Violation::Invalid(format!(
+            "option DevPath {}: only root may choose it (others get {})",
+            quoted(&info.devpath),
+            quoted(&devpath)
+        )));
+    }
+    if info.subsystem != DEFAULT_SUBSYSTEM {
+        return Err(Violation::Invalid(format!(
+            "option Subsystem {}: only root may choose it (others get {DEFAULT_SUBSYSTEM:?})",
+            quoted(&info.subsystem)
+        )));
+    }
+    Ok(())
 }
 
 /// One `types` entry.
@@ -342,6 +390,43 @@ mod tests {
         );
         assert!(t.description.contains('\n'));
         assert!(t.devices.is_empty());
+    }
+
+    #[test]
+    fn allow_interaction_is_a_boolean_option() {
+        let reg = registration("p", &HashMap::new(), &[good_type("t-1")]).unwrap();
+        assert!(!reg.allow_interaction);
+        let options = opts(&[("AllowInteraction", OwnedVariant::from(true))]);
+        let reg = registration("p", &options, &[good_type("t-1")]).unwrap();
+        assert!(reg.allow_interaction);
+        let options = opts(&[("AllowInteraction", s("true"))]);
+        let message = invalid(registration("p", &options, &[good_type("t-1")]));
+        assert!(message.contains("AllowInteraction"), "{message}");
+    }
+
+    #[test]
+    fn unprivileged_callers_get_the_default_location() {
+        let reg = registration("p0", &HashMap::new(), &[good_type("t-1")]).unwrap();
+        assert_eq!(require_default_location(&reg), Ok(()));
+        // Spelling the defaults out is fine.
+        let options = opts(&[
+            ("DevPath", s("/devices/virtual/mdevreg/p0")),
+            ("Subsystem", s("mdevreg")),
+        ]);
+        let reg = registration("p0", &options, &[good_type("t-1")]).unwrap();
+        assert_eq!(require_default_location(&reg), Ok(()));
+        for (key, value) in [
+            ("DevPath", "/devices/virtual/mdevreg/other"),
+            ("DevPath", "/devices/virtual/block/loop0"),
+            ("Subsystem", "block"),
+        ] {
+            let reg = registration("p0", &opts(&[(key, s(value))]), &[good_type("t-1")]).unwrap();
+            let err = require_default_location(&reg).unwrap_err();
+            assert!(
+                matches!(&err, Violation::Invalid(m) if m.contains(key) && m.contains("only root")),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

@@ -42,10 +42,23 @@ fn uinfo(name: &str) -> ParentInfo {
 }
 
 fn register(name: &str, owner: &str, lifetime: Lifetime) -> Input {
+    register_as(name, owner, lifetime, 0)
+}
+
+fn register_as(name: &str, owner: &str, lifetime: Lifetime, uid: u32) -> Input {
     Input::Register {
         info: uinfo(name),
         owner: owner.to_owned(),
         lifetime,
+        uid,
+    }
+}
+
+fn unregister(name: &str, caller: &str, uid: u32) -> Input {
+    Input::Unregister {
+        name: name.into(),
+        caller: caller.into(),
+        uid,
     }
 }
 
@@ -224,25 +237,14 @@ fn userspace_register_unregister_and_errors() {
         Err(Error::AlreadyRegistered("u".into()))
     );
     assert_eq!(
-        r.apply(Input::Unregister {
-            name: "u".into(),
-            caller: ":1.6".into()
-        }),
+        r.apply(unregister("u", ":1.6", 0)),
         Err(Error::NotOwner("u".into()))
     );
     assert_eq!(
-        r.apply(Input::Unregister {
-            name: "x".into(),
-            caller: ":1.5".into()
-        }),
+        r.apply(unregister("x", ":1.5", 0)),
         Err(Error::NotRegistered("x".into()))
     );
-    let ev = r
-        .apply(Input::Unregister {
-            name: "u".into(),
-            caller: ":1.5".into(),
-        })
-        .unwrap();
+    let ev = r.apply(unregister("u", ":1.5", 0)).unwrap();
     assert_eq!(kinds(&ev), ["unregistered"]);
     assert_eq!(r.seqnum(), 2);
 }
@@ -252,10 +254,7 @@ fn kernel_parents_cannot_be_unregistered_by_request() {
     let mut r = Registry::new();
     r.apply(Input::KernelScan(vec![kinfo("k", 1)])).unwrap();
     assert_eq!(
-        r.apply(Input::Unregister {
-            name: "k".into(),
-            caller: ":1.1".into()
-        }),
+        r.apply(unregister("k", ":1.1", 0)),
         Err(Error::NotOwner("k".into()))
     );
     assert_eq!(
@@ -281,12 +280,7 @@ fn owner_gone_drops_owner_bound_and_orphans_persistent() {
     assert_eq!(r.get("p").unwrap().owner, "");
     assert!(r.get("b").is_some());
     // A persistent parent can be unregistered by another caller.
-    let ev = r
-        .apply(Input::Unregister {
-            name: "p".into(),
-            caller: ":1.9".into(),
-        })
-        .unwrap();
+    let ev = r.apply(unregister("p", ":1.9", 0)).unwrap();
     assert_eq!(kinds(&ev), ["unregistered"]);
     // Gone twice, or an empty owner, changes nothing.
     assert!(r
@@ -365,6 +359,7 @@ fn restore_continues_numbering_and_rejects_duplicates() {
         owner: ":1.4".into(),
         lifetime: Lifetime::Persistent,
         registered_seqnum: 41,
+        uid: 0,
     };
     let (mut r, rejected) = Registry::restore(vec![p.clone(), p.clone()], 7);
     assert_eq!(rejected.len(), 1);
@@ -374,10 +369,165 @@ fn restore_continues_numbering_and_rejects_duplicates() {
     assert_eq!(ev[0].seqnum, 42);
 }
 
+#[test]
+fn unprivileged_parent_never_shadows_a_kernel_parent() {
+    // Re-read of one devpath.
+    let mut r = Registry::new();
+    r.apply(register_as("clash", ":1.1", Lifetime::Owner, 1000))
+        .unwrap();
+    let ev = r
+        .apply(Input::KernelParent {
+            devpath: kinfo("clash", 3).devpath,
+            info: Some(kinfo("clash", 3)),
+        })
+        .unwrap();
+    assert_eq!(kinds(&ev), ["unregistered", "registered"]);
+    match (&ev[0].kind, &ev[1].kind) {
+        (
+            EventKind::ParentUnregistered { parent: gone },
+            EventKind::ParentRegistered { parent: new },
+        ) => {
+            assert_eq!((gone.source, gone.uid), (Source::Userspace, 1000));
+            assert_eq!(new.source, Source::Kernel);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    assert_eq!(r.get("clash").unwrap().source, Source::Kernel);
+    assert_eq!(r.waiting().count(), 0);
+
+    // A full scan, persistent parent, and one restored from a state file.
+    let restored = Parent {
+        info: uinfo("kept"),
+        source: Source::Userspace,
+        owner: String::new(),
+        lifetime: Lifetime::Persistent,
+        registered_seqnum: 3,
+        uid: 1000,
+    };
+    let (mut r, _) = Registry::restore(vec![restored], 3);
+    r.apply(register_as("p", ":1.2", Lifetime::Persistent, 1000))
+        .unwrap();
+    let ev = r
+        .apply(Input::KernelScan(vec![kinfo("p", 1), kinfo("kept", 1)]))
+        .unwrap();
+    assert_eq!(
+        kinds(&ev),
+        ["unregistered", "registered", "unregistered", "registered"]
+    );
+    assert!(r.parents().all(|p| p.source == Source::Kernel));
+    // The name is the kernel's now: registering it again is refused.
+    assert_eq!(
+        r.apply(register_as("p", ":1.2", Lifetime::Owner, 1000)),
+        Err(Error::AlreadyRegistered("p".into()))
+    );
+}
+
+#[test]
+fn root_keeps_first_come_first_served() {
+    let mut r = Registry::new();
+    r.apply(register_as("clash", ":1.1", Lifetime::Persistent, 0))
+        .unwrap();
+    let ev = r.apply(Input::KernelScan(vec![kinfo("clash", 3)])).unwrap();
+    assert!(ev.is_empty());
+    assert_eq!(r.get("clash").unwrap().source, Source::Userspace);
+    assert_eq!(r.waiting().count(), 1);
+}
+
+#[test]
+fn per_uid_limit_spans_connections_and_lifetimes() {
+    let mut r = Registry::new();
+    let half = MAX_PARENTS_PER_UID / 2;
+    for i in 0..half {
+        r.apply(register_as(&format!("a{i}"), ":1.1", Lifetime::Owner, 1000))
+            .unwrap();
+    }
+    for i in half..MAX_PARENTS_PER_UID {
+        r.apply(register_as(
+            &format!("b{i}"),
+            ":1.2",
+            Lifetime::Persistent,
+            1000,
+        ))
+        .unwrap();
+    }
+    let before = r.clone();
+    assert_eq!(
+        r.apply(register_as("one-more", ":1.3", Lifetime::Owner, 1000)),
+        Err(Error::UidLimitExceeded(1000))
+    );
+    assert_eq!(r, before);
+    // Another uid, and root, are not held back by uid 1000's parents.
+    r.apply(register_as("other", ":1.4", Lifetime::Owner, 1001))
+        .unwrap();
+    r.apply(register_as("root", ":1.3", Lifetime::Owner, 0))
+        .unwrap();
+    // Freeing one makes room again.
+    r.apply(unregister("a0", ":1.1", 1000)).unwrap();
+    r.apply(register_as("one-more", ":1.3", Lifetime::Owner, 1000))
+        .unwrap();
+}
+
+#[test]
+fn persistent_parents_are_unregistered_by_root_or_their_uid() {
+    let mut r = Registry::new();
+    r.apply(register_as("mine", ":1.1", Lifetime::Persistent, 1000))
+        .unwrap();
+    r.apply(register_as("roots", ":1.2", Lifetime::Persistent, 0))
+        .unwrap();
+    assert_eq!(
+        r.apply(unregister("roots", ":1.3", 1000)),
+        Err(Error::NotOwner("roots".into()))
+    );
+    assert_eq!(
+        r.apply(unregister("mine", ":1.4", 1001)),
+        Err(Error::NotOwner("mine".into()))
+    );
+    assert_eq!(
+        kinds(&r.apply(unregister("mine", ":1.5", 1000)).unwrap()),
+        ["unregistered"]
+    );
+    assert_eq!(
+        kinds(&r.apply(unregister("roots", ":1.6", 0)).unwrap()),
+        ["unregistered"]
+    );
+}
+
+#[test]
+fn a_new_boot_registers_persistent_parents_again() {
+    let restored = |name: &str, lifetime, seqnum| Parent {
+        info: uinfo(name),
+        source: Source::Userspace,
+        owner: ":1.4".into(),
+        lifetime,
+        registered_seqnum: seqnum,
+        uid: 0,
+    };
+    let (mut r, _) = Registry::restore(
+        vec![
+            restored("kept", Lifetime::Persistent, 5),
+            restored("bound", Lifetime::Owner, 6),
+        ],
+        9,
+    );
+    r.apply(Input::KernelScan(vec![kinfo("k", 1)])).unwrap();
+    let ev = r.apply(Input::NewBoot).unwrap();
+    assert_eq!(kinds(&ev), ["registered"]);
+    assert_eq!(ev[0].parent_name(), "kept");
+    assert_eq!(ev[0].seqnum, 11);
+    let kept = r.get("kept").unwrap();
+    assert_eq!((kept.registered_seqnum, kept.owner.as_str()), (11, ""));
+    // Only persistent userspace parents: the owner-bound one is not
+    // announced (its owner leaving is what removes it).
+    assert_eq!(r.get("bound").unwrap().registered_seqnum, 6);
+    assert_eq!(r.get("k").unwrap().registered_seqnum, 10);
+}
+
 // ---- property tests ----
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const OWNERS: [&str; 3] = [":1.1", ":1.2", ":1.3"];
+/// The uid behind each of [`OWNERS`]: root, and one user on two connections.
+const OWNER_UIDS: [u32; 3] = [0, 1000, 1000];
 
 fn arb_kinfo() -> impl Strategy<Value = ParentInfo> {
     (0..NAMES.len(), 0u32..3, any::<bool>()).prop_map(|(n, avail, extra)| {
@@ -397,7 +547,7 @@ fn arb_input() -> impl Strategy<Value = Input> {
             info: present.then_some(info),
         }),
         (0..NAMES.len(), 0..OWNERS.len(), any::<bool>()).prop_map(|(n, o, persistent)| {
-            register(
+            register_as(
                 NAMES[n],
                 OWNERS[o],
                 if persistent {
@@ -405,15 +555,18 @@ fn arb_input() -> impl Strategy<Value = Input> {
                 } else {
                     Lifetime::Owner
                 },
+                OWNER_UIDS[o],
             )
         }),
-        (0..NAMES.len(), 0..OWNERS.len()).prop_map(|(n, o)| Input::Unregister {
-            name: NAMES[n].into(),
-            caller: OWNERS[o].into(),
-        }),
+        (0..NAMES.len(), 0..OWNERS.len()).prop_map(|(n, o)| unregister(
+            NAMES[n],
+            OWNERS[o],
+            OWNER_UIDS[o]
+        )),
         (0..OWNERS.len()).prop_map(|o| Input::OwnerGone {
             owner: OWNERS[o].into()
         }),
+        Just(Input::NewBoot),
     ]
 }
 
@@ -456,6 +609,10 @@ fn check_invariants(r: &Registry, sysfs: &BTreeMap<String, ParentInfo>) {
             Source::Userspace,
             "waiting {name} not shadowed"
         );
+        assert_eq!(
+            r.parents[name].uid, 0,
+            "{name}: only root shadows the kernel"
+        );
         assert_eq!(Some(info), sysfs.get(name));
     }
     // Every parent sysfs holds is registered or waiting.
@@ -465,6 +622,15 @@ fn check_invariants(r: &Registry, sysfs: &BTreeMap<String, ParentInfo>) {
     }
     for owner in OWNERS {
         assert!(r.parents.values().filter(|p| p.owner == owner).count() <= MAX_PARENTS_PER_OWNER);
+    }
+    for uid in OWNER_UIDS.into_iter().filter(|&uid| uid != 0) {
+        assert!(
+            r.parents
+                .values()
+                .filter(|p| p.is_unprivileged() && p.uid == uid)
+                .count()
+                <= MAX_PARENTS_PER_UID
+        );
     }
 }
 
@@ -537,7 +703,7 @@ proptest! {
         let lifetime = if persistent { Lifetime::Persistent } else { Lifetime::Owner };
         let reg = r.apply(register("fresh", ":1.77", lifetime)).unwrap();
         prop_assert_eq!(kinds(&reg), ["registered"]);
-        let unreg = r.apply(Input::Unregister { name: "fresh".into(), caller: ":1.77".into() }).unwrap();
+        let unreg = r.apply(unregister("fresh", ":1.77", 0)).unwrap();
         prop_assert_eq!(kinds(&unreg), ["unregistered"]);
         prop_assert_eq!(&r.parents, &start.parents);
         prop_assert_eq!(&r.waiting, &start.waiting);

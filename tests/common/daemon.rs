@@ -38,6 +38,9 @@ pub struct DaemonOptions {
     pub netlink: bool,
     /// `-v` (debug logs: rejections and reconciliation details).
     pub verbose: bool,
+    /// `--runtime-dir` (owner-bound state, boot marker); `None`: the state
+    /// directory.
+    pub runtime_dir: Option<PathBuf>,
     /// More arguments, appended as given (`--metrics-listen ...`).
     pub extra_args: Vec<String>,
 }
@@ -51,6 +54,7 @@ impl DaemonOptions {
             emit: "auto",
             netlink: true,
             verbose: true,
+            runtime_dir: None,
             extra_args: Vec::new(),
         }
     }
@@ -92,7 +96,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&options.state_dir)
             .arg("--runtime-dir")
-            .arg(&options.state_dir)
+            .arg(options.runtime_dir.as_ref().unwrap_or(&options.state_dir))
             .arg("--emit")
             .arg(options.emit);
         if !options.netlink {

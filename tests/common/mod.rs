@@ -3,10 +3,12 @@
 
 pub mod bus;
 pub mod daemon;
+pub mod gdbus;
 pub mod helper_process;
 pub mod lines;
 pub mod metrics;
 pub mod netns;
+pub mod polkit;
 pub mod prereq;
 pub mod prometheus;
 pub mod registry_client;

@@ -47,6 +47,14 @@ impl ParentReader for FakeSysfs {
             .cloned()
             .unwrap_or(ParentRead::NotAParent)
     }
+
+    /// Only the parents put here are devices.
+    fn check_location(&self, devpath: &str, _subsystem: &str) -> Result<(), Crossing> {
+        match self.parents.borrow().contains_key(devpath) {
+            true => Err(Crossing::IsDevice(devpath.to_owned())),
+            false => Ok(()),
+        }
+    }
 }
 
 fn mtype(id: &str, available: u32) -> MdevType {
@@ -84,6 +92,7 @@ fn registration(name: &str, lifetime: Lifetime) -> validate::Registration {
             types: vec![mtype("demo-1", 4)],
         },
         lifetime,
+        allow_interaction: false,
     }
 }
 
@@ -275,7 +284,9 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     let commit = core.register(
         registration("demo", Lifetime::Persistent),
         ":1.7".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     assert_eq!(kinds(&commit), ["registered"]);
     assert_eq!(commit.save, [Lifetime::Persistent]);
@@ -283,7 +294,8 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
         commit.undo_unless_saved,
         Some(Undo {
             name: "demo".to_owned(),
-            owner: ":1.7".to_owned()
+            owner: ":1.7".to_owned(),
+            uid: 0,
         })
     );
     assert!(matches!(
@@ -306,7 +318,9 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     let again = core.register(
         registration("demo", Lifetime::Owner),
         ":1.7".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     assert_eq!(kinds(&again), ["registered"]);
     assert_eq!(again.save, [Lifetime::Owner]);
@@ -318,13 +332,17 @@ fn a_refused_call_changes_nothing_and_gets_its_error() {
     let first = core.register(
         registration("demo", Lifetime::Owner),
         ":1.7".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     assert_eq!(kinds(&first), ["registered"]);
     let taken = core.register(
         registration("demo", Lifetime::Owner),
         ":1.8".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     assert!(taken.events.is_empty() && taken.save.is_empty());
     assert!(taken.undo_unless_saved.is_none() && taken.recheck_owner.is_none());
@@ -332,7 +350,7 @@ fn a_refused_call_changes_nothing_and_gets_its_error() {
         taken.replies.into_iter().next().map(|reply| reply.result),
         Some(Err(dbus::Error::AlreadyRegistered(_)))
     ));
-    let not_owner = core.unregister("demo".to_owned(), ":1.8".to_owned(), call("U"));
+    let not_owner = core.unregister("demo".to_owned(), ":1.8".to_owned(), 0, call("U"));
     assert!(matches!(
         not_owner
             .replies
@@ -341,7 +359,7 @@ fn a_refused_call_changes_nothing_and_gets_its_error() {
             .map(|reply| reply.result),
         Some(Err(dbus::Error::NotOwner(_)))
     ));
-    let unregistered = core.unregister("demo".to_owned(), ":1.7".to_owned(), call("U"));
+    let unregistered = core.unregister("demo".to_owned(), ":1.7".to_owned(), 0, call("U"));
     assert_eq!(kinds(&unregistered), ["unregistered"]);
     assert_eq!(unregistered.save, [Lifetime::Owner]);
     assert!(matches!(
@@ -364,7 +382,9 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     let commit = core.register(
         registration("late", Lifetime::Owner),
         ":1.9".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     assert_eq!(kinds(&commit), ["registered"]);
     let owner = commit
@@ -380,7 +400,9 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     let kept = core.register(
         registration("kept", Lifetime::Owner),
         ":1.10".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     assert!(core
         .owner_left_meanwhile(kept.recheck_owner.expect("recheck"))
@@ -390,7 +412,9 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     core.register(
         registration("stays", Lifetime::Persistent),
         ":1.10".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     let commits = core.sources(
         vec![SourceMessage::OwnerGone(":1.10".to_owned())],
@@ -415,7 +439,9 @@ fn a_kernel_parent_waiting_for_a_userspace_name_takes_it_when_freed() {
     core.register(
         registration("0000:00:02.0", Lifetime::Owner),
         ":1.3".to_owned(),
+        0,
         call("RegisterParent"),
+        &FakeSysfs::default(),
     );
     let info = kernel("0000:00:02.0", 4);
     sysfs.put(info.clone());
@@ -434,6 +460,31 @@ fn a_kernel_parent_waiting_for_a_userspace_name_takes_it_when_freed() {
             (Source::Kernel, crate::emit::MdevState::Registered)
         ]
     );
+}
+
+#[test]
+fn a_registration_at_a_kernel_device_is_refused_and_changes_nothing() {
+    let (mut core, _) = core();
+    let sysfs = FakeSysfs::default();
+    sysfs.put(kernel("0000:00:02.0", 1));
+    let mut hostile = registration("hostile", Lifetime::Persistent);
+    hostile.info.devpath = kernel("0000:00:02.0", 1).devpath;
+    let before = Registry::clone(&core.registry());
+    let commit = core.register(
+        hostile,
+        ":1.7".to_owned(),
+        0,
+        call("RegisterParent"),
+        &sysfs,
+    );
+    assert!(commit.events.is_empty() && commit.save.is_empty());
+    match commit.replies.into_iter().next().map(|reply| reply.result) {
+        Some(Err(dbus::Error::InvalidArgument(message))) => {
+            assert!(message.contains("existing sysfs device"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(*core.registry(), before);
 }
 
 #[test]

@@ -309,12 +309,17 @@ fn main() {
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
     let section = format!(
         "{BEGIN}\n## Prometheus metrics (`cargo bench --bench metrics`)\n\n\
          Registry of {n_parents} parents × {n_types} types (1 instance each), in memory; \
-         exposition {size} bytes ({:.1} MiB, {} series). Machine: {machine}, {cores} cores \
-         (shared with other work while measured). Allocation counted by a counting global \
-         allocator in the bench.\n\n\
+         exposition {size} bytes ({:.1} MiB, {} series). Machine: {machine}, {cores} cores, \
+         load average {load} at the end of the run (other work shared the machine: wall \
+         times stretch with it, CPU times are the render's own cost). Allocation counted by \
+         a counting global allocator in the bench.\n\n\
          | measure | time | size / allocation |\n| --- | --- | --- |\n{}\n{END}\n",
         mib(size),
         n_parents * (1 + 3 * n_types) + 2,

@@ -3,9 +3,12 @@
 //! `ParentRegistered`); a restart within the same boot emits nothing new.
 //! A reboot is an emptied `--runtime-dir` (a tmpfs in real life). The
 //! daemon injects its uevents into this test's private network namespace,
-//! where a kernel-group listener counts them.
+//! where a kernel-group listener counts them, and (second test) a real
+//! systemd-udevd with the shipped rules processes them
+//! (`common::udevd`, as in tests/udev_rules.rs).
 //!
-//! Needs root and dbus-daemon; skipped without them, or fails when `CI` is
+//! Needs root and dbus-daemon (and systemd-udevd, unshare, mount for the
+//! second test); skipped without them, or fails when `CI` is
 //! set.
 
 mod common;
@@ -21,8 +24,10 @@ use common::registry_client::{
 };
 use common::registry_signals::{decode_signal, registry_signals, RegistrySignal};
 use common::sysfs_fixture::FakeSysfs;
+use common::udevd::{inner_dir, run_inner, Monitor, Udevd};
 use futures_util::{FutureExt, StreamExt};
-use mdevreg::netlink::{RecvOutcome, UeventListener};
+use mdevreg::netlink::{RecvOutcome, UeventEmitter, UeventListener};
+use mdevreg::uevent::Uevent;
 use zbus::Connection;
 
 const PARENT: &str = "boot0";
@@ -166,4 +171,124 @@ fn persistent_parents_are_announced_once_per_boot() {
             assert_eq!(drain_states(&mut listener), Vec::<String>::new());
         },
     );
+}
+
+/// Property of the test's own marker uevents.
+const MARKER: &str = "MDEVREG_TEST_MARKER";
+
+/// The `MDEV_STATE`s udevd processed for [`DEVPATH`] since the last call:
+/// injects a marker uevent for [`DEVPATH`] (no `MDEV_STATE`, so no parent
+/// event to the rules) and collects the processed events up to it. The
+/// daemon's uevents were broadcast before the call or start that caused
+/// them returned, so they have lower kernel sequence numbers, and udevd
+/// processes the events of one devpath in that order.
+fn states_at_udevd(monitor: &mut Monitor, marker: &str) -> Vec<String> {
+    let event = Uevent::new("change", DEVPATH)
+        .with("SUBSYSTEM", "mdevreg")
+        .with(MARKER, marker);
+    UeventEmitter::open()
+        .expect("uevent netlink socket")
+        .inject(&event)
+        .expect("inject the marker uevent");
+    let seen = monitor.until(
+        DEVPATH,
+        |event| event.get(MARKER) == Some(marker),
+        Duration::from_secs(30),
+    );
+    let mut states = Vec::new();
+    for event in &seen {
+        if let Some(state) = event.get("MDEV_STATE") {
+            assert_eq!(event.get("MDEVREG_PARENT"), Some(PARENT), "{event:#?}");
+            let tags = event.get("TAGS").unwrap_or_default();
+            assert!(tags.split(':').any(|tag| tag == "mdevreg"), "{event:#?}");
+            states.push(state.to_owned());
+        }
+    }
+    states
+}
+
+fn stop(mut daemon: Daemon) {
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon
+        .wait_exit(Duration::from_secs(20))
+        .expect("mdevregd stops on SIGTERM");
+}
+
+#[test]
+fn persistent_parents_are_announced_once_per_boot_at_udevd() {
+    run_inner(
+        "persistent_parents_are_announced_once_per_boot_at_udevd",
+        "inner_reboot_at_udevd",
+        &["dbus-daemon"],
+    );
+}
+
+/// The half that runs inside `unshare -n -m`; does nothing when run directly.
+#[test]
+#[ignore = "run by persistent_parents_are_announced_once_per_boot_at_udevd inside unshare -n -m"]
+fn inner_reboot_at_udevd() {
+    let Some(udev_work) = inner_dir() else {
+        return;
+    };
+    run("inner_reboot_at_udevd", &[], move || async move {
+        // udevd, the daemon and the marker injections share this thread's
+        // network namespace.
+        let hooks_dir = udev_work.join("hooks.d");
+        fs::create_dir_all(&hooks_dir).expect("hooks dir");
+        let _udevd = Udevd::start(
+            &udev_work,
+            Some(&format!(
+                "ENV{{MDEVREG_HOOKS_DIR}}=\"{}\"\n",
+                hooks_dir.display()
+            )),
+        );
+        let mut monitor = Monitor::new();
+
+        let tree = FakeSysfs::new();
+        let bus = DbusDaemon::start_permissive();
+        let work = open_tempdir("mdevreg-reboot-udevd-");
+        let state = work.path().join("state");
+        let runtime = work.path().join("run");
+        fs::create_dir_all(&state).expect("state dir");
+        let mut options = DaemonOptions::new(tree.root(), &state);
+        options.emit = "inject";
+        options.netlink = false;
+        options.runtime_dir = Some(runtime.clone());
+        let client = connect(bus.address()).await;
+
+        // First boot: register persistent P, stop.
+        let (daemon, _signals) = start(&bus, &options, work.path(), &client).await;
+        register_raw(
+            &client,
+            PARENT,
+            &lifetime("persistent"),
+            &[good_type("b-1")],
+        )
+        .await
+        .expect("register boot0");
+        assert_eq!(states_at_udevd(&mut monitor, "1"), ["registered"]);
+        stop(daemon);
+
+        // Reboot: the runtime directory is empty again.
+        fs::remove_dir_all(&runtime).expect("empty the runtime dir");
+        fs::create_dir_all(&runtime).expect("runtime dir");
+        let (daemon, mut signals) = start(&bus, &options, work.path(), &client).await;
+        let seen = signals_of_the_start(&client, &mut signals).await;
+        let members: Vec<&str> = seen.iter().map(|s| s.member.as_str()).collect();
+        assert_eq!(members, ["ParentRegistered"], "{seen:?}");
+        assert_eq!(seen[0].source, "userspace");
+        assert_eq!(states_at_udevd(&mut monitor, "2"), ["registered"]);
+        stop(daemon);
+
+        // A restart in the same boot: nothing reaches udevd.
+        let (daemon, mut signals) = start(&bus, &options, work.path(), &client).await;
+        let seen = signals_of_the_start(&client, &mut signals).await;
+        assert!(
+            seen.is_empty(),
+            "restart in the same boot announced {seen:?}"
+        );
+        assert_eq!(snapshot(&client).await.names(), [PARENT]);
+        assert_eq!(states_at_udevd(&mut monitor, "3"), Vec::<String>::new());
+        stop(daemon);
+    });
 }

@@ -14,190 +14,30 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::prereq::{missing_prerequisite, require_tools};
+use common::udevd::{inner_dir, run_inner, Monitor, Processed, Udevd};
 use mdevreg::emit::MdevState;
 use mdevreg::netlink::UeventEmitter;
 use mdevreg::paths::SysfsRoot;
 use mdevreg::synth_uevent;
 use mdevreg::uevent::Uevent;
 
-/// Env var naming the temp dir of the scenario; set only for the inner run.
-const INNER_DIR_ENV: &str = "MDEVREG_UDEV_TEST_DIR";
-/// Env var holding the outer process's namespace ids, so the inner half can
-/// refuse to run in the host's namespaces.
-const OUTER_NS_ENV: &str = "MDEVREG_UDEV_TEST_OUTER_NS";
-
 const PARENT: &str = "mdevregtest0";
 const PARENT_DEVPATH: &str = "/devices/virtual/mdevreg/mdevregtest0";
 const OTHER_DEVPATH: &str = "/devices/virtual/mdevreg/mdevregtest1";
 const SYNTH_UUID: &str = "0b5c3a8e-43a4-4f3e-9d1e-3c6c8d6f1a27";
 
-fn find_udevd() -> Option<PathBuf> {
-    [
-        "/usr/lib/systemd/systemd-udevd",
-        "/lib/systemd/systemd-udevd",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|path| path.exists())
-}
-
-fn namespace_ids() -> String {
-    let net = fs::read_link("/proc/self/ns/net").unwrap_or_default();
-    let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
-    format!("{} {}", net.display(), mnt.display())
-}
-
 #[test]
 fn udevd_runs_hooks_once_per_transition() {
-    const TEST: &str = "udevd_runs_hooks_once_per_transition";
-    if !nix::unistd::geteuid().is_root() {
-        missing_prerequisite::<()>(TEST, "needs root (unshare, mounts, uevent injection)");
-        return;
-    }
-    if find_udevd().is_none() {
-        missing_prerequisite::<()>(TEST, "systemd-udevd not found (Debian package udev)");
-        return;
-    }
-    if !require_tools(TEST, &["unshare", "mount", "flock", "logger", "od"]) {
-        return;
-    }
-
-    let work = tempfile::tempdir().expect("temp dir");
-    let exe = std::env::current_exe().expect("test binary path");
-    let output = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "inner_udev_scenario",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER_DIR_ENV, work.path())
-        .env(OUTER_NS_ENV, namespace_ids())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run unshare");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let udevd_log = fs::read_to_string(work.path().join("udevd.log")).unwrap_or_default();
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "inner scenario failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- udevd log (tail)\n{}",
-        output.status,
-        tail(&udevd_log, 80)
+    run_inner(
+        "udevd_runs_hooks_once_per_transition",
+        "inner_udev_scenario",
+        &[],
     );
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Kills and reaps udevd when the scenario ends, however it ends.
-struct Udevd(Child);
-
-impl Drop for Udevd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
-    assert!(status.success(), "{program} {args:?} failed: {status}");
-}
-
-/// One processed event as udevd broadcast it to libudev monitors.
-#[derive(Debug)]
-struct Processed {
-    devpath: String,
-    seqnum: u64,
-    properties: Vec<(String, String)>,
-}
-
-impl Processed {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.properties
-            .iter()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// A libudev monitor on udevd's processed events; events not asked for yet
-/// are kept for the next call.
-struct Monitor {
-    socket: udev::MonitorSocket,
-    pending: Vec<Processed>,
-}
-
-impl Monitor {
-    fn new() -> Self {
-        let socket = udev::MonitorBuilder::new()
-            .expect("libudev monitor")
-            .listen()
-            .expect("listen on the udev monitor group");
-        Monitor {
-            socket,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Returns the next `count` processed events for `devpath`.
-    fn wait_for(&mut self, devpath: &str, count: usize, timeout: Duration) -> Vec<Processed> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            for event in self.socket.iter() {
-                let device = event.device();
-                let properties = device
-                    .properties()
-                    .map(|entry| {
-                        (
-                            entry.name().to_string_lossy().into_owned(),
-                            entry.value().to_string_lossy().into_owned(),
-                        )
-                    })
-                    .collect();
-                self.pending.push(Processed {
-                    devpath: device.devpath().to_string_lossy().into_owned(),
-                    seqnum: event.sequence_number(),
-                    properties,
-                });
-            }
-            let matching = self.pending.iter().filter(|e| e.devpath == devpath).count();
-            if matching >= count {
-                let mut taken = Vec::new();
-                let mut kept = Vec::new();
-                for event in self.pending.drain(..) {
-                    if event.devpath == devpath && taken.len() < count {
-                        taken.push(event);
-                    } else {
-                        kept.push(event);
-                    }
-                }
-                self.pending = kept;
-                return taken;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {count} processed event(s) on {devpath}; have {:#?}",
-                self.pending
-            );
-            sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// Sends one `change` uevent into this network namespace by kernel injection
@@ -250,52 +90,12 @@ fn assert_parent_event(event: &Processed, state: &str, parent: &str) {
 #[test]
 #[ignore = "run by udevd_runs_hooks_once_per_transition inside unshare -n -m"]
 fn inner_udev_scenario() {
-    let Some(work) = std::env::var_os(INNER_DIR_ENV).map(PathBuf::from) else {
-        eprintln!("not inside the test namespaces; nothing to do");
+    let Some(work) = inner_dir() else {
         return;
     };
-    // Mounting over /run and injecting uevents is only safe in namespaces
-    // the outer test made for us.
-    let outer = std::env::var(OUTER_NS_ENV).unwrap_or_default();
-    let ours = namespace_ids();
-    let (outer_net, outer_mnt) = outer.split_once(' ').expect("outer namespace ids");
-    let (our_net, our_mnt) = ours.split_once(' ').expect("own namespace ids");
-    assert!(
-        outer_net != our_net && outer_mnt != our_mnt,
-        "refusing to run in the outer namespaces ({outer} vs {ours})"
-    );
-
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rules = manifest.join("udev-rules/70-mdevreg.rules");
-    let runner = manifest.join("packaging/udev/mdevreg-run-hooks");
     let hooks_dir = work.join("hooks.d");
     let hook_log = work.join("hook-runs.log");
     let udevd_log = work.join("udevd.log");
-
-    // A sysfs of this network namespace (so `lo` is ours), and udevd state,
-    // rule and program directories holding nothing but what we put there.
-    run("mount", &["-t", "sysfs", "sysfs", "/sys"]);
-    run("mount", &["-t", "tmpfs", "tmpfs", "/run"]);
-    run("mount", &["-t", "tmpfs", "tmpfs", "/usr/lib/udev"]);
-    for dir in ["/etc/udev/rules.d", "/usr/local/lib/udev/rules.d"] {
-        if Path::new(dir).is_dir() {
-            run("mount", &["-t", "tmpfs", "tmpfs", dir]);
-        }
-    }
-    fs::create_dir_all("/run/udev/rules.d").expect("rules dir");
-    fs::copy(&rules, "/run/udev/rules.d/70-mdevreg.rules").expect("install rules");
-    fs::copy(&runner, "/usr/lib/udev/mdevreg-run-hooks").expect("install runner");
-    fs::set_permissions(
-        "/usr/lib/udev/mdevreg-run-hooks",
-        fs::Permissions::from_mode(0o755),
-    )
-    .expect("chmod runner");
-    // Test-only: the hooks live in our temp dir instead of /etc/mdevreg/hooks.d.
-    fs::write(
-        "/run/udev/rules.d/00-mdevreg-test.rules",
-        format!("ENV{{MDEVREG_HOOKS_DIR}}=\"{}\"\n", hooks_dir.display()),
-    )
-    .expect("test rule");
 
     fs::create_dir_all(&hooks_dir).expect("hooks dir");
     let hook = hooks_dir.join("50-record");
@@ -311,23 +111,14 @@ fn inner_udev_scenario() {
     // Not executable: must be ignored.
     fs::write(hooks_dir.join("60-not-executable"), "#!/bin/sh\nexit 1\n").expect("write");
 
-    let log_file = fs::File::create(&udevd_log).expect("udevd log");
-    let udevd = Command::new(find_udevd().expect("udevd"))
-        .arg("--debug")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("dup log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("start systemd-udevd");
-    let _udevd = Udevd(udevd);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new("/run/udev/control").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "udevd did not create /run/udev/control"
-        );
-        sleep(Duration::from_millis(50));
-    }
+    // Test-only: the hooks live in our temp dir instead of /etc/mdevreg/hooks.d.
+    let _udevd = Udevd::start(
+        &work,
+        Some(&format!(
+            "ENV{{MDEVREG_HOOKS_DIR}}=\"{}\"\n",
+            hooks_dir.display()
+        )),
+    );
     let mut monitor = Monitor::new();
     let long = Duration::from_secs(20);
 

@@ -22,10 +22,24 @@ use mdevreg::persist::{StateDirs, StateStores};
 fn main() -> ExitCode {
     let cli = MdevregdCli::parse();
     logging::init(cli.verbose);
-    // One thread: the event loop is serial anyway, and every extra thread
-    // gets its own malloc arena that keeps its peak after a burst of calls.
+    // Threads and memory, one story:
+    // - one async thread runs the event loop, the D-Bus server and the
+    //   sources: their work per input is short and serial anyway;
+    // - everything that can take long runs on tokio's blocking pool, capped
+    //   at BLOCKING_THREADS: full sysfs scans (which fan out on scoped
+    //   threads of their own, up to the core count, while they run), and
+    //   large read-only replies built from the registry snapshot (at most
+    //   `dbus::readers::TOTAL` at a time, one per caller uid);
+    // - pool threads exit after BLOCKING_KEEP_ALIVE idle, and every thread
+    //   gets its own malloc arena, so a burst leaves freed pages behind:
+    //   the loop calls malloc_trim once it has been idle for a second
+    //   (`daemon::trim`), which hands them back whichever arena holds them.
+    const BLOCKING_THREADS: usize = 4;
+    const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
     {
         Ok(runtime) => runtime,

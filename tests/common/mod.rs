@@ -15,6 +15,7 @@ pub mod registry_client;
 pub mod registry_signals;
 pub mod sysfs_fixture;
 pub mod tree_ops;
+pub mod udevd;
 pub mod uevent_netlink;
 
 /// The unprivileged uid (and gid) that tests drop to through `setpriv`.

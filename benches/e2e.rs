@@ -1457,17 +1457,16 @@ fn write_reports(results: &Results) -> Result<(), String> {
     std::fs::write(&json_path, text + "\n")
         .map_err(|err| format!("{}: {err}", json_path.display()))?;
     // Sections other benchmarks keep in BENCHMARKS.md (`cargo bench --bench
-    // metrics`) stay, between their markers.
+    // metrics`, `benches/idle-cost.sh`) stay, between their markers.
     let mut report = markdown(results, &summary);
     let previous = std::fs::read_to_string(&markdown_path).unwrap_or_default();
-    if let (Some(begin), Some(end)) = (
-        previous.find(METRICS_SECTION_BEGIN),
-        previous.find(METRICS_SECTION_END),
-    ) {
-        if end > begin {
-            report.push('\n');
-            report.push_str(&previous[begin..end + METRICS_SECTION_END.len()]);
-            report.push('\n');
+    for (begin_marker, end_marker) in KEPT_SECTIONS {
+        if let (Some(begin), Some(end)) = (previous.find(begin_marker), previous.find(end_marker)) {
+            if end > begin {
+                report.push('\n');
+                report.push_str(&previous[begin..end + end_marker.len()]);
+                report.push('\n');
+            }
         }
     }
     std::fs::write(&markdown_path, report)
@@ -1725,3 +1724,8 @@ fn markdown(results: &Results, s: &Summary) -> String {
 /// Markers of the section `cargo bench --bench metrics` writes.
 const METRICS_SECTION_BEGIN: &str = "<!-- metrics bench: begin -->";
 const METRICS_SECTION_END: &str = "<!-- metrics bench: end -->";
+/// Every section of BENCHMARKS.md that another benchmark writes, by markers.
+const KEPT_SECTIONS: &[(&str, &str)] = &[
+    (METRICS_SECTION_BEGIN, METRICS_SECTION_END),
+    ("<!-- idle cost: begin -->", "<!-- idle cost: end -->"),
+];

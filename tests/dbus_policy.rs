@@ -18,6 +18,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::bus::DbusDaemon;
+use common::gdbus::gdbus_call;
 use common::lines::LineReader;
 use common::prereq;
 
@@ -89,45 +90,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `gdbus call` on `address`, as root or (with `as_nobody`) as uid 65534.
-fn gdbus_call(
-    address: &str,
-    as_nobody: bool,
-    dest: &str,
-    path: &str,
-    method: &str,
-    args: &[&str],
-) -> Output {
-    let mut command = if as_nobody {
-        let mut command = Command::new("setpriv");
-        command.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            "gdbus",
-        ]);
-        command
-    } else {
-        Command::new("gdbus")
-    };
-    command
-        .args([
-            "call",
-            "--address",
-            address,
-            "--dest",
-            dest,
-            "--object-path",
-            path,
-        ])
-        .args(["--method", method])
-        .args(args)
-        .env("HOME", "/")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run gdbus")
 }
 
 fn text(output: &Output) -> String {

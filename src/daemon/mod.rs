@@ -49,7 +49,7 @@ use zbus::Connection;
 
 pub use self::commit::{Commit, PendingReply, ReplyValue, Undo};
 pub use self::core::{Core, ParentReader};
-pub use self::counters::{Counter, Counters, RejectKind};
+pub use self::counters::{last_uevent_seconds, Counter, Counters, RejectKind, LAST_UEVENT_KEY};
 pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
 
@@ -176,7 +176,11 @@ pub async fn run(
             Some(bytes) => UeventListener::with_receive_buffer(bytes),
             None => UeventListener::open(),
         };
-        Some(listener.map_err(DaemonError::Listener)?)
+        let listener = listener.map_err(DaemonError::Listener)?;
+        // Listening from here (events queue in the socket): the "last
+        // uevent" time starts now, so the first metrics carry it.
+        counters.mark_uevent();
+        Some(listener)
     } else {
         log::info!("not listening for kernel uevents (--no-netlink)");
         None

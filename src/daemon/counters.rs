@@ -220,6 +220,11 @@ pub struct Counters {
     /// Unix time in ms of the last kernel uevent received (or of the start
     /// of listening); 0 before.
     last_uevent_ms: AtomicU64,
+    /// Sequence number of the last registry event shown (signalled), or of
+    /// the state the daemon started with: the `SeqNum` property. Events
+    /// applied but waiting for their state file are not counted, so a
+    /// number once read is never reused after a crash.
+    shown_seqnum: AtomicU64,
 }
 
 impl Counters {
@@ -263,6 +268,16 @@ impl Counters {
             _ => return,
         };
         self.bump(counter);
+    }
+
+    /// Events up to `seqnum` are shown (or the daemon starts with them).
+    pub fn show_seqnum(&self, seqnum: u64) {
+        self.shown_seqnum.fetch_max(seqnum, Ordering::Relaxed);
+    }
+
+    /// See [`Counters::show_seqnum`].
+    pub fn shown_seqnum(&self) -> u64 {
+        self.shown_seqnum.load(Ordering::Relaxed)
     }
 
     /// Records now as the time of the last kernel uevent (called at the

@@ -104,11 +104,27 @@ fn vendor_parents_over_dbus_and_the_poll_sees_placements() {
             );
             let all = registry.get_capacity("").await.expect("GetCapacity all");
             assert_eq!(all.len(), 13, "{all:?}");
-            assert!(registry
-                .get_capacity("0000:99:00.0")
-                .await
-                .expect("unknown device")
-                .is_empty());
+            // An unknown or malformed physical device is an error, not an
+            // empty answer.
+            match registry.get_capacity("0000:99:00.0").await {
+                Err(mdevreg::dbus::Error::NotRegistered(message)) => {
+                    assert!(message.contains("\"0000:99:00.0\""), "{message}")
+                }
+                other => panic!("unknown device: {other:?}"),
+            }
+            for bad in ["gpu0", "0000:41:00.0 ", "0000:C1:00.0"] {
+                match registry.get_capacity(bad).await {
+                    Err(mdevreg::dbus::Error::InvalidArgument(message)) => {
+                        assert!(message.contains("not a PCI address"), "{message}")
+                    }
+                    other => panic!("malformed device {bad:?}: {other:?}"),
+                }
+            }
+            // The daemon is still there and answers.
+            assert_eq!(
+                registry.get_capacity("0000:c1:00.0").await.expect("B").len(),
+                13
+            );
 
             // Place an L40S-24Q on GPU B's first VF, as writing
             // current_vgpu_type does: no uevent; the siblings' lists shrink

@@ -321,14 +321,25 @@ mod tests {
         assert_eq!(query(&parents, "").unwrap(), all);
         assert_eq!(query(&parents, "0000:41:00.0").unwrap(), devices[1].types);
         assert_eq!(query(&parents, "0000:99:00.0"), Err(QueryError::Unknown));
-        for bad in ["x", "0000:41:00", "0000:41:00.8", "0000:C1:00.0", " 0000:41:00.0"] {
+        for bad in [
+            "x",
+            "0000:41:00",
+            "0000:41:00.8",
+            "0000:C1:00.0",
+            " 0000:41:00.0",
+        ] {
             assert_eq!(query(&parents, bad), Err(QueryError::Malformed), "{bad:?}");
         }
     }
 
     #[test]
     fn pci_addresses() {
-        for good in ["0000:41:00.0", "0000:c1:1f.7", "10000:01:00.1", "ffffffff:ff:ff.0"] {
+        for good in [
+            "0000:41:00.0",
+            "0000:c1:1f.7",
+            "10000:01:00.1",
+            "ffffffff:ff:ff.0",
+        ] {
             assert!(is_pci_address(good), "{good:?}");
         }
         for bad in [

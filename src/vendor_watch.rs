@@ -60,12 +60,10 @@ const FDS_PER_VF: u64 = 3;
 pub fn raise_open_files_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                Ok(()) => hard,
-                Err(_) => soft,
-            }
-        }
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
         Ok((soft, _)) => soft,
         Err(_) => 1024,
     }
@@ -183,8 +181,7 @@ impl VendorWatch {
         self.vfs
             .iter()
             .map(|vf| {
-                usize::from(vf.dir.is_some())
-                    + vf.files.iter().filter(|f| f.kept.is_some()).count()
+                usize::from(vf.dir.is_some()) + vf.files.iter().filter(|f| f.kept.is_some()).count()
             })
             .sum()
     }

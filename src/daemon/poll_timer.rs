@@ -126,7 +126,10 @@ mod tests {
     #[test]
     fn whole_second_intervals_tick_on_whole_seconds() {
         let now = Duration::from_millis(10_300);
-        assert_eq!(first_tick(now, Duration::from_secs(2)), Duration::from_secs(13));
+        assert_eq!(
+            first_tick(now, Duration::from_secs(2)),
+            Duration::from_secs(13)
+        );
         assert_eq!(
             first_tick(Duration::from_secs(10), Duration::from_secs(2)),
             Duration::from_secs(12)

@@ -507,6 +507,69 @@ mod tests {
         assert_eq!(watch.len(), 1);
     }
 
+    /// The sysfs semantics the kept descriptors rely on, on the real
+    /// /sys: a kept attribute read again at offset 0 shows its new value
+    /// (`lo`'s packet counter, bumped by a datagram to 127.0.0.1), with no
+    /// `fstat` (sysfs is recognised).
+    #[test]
+    fn a_kept_sysfs_attribute_is_read_again_from_offset_0() {
+        let statistics = Path::new("/sys/class/net/lo/statistics");
+        if !statistics.join("rx_packets").exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no /sys/class/net/lo/statistics/rx_packets"
+            );
+            eprintln!("skipped: no /sys/class/net/lo/statistics/rx_packets");
+            return;
+        }
+        let watch = VendorWatch::new(SysfsRoot::new("/sys"), 1024);
+        assert!(!watch.replaceable, "/sys is sysfs");
+        let file = |name: &'static str| WatchedFile {
+            name,
+            path: statistics.join(name),
+            kept: None,
+            seen: Seen::Nothing,
+        };
+        let mut vf = WatchedVf {
+            devpath: String::new(),
+            fingerprint: 0,
+            dir_path: Some(statistics.to_path_buf()),
+            keep: true,
+            dir: None,
+            files: [file("rx_packets"), file("tx_packets")],
+        };
+        let mut buf = Vec::new();
+        assert!(vf.look(&mut buf, false), "first look");
+        let Seen::Bytes(first) = &vf.files[0].seen else {
+            panic!("{:?}", vf.files[0].seen);
+        };
+        let first: u64 = String::from_utf8_lossy(first)
+            .trim()
+            .parse()
+            .expect("count");
+        // Bump the counter until the kept descriptor shows it.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let target = socket.local_addr().expect("addr");
+        let mut changed = false;
+        for _ in 0..100 {
+            socket.send_to(b"x", target).expect("send");
+            if vf.look(&mut buf, false) {
+                changed = true;
+                break;
+            }
+        }
+        assert!(changed, "the kept fd never showed a new value");
+        let Seen::Bytes(now) = &vf.files[0].seen else {
+            panic!("{:?}", vf.files[0].seen);
+        };
+        let now: u64 = String::from_utf8_lossy(now).trim().parse().expect("count");
+        assert!(now > first, "{first} -> {now}");
+        assert!(
+            vf.files[0].kept.is_some() && vf.dir.is_some(),
+            "read through kept fds"
+        );
+    }
+
     #[test]
     fn a_host_without_vendor_parents_watches_nothing() {
         let tree = Tree::new();

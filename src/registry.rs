@@ -203,6 +203,13 @@ impl Registry {
         self.parents.values().map(Arc::as_ref)
     }
 
+    /// Registered parents, sorted by name, as the shared values a clone of
+    /// this registry holds too: a parent no change touched is the same
+    /// `Arc` in the next snapshot (the metrics cache keys on that).
+    pub fn shared_parents(&self) -> impl Iterator<Item = &Arc<Parent>> {
+        self.parents.values()
+    }
+
     /// Adds (or replaces) a registered parent, keeping the devpath index.
     fn put(&mut self, parent: Parent) {
         self.take(parent.name());

@@ -30,6 +30,9 @@ fn main() -> ExitCode {
     //   threads of their own, up to the core count, while they run), and
     //   large read-only replies built from the registry snapshot (at most
     //   `dbus::readers::TOTAL` at a time, one per caller uid);
+    // - one thread of its own writes the state files (`daemon::writer`),
+    //   one grouped write at a time, so a save never waits for a pool
+    //   thread; it sleeps while there is nothing to write;
     // - pool threads exit after BLOCKING_KEEP_ALIVE idle, and every thread
     //   gets its own malloc arena, so a burst leaves freed pages behind:
     //   the loop calls malloc_trim once it has been idle for a second

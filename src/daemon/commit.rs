@@ -40,6 +40,12 @@ pub struct Undo {
     pub owner: String,
     /// The registrant's uid.
     pub uid: u32,
+    /// The registration's sequence number (`registered_seqnum`): later
+    /// commits may already have unregistered the name, or registered it
+    /// again; only this registration is taken back.
+    pub seqnum: u64,
+    /// The state file it is kept in.
+    pub lifetime: Lifetime,
 }
 
 /// A method call waiting for its answer.
@@ -84,6 +90,16 @@ impl Commit {
         }
     }
 
+    /// Drops the events about the registration of `name` made by event
+    /// `seqnum` (one that is being undone: the world never saw it, so it
+    /// must not see it change or go either). Events of other registrations
+    /// of that name (a waiting kernel parent taking it, a new
+    /// registration) stay.
+    pub fn forget_registration(&mut self, name: &str, seqnum: u64) {
+        self.events
+            .retain(|event| !is_about_registration(event, name, seqnum));
+    }
+
     /// Whether carrying it out does nothing at all.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
@@ -116,6 +132,18 @@ pub fn lifetimes_to_save(events: &[Event]) -> Vec<Lifetime> {
     lifetimes.sort_by_key(|lifetime| lifetime.as_str());
     lifetimes.dedup();
     lifetimes
+}
+
+/// Whether `event` shows the registration of `name` made by event `seqnum`
+/// (its registration, an update or its unregistration).
+pub fn is_about_registration(event: &Event, name: &str, seqnum: u64) -> bool {
+    let parent = match &event.kind {
+        EventKind::ParentRegistered { parent } | EventKind::ParentUnregistered { parent } => parent,
+        EventKind::ParentUpdated { after, .. } => after,
+        // Type events come only from sysfs re-reads: kernel parents.
+        _ => return false,
+    };
+    parent.name() == name && parent.registered_seqnum == seqnum
 }
 
 /// The lifetime (state file) of the userspace registration `event`

@@ -189,6 +189,13 @@ impl Core {
                     "registered userspace parent {name:?} for {owner} (lifetime {})",
                     lifetime.as_str()
                 );
+                let registered = events.iter().find_map(|event| match &event.kind {
+                    EventKind::ParentRegistered { parent } if parent.name() == name => {
+                        Some((parent.registered_seqnum, parent.lifetime))
+                    }
+                    _ => None,
+                });
+                let (seqnum, lifetime) = registered.unwrap_or((0, lifetime));
                 Commit {
                     events,
                     save: vec![lifetime],
@@ -196,6 +203,8 @@ impl Core {
                         name: name.clone(),
                         owner: owner.clone(),
                         uid,
+                        seqnum,
+                        lifetime,
                     }),
                     replies: vec![PendingReply::new(
                         call,
@@ -215,7 +224,16 @@ impl Core {
     }
 
     /// Takes back a registration whose state file could not be written:
-    /// its events are never shown, the caller gets an error.
+    /// its events are never shown, the caller gets an error. Later commits
+    /// may already have touched the name (they were held behind this one,
+    /// and the sink dropped their events about this registration,
+    /// [`Commit::forget_registration`]): it is removed only if the registry
+    /// still holds this very registration (same `registered_seqnum`); an
+    /// unregistration or a new registration of the name meanwhile stays.
+    /// What the removal causes besides (a kernel parent waiting for the
+    /// name takes it) is shown. The state file is written again (a failed
+    /// write may have left the new file in place), and the error reply
+    /// waits for that write.
     pub fn undo(&mut self, commit: Commit, err: &io::Error) -> Commit {
         let Some(undo) = commit.undo_unless_saved else {
             return commit;
@@ -224,16 +242,32 @@ impl Core {
             "cannot save state, refusing registration of {:?}: {err}",
             undo.name
         );
-        let _ = self.apply(Input::Unregister {
-            name: undo.name,
-            caller: undo.owner,
-            uid: undo.uid,
-        });
-        let error = dbus::Error::failed(format!("cannot save state: {err}"));
-        match commit.replies.into_iter().next() {
-            Some(reply) => refused(reply.call, error),
-            None => Commit::default(),
+        let still_held = self
+            .registry()
+            .get(&undo.name)
+            .is_some_and(|parent| parent.registered_seqnum == undo.seqnum);
+        let mut events = Vec::new();
+        if still_held {
+            events = self
+                .apply(Input::Unregister {
+                    name: undo.name.clone(),
+                    caller: undo.owner,
+                    uid: undo.uid,
+                })
+                .unwrap_or_default();
         }
+        let error = dbus::Error::failed(format!("cannot save state: {err}"));
+        let mut undone = Commit::of_events(events);
+        undone.forget_registration(&undo.name, undo.seqnum);
+        if !undone.save.contains(&undo.lifetime) {
+            undone.save.push(undo.lifetime);
+        }
+        if let Some(reply) = commit.replies.into_iter().next() {
+            undone
+                .replies
+                .push(PendingReply::new(reply.call, Err(error)));
+        }
+        undone
     }
 
     /// `UnregisterParent` by `caller` (of `uid`).

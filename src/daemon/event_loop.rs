@@ -1,7 +1,11 @@
 //! The loop: a thin `select!` over the sources, each input handed to the
 //! core and the resulting commits to the sink, in arrival order; plus the
-//! vendor-VFIO poll timer, armed only while such parents exist.
+//! vendor-VFIO poll timer, armed only while such parents exist. A commit
+//! that changes a state file waits in the [`SaveQueue`] until the
+//! [state writer](super::writer) has made a write after it durable; the
+//! loop goes on meanwhile.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -14,9 +18,11 @@ use zbus::Connection;
 
 use super::commit::Commit;
 use super::core::Core;
-use super::sink::{Carried, Sink};
+use super::saves::{Released, SaveQueue, Step, Write, Written};
+use super::sink::Sink;
 use super::sources::{self, SourceMessage};
 use super::trim::IdleTrim;
+use super::writer::StateWriter;
 use super::DaemonError;
 use crate::dbus::Request;
 use crate::paths::SysfsRoot;
@@ -31,6 +37,10 @@ pub struct EventLoop {
     pub scan_job: Option<JoinHandle<sysfs::Scan>>,
     /// How often the vendor-VFIO parents are checked (`--poll-interval`).
     pub poll_interval: Duration,
+    /// Commits waiting for their state files to be written.
+    pub saves: SaveQueue,
+    /// The thread writing them.
+    pub writer: StateWriter,
 }
 
 impl EventLoop {
@@ -70,12 +80,11 @@ impl EventLoop {
                     }
                     idle_trim.note_input();
                 }
-                scan = async {
-                    match self.scan_job.as_mut() {
-                        Some(job) => job.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                Some(written) = self.writer.done.recv() => {
+                    self.written(written).await;
+                    idle_trim.note_input();
+                }
+                scan = scan_done(&mut self.scan_job) => {
                     self.scan_job = None;
                     let scan = scan.map_err(|err| err.to_string());
                     let commit = self.core.scan_finished(scan, &self.sysfs_root);
@@ -122,23 +131,80 @@ impl EventLoop {
         self.commit(commit).await;
     }
 
-    /// Carries `commit` out, then what follows from it (an undo, an owner
-    /// that left meanwhile, a rescan to start).
+    /// Carries `commit` out once its state files are written (at once if
+    /// it saves nothing and nothing waits), then what follows from it (an
+    /// undo if they could not be, an owner that left meanwhile, a rescan to
+    /// start).
     pub async fn commit(&mut self, commit: Commit) {
-        let mut next = Some(commit);
-        while let Some(commit) = next.take() {
-            match self.sink.carry_out(commit).await {
-                Carried::NotDurable(commit, err) => next = Some(self.core.undo(commit, &err)),
-                Carried::Done(follow_up) => {
+        let core = &self.core;
+        let step = self.saves.push(commit, || core.registry());
+        self.carry(step).await;
+    }
+
+    /// A write of the state files ended.
+    async fn written(&mut self, written: Written) {
+        for (lifetime, err) in &written.failed {
+            self.sink.counters.bump(super::Counter::StateSaveFailures);
+            log::error!("cannot save the {} state: {err}", lifetime.as_str());
+        }
+        let step = self.saves.finished(written);
+        self.carry(step).await;
+    }
+
+    /// Answers every caller waiting for a write: waits for the writes in
+    /// flight and those they start (at start-up and on the way out).
+    pub async fn settle(&mut self) {
+        while !self.saves.is_idle() {
+            match self.writer.done.recv().await {
+                Some(written) => self.written(written).await,
+                None => {
+                    log::error!(
+                        "the state writer is gone; {} commits not carried out",
+                        self.saves.held()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carries out what `step` released, in order, and starts its write.
+    async fn carry(&mut self, step: Step) {
+        let mut ready: VecDeque<Released> = step.ready.into();
+        self.start_write(step.start);
+        while let Some(Released {
+            commit,
+            failed,
+            registry,
+        }) = ready.pop_front()
+        {
+            let next = match failed {
+                Some(err) if commit.undo_unless_saved.is_some() => {
+                    Some(self.core.undo(commit, &err))
+                }
+                _ => {
+                    let follow_up = self.sink.carry_out(commit, registry).await;
                     self.core.expect_echoes(follow_up.injected);
                     if follow_up.start_scan.is_some() && self.scan_job.is_none() {
                         self.scan_job = Some(sources::spawn_scan(&self.sysfs_root));
                     }
-                    if let Some(owner) = follow_up.recheck_owner {
-                        next = self.core.owner_left_meanwhile(owner);
-                    }
+                    follow_up
+                        .recheck_owner
+                        .and_then(|owner| self.core.owner_left_meanwhile(owner))
                 }
+            };
+            if let Some(next) = next {
+                let core = &self.core;
+                let step = self.saves.push(next, || core.registry());
+                ready.extend(step.ready);
+                self.start_write(step.start);
             }
+        }
+    }
+
+    fn start_write(&self, write: Option<Write>) {
+        if let Some(write) = write {
+            self.writer.start_write(write, self.core.registry());
         }
     }
 
@@ -164,5 +230,15 @@ impl EventLoop {
                 self.commit(commit).await;
             }
         }
+    }
+}
+
+/// The background scan's result, once it has one (never without one).
+async fn scan_done(
+    job: &mut Option<JoinHandle<sysfs::Scan>>,
+) -> Result<sysfs::Scan, tokio::task::JoinError> {
+    match job.as_mut() {
+        Some(job) => job.await,
+        None => std::future::pending().await,
     }
 }

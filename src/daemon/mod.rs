@@ -13,9 +13,13 @@
 //! only through [`core::ParentReader`]) and returns one [`Commit`]: the
 //! registry events, the state files to write, the uevents, the reply, and
 //! what follows (an undo if the state file cannot be written, an owner to
-//! re-check, a rescan to start). The [`sink::Sink`] carries every commit
-//! out in one fixed order — state files, uevents, signals then the reply
-//! in one write, observers — and the loop feeds back what it learnt
+//! re-check, a rescan to start). A commit that changes a state file waits
+//! in the [`saves::SaveQueue`] until a write after it is durable: the
+//! [`writer`] thread writes the files off the loop, one write at a time,
+//! and the commits that arrive during a write share the next one. The
+//! [`sink::Sink`] then carries every commit out in one fixed order — state
+//! files (written by then), uevents, signals then the reply in one write,
+//! observers — and the loop feeds back what it learnt
 //! ([`sink::FollowUp`]). Counters are a struct of atomics
 //! ([`counters::Counters`]) shared by all of them.
 //!
@@ -35,9 +39,11 @@ mod commit;
 mod core;
 pub mod counters;
 mod event_loop;
+mod saves;
 mod sink;
 mod sources;
 mod trim;
+mod writer;
 
 use std::io;
 use std::sync::{Arc, RwLock};
@@ -49,7 +55,8 @@ use zbus::Connection;
 
 pub use self::commit::{Commit, PendingReply, ReplyValue, Undo};
 pub use self::core::{Core, ParentReader};
-pub use self::counters::{Counter, Counters, RejectKind};
+pub use self::counters::{last_uevent_seconds, Counter, Counters, RejectKind, LAST_UEVENT_KEY};
+pub use self::saves::{Released, SaveQueue, Step, Write, Written};
 pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
 
@@ -105,6 +112,8 @@ pub enum DaemonError {
     Emit(io::Error),
     #[error("kernel uevent listener: {0}")]
     Listener(io::Error),
+    #[error("state writer thread: {0}")]
+    Writer(io::Error),
     #[error("the bus connection was lost")]
     BusLost,
     #[error("{0}")]
@@ -176,7 +185,11 @@ pub async fn run(
             Some(bytes) => UeventListener::with_receive_buffer(bytes),
             None => UeventListener::open(),
         };
-        Some(listener.map_err(DaemonError::Listener)?)
+        let listener = listener.map_err(DaemonError::Listener)?;
+        // Listening from here (events queue in the socket): the "last
+        // uevent" time starts now, so the first metrics carry it.
+        counters.mark_uevent();
+        Some(listener)
     } else {
         log::info!("not listening for kernel uevents (--no-netlink)");
         None
@@ -239,7 +252,11 @@ pub async fn run(
         bus: bus.clone(),
         scan_job: None,
         poll_interval: config.poll_interval,
+        saves: SaveQueue::new(),
+        writer: writer::StateWriter::start(config.stores.clone()).map_err(DaemonError::Writer)?,
     };
+    // What the daemon starts with is shown: restored and scanned.
+    counters.show_seqnum(daemon.core.registry().seqnum());
     let server_task = server.start().await?;
     daemon.sink.save_all();
 
@@ -269,12 +286,14 @@ pub async fn run(
         );
     }
     daemon.check_restored_owners().await;
+    daemon.settle().await;
     // A new boot: restored persistent parents are registrations to the
     // world (uevent + signals, once); a restart in the same boot is silent.
     let boot_id = boot::current_boot_id();
     if boot::detect(&config.runtime_dir, boot_id.as_deref()) {
         let commit = daemon.core.new_boot();
         daemon.commit(commit).await;
+        daemon.settle().await;
     }
     if let Err(err) = boot::mark(&config.runtime_dir, boot_id.as_deref()) {
         log::warn!(
@@ -300,6 +319,8 @@ pub async fn run(
     if let Some(task) = netlink_task {
         task.abort();
     }
+    // Callers waiting for a write are answered (their state is written).
+    daemon.settle().await;
     daemon.sink.save_all();
     drop(metrics);
     if result.is_ok() {

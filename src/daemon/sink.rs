@@ -1,7 +1,9 @@
 //! The sink: carries a [`Commit`] out, always in the same order —
 //!
-//! 1. the state files it touches (atomic write + fsync; a registration
-//!    that cannot be made durable goes back to the core to be undone);
+//! 1. the state files it touches: written before the commit reaches the
+//!    sink, on the state writer thread, grouped with the commits around it
+//!    ([`super::saves`], [`super::writer`]); a registration that could not
+//!    be made durable never reaches it (the core undoes it);
 //! 2. one uevent per userspace (un)registration (injected or broadcast),
 //!    and per vendor-VFIO (un)registration (a synthetic `change` written to
 //!    the VF's `uevent` file);
@@ -19,12 +21,13 @@ use zbus::Connection;
 
 use super::commit::Commit;
 use super::counters::{Counter, Counters};
+use super::writer;
 use crate::boundary;
 use crate::dbus::{signals, Server, SharedRegistry};
 use crate::emit::{Emitted, MdevState, UeventSink};
 use crate::model::{Backend, Lifetime, Parent, Source};
 use crate::paths::SysfsRoot;
-use crate::persist::{StateStores, StoredRegistration};
+use crate::persist::StateStores;
 use crate::registry::Registry;
 use crate::synth_uevent;
 
@@ -43,15 +46,6 @@ pub struct FollowUp {
     pub recheck_owner: Option<String>,
     /// See [`Commit::start_scan`].
     pub start_scan: Option<&'static str>,
-}
-
-/// The outcome of [`Sink::carry_out`].
-#[derive(Debug)]
-pub enum Carried {
-    Done(FollowUp),
-    /// A registration's state file could not be written; nothing else was
-    /// done: undo it ([`super::core::Core::undo`]) and carry that out.
-    NotDurable(Commit, io::Error),
 }
 
 /// Every output of the daemon.
@@ -74,17 +68,11 @@ impl Sink {
         crate::dbus::snapshot(&self.registry)
     }
 
-    /// Carries `commit` out (see the module doc for the order).
-    pub async fn carry_out(&mut self, commit: Commit) -> Carried {
-        if !commit.save.is_empty() {
-            if let Err(err) = self.save(&commit.save) {
-                self.counters.bump(Counter::StateSaveFailures);
-                if commit.undo_unless_saved.is_some() {
-                    return Carried::NotDurable(commit, err);
-                }
-                log::error!("cannot save state: {err}");
-            }
-        }
+    /// Carries `commit` out (see the module doc for the order), its state
+    /// files already written. Its signals are built from `registry` (the
+    /// registry as the commit left it, when it waited for a write and other
+    /// commits changed the registry since), else from the current one.
+    pub async fn carry_out(&mut self, commit: Commit, registry: Option<Arc<Registry>>) -> FollowUp {
         let mut follow_up = FollowUp {
             injected: Vec::new(),
             recheck_owner: None,
@@ -138,7 +126,10 @@ impl Sink {
         for event in &commit.events {
             self.counters.registry_event(&event.kind);
         }
-        let mut messages = signals::build(&self.reg(), &commit.events);
+        if let Some(last) = commit.events.last() {
+            self.counters.show_seqnum(last.seqnum);
+        }
+        let mut messages = signals::build(&registry.unwrap_or_else(|| self.reg()), &commit.events);
         let mut commit = commit;
         let replied_ok =
             !commit.replies.is_empty() && commit.replies.iter().all(|reply| reply.result.is_ok());
@@ -160,7 +151,7 @@ impl Sink {
                 observer.committed(&registry, &commit);
             }
         }
-        Carried::Done(follow_up)
+        follow_up
     }
 
     /// A vendor-VFIO VF has no mdev core to announce it: writes the
@@ -193,38 +184,19 @@ impl Sink {
         }
     }
 
-    /// Writes both state files from the registry (at start and at exit);
-    /// a failure is logged and counted.
+    /// Writes both state files from the registry (at start and at exit,
+    /// not while serving); a failure is logged and counted.
     pub fn save_all(&mut self) {
-        if let Err(err) = self.save(&[Lifetime::Owner, Lifetime::Persistent]) {
-            self.counters.bump(Counter::StateSaveFailures);
-            log::error!("cannot save state: {err}");
-        }
-    }
-
-    /// Writes the state files of `lifetimes` from the registry.
-    fn save(&self, lifetimes: &[Lifetime]) -> io::Result<()> {
-        for store in [&self.stores.owner, &self.stores.persistent] {
-            if !lifetimes.contains(&store.lifetime()) {
-                continue;
+        let outcomes = writer::save(
+            &self.stores,
+            self.reg(),
+            &[Lifetime::Owner, Lifetime::Persistent],
+        );
+        for (_, result) in outcomes {
+            if let Err(err) = result {
+                self.counters.bump(Counter::StateSaveFailures);
+                log::error!("cannot save state: {err}");
             }
-            let (seqnum, records) = {
-                let registry = self.reg();
-                let records: Vec<StoredRegistration> = registry
-                    .parents()
-                    .filter(|parent| {
-                        parent.source == Source::Userspace && parent.lifetime == store.lifetime()
-                    })
-                    .map(|parent| StoredRegistration {
-                        parent: parent.clone(),
-                    })
-                    .collect();
-                (registry.seqnum(), records)
-            };
-            store.save(seqnum, &records).map_err(|err| {
-                io::Error::new(err.kind(), format!("{}: {err}", store.path().display()))
-            })?;
         }
-        Ok(())
     }
 }

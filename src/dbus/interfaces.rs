@@ -217,8 +217,9 @@ properties! {
     REGISTRY1_PROPERTIES for Object::Root { registry, stats } => {
         /// Version of mdevregd.
         version: String = "Version", Const, PropValue::Str(env!("CARGO_PKG_VERSION"));
-        /// Sequence number of the last registry event.
-        seq_num: u64 = "SeqNum", Never, PropValue::U64(registry.seqnum());
+        /// Sequence number of the last registry event (shown: one whose
+        /// state file is still being written is not counted yet).
+        seq_num: u64 = "SeqNum", Never, PropValue::U64(stats.shown_seqnum());
         /// Object paths of all registered parents, sorted by name.
         parents: Vec<OwnedObjectPath> = "Parents", Invalidates, PropValue::Paths(
             registry.parents().map(|p| label::parent_path(p.name())).collect()

@@ -23,6 +23,7 @@ use zbus::message::{Flags, Header, Type as MessageType};
 use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
 use super::auth::{self, Action, Ask, AuthPolicy};
+use super::document::DocumentCache;
 use super::errors::Error;
 use super::interfaces::{
     self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
@@ -150,7 +151,7 @@ pub struct Server {
     /// Who may call the mutating methods.
     auth: AuthPolicy,
     /// The last whole `DumpTypes` document and the sequence number it shows.
-    types_cache: Mutex<Option<(u64, File)>>,
+    types_cache: DocumentCache,
 }
 
 impl Server {
@@ -171,7 +172,7 @@ impl Server {
             uids: Mutex::new(HashMap::new()),
             readers: ReaderLimits::default(),
             auth,
-            types_cache: Mutex::new(None),
+            types_cache: DocumentCache::default(),
         })
     }
 
@@ -640,20 +641,11 @@ impl Server {
             drop(registry);
             return document::reopen(&file);
         }
-        let mut cache = lock(&self.types_cache);
-        match cache.as_ref() {
-            Some((seqnum, _)) if *seqnum == registry.seqnum() => {}
-            _ => {
-                *cache = None;
-                let file = document::render(registry.parents().map(|p| &p.info), None)?;
-                *cache = Some((registry.seqnum(), file));
-            }
-        }
-        drop(registry);
-        match cache.as_ref() {
-            Some((_, file)) => document::reopen(file),
-            None => Err(io::Error::other("no document")),
-        }
+        self.types_cache.get_or_render(
+            registry.seqnum(),
+            || self.read().seqnum(),
+            || document::render(registry.parents().map(|p| &p.info), None),
+        )
     }
 
     /// `RegisterParent`, `UnregisterParent`, `Rescan`: valid arguments, an

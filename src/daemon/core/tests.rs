@@ -296,6 +296,8 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
             name: "demo".to_owned(),
             owner: ":1.7".to_owned(),
             uid: 0,
+            seqnum: commit.events[0].seqnum,
+            lifetime: Lifetime::Persistent,
         })
     );
     assert!(matches!(
@@ -308,7 +310,10 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     let undone = core.undo(commit, &err);
     assert!(core.registry().get("demo").is_none());
     assert!(undone.events.is_empty(), "never shown: {:?}", undone.events);
-    assert!(undone.save.is_empty() && undone.recheck_owner.is_none());
+    // The file is written again (the failed write may have left it), and
+    // the error reply waits for that.
+    assert_eq!(undone.save, [Lifetime::Persistent]);
+    assert!(undone.undo_unless_saved.is_none() && undone.recheck_owner.is_none());
     match undone.replies.into_iter().next().map(|reply| reply.result) {
         Some(Err(err)) => assert!(err.to_string().contains("disk full"), "{err}"),
         other => panic!("expected an error reply, got {other:?}"),
@@ -463,6 +468,42 @@ fn a_kernel_parent_waiting_for_a_userspace_name_takes_it_when_freed() {
 }
 
 #[test]
+fn undoing_a_registration_lets_a_waiting_kernel_parent_take_the_name_and_shows_only_that() {
+    let (mut core, _) = core();
+    let sysfs = FakeSysfs::default();
+    let commit = core.register(
+        registration("0000:00:02.0", Lifetime::Owner),
+        ":1.3".to_owned(),
+        0,
+        call("RegisterParent"),
+        &FakeSysfs::default(),
+    );
+    // While its state file is written, the kernel parent of that name
+    // appears: it waits for the name.
+    let info = kernel("0000:00:02.0", 4);
+    sysfs.put(info.clone());
+    assert!(core.sources(vec![hint(&info.devpath)], &sysfs).is_empty());
+    let err = io::Error::new(io::ErrorKind::PermissionDenied, "read-only");
+    let undone = core.undo(commit, &err);
+    // The userspace registration was never shown: only the kernel parent
+    // taking the name is.
+    let transitions: Vec<_> = undone
+        .transitions()
+        .map(|(parent, state, _)| (parent.source, state))
+        .collect();
+    assert_eq!(
+        transitions,
+        [(Source::Kernel, crate::emit::MdevState::Registered)]
+    );
+    assert_eq!(undone.save, [Lifetime::Owner]);
+    let registry = core.registry();
+    assert_eq!(
+        registry.get("0000:00:02.0").map(|parent| parent.source),
+        Some(Source::Kernel)
+    );
+}
+
+#[test]
 fn a_registration_at_a_kernel_device_is_refused_and_changes_nothing() {
     let (mut core, _) = core();
     let sysfs = FakeSysfs::default();
@@ -512,4 +553,15 @@ fn rescan_calls_are_answered_by_a_scan_that_started_after_them() {
     core.rescan_call(call("Rescan"));
     let failed = core.scan_finished(Err("panicked".to_owned()), &sysfs);
     assert!(failed.replies[0].result.is_err());
+}
+
+#[test]
+fn the_initial_load_counts_kernel_registrations() {
+    let (mut core, counters) = core();
+    core.load_initial(Scan {
+        parents: vec![kernel("a", 1), kernel("b", 1)],
+        warnings: Vec::new(),
+    });
+    assert_eq!(counters.get(Counter::RegistrationsKernel), 2);
+    assert_eq!(counters.get(Counter::UnregistrationsKernel), 0);
 }

@@ -770,8 +770,7 @@ async fn measure_with_daemon(
         }
     }
     if phase_enabled("latency") {
-        if let Err(err) =
-            latency_phase(setup.tree, connection, bare.as_ref(), scale, results).await
+        if let Err(err) = latency_phase(setup.tree, connection, bare.as_ref(), scale, results).await
         {
             results.notes.push(format!("latency phase: {err}"));
         }
@@ -872,7 +871,13 @@ async fn rate_phase(
     results: &mut Results,
 ) -> Result<(), String> {
     eprintln!("e2e: RegisterParent+UnregisterParent cycles: mdevregd vs bare responder; Peer.Ping");
-    let rates = rate_rounds(connection, bare.is_some(), scale.rate_rounds, scale.rate_window).await?;
+    let rates = rate_rounds(
+        connection,
+        bare.is_some(),
+        scale.rate_rounds,
+        scale.rate_window,
+    )
+    .await?;
     results.register_cycles_per_s = rates.register;
     results.bare_cycles_per_s = rates.bare;
     results.echo_calls_per_s = rates.echo;
@@ -1303,7 +1308,10 @@ async fn scaling_row(
     eprintln!("e2e: scaling: {parents} × 1 tree");
     let dir = work.join(format!("scale-tree-{parents}"));
     std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
-    run_checked("mount", &["-t", "tmpfs", "mdevreg-bench-scale", path_str(&dir)])?;
+    run_checked(
+        "mount",
+        &["-t", "tmpfs", "mdevreg-bench-scale", path_str(&dir)],
+    )?;
     let result = async {
         let started = Instant::now();
         let tree = FakeSysfs::at(&dir);
@@ -1327,10 +1335,9 @@ async fn scaling_row(
         };
         let root = path_str(tree.root()).to_owned();
         let direct = || timed_output(MDEVREG, &["types", "--json", "--sysfs-root", &root]);
-        let registry =
-            zbus::Proxy::new(connection, BUS_NAME, ROOT_PATH, "org.mdevreg.Registry1")
-                .await
-                .map_err(|err| format!("registry proxy: {err}"))?;
+        let registry = zbus::Proxy::new(connection, BUS_NAME, ROOT_PATH, "org.mdevreg.Registry1")
+            .await
+            .map_err(|err| format!("registry proxy: {err}"))?;
         // Warm-up (page cache, dentries), not counted.
         direct()?;
         for round in 0..scale.scaling_rounds {
@@ -2075,20 +2082,18 @@ fn markdown(results: &Results, s: &Summary) -> String {
             let (target, met) = match (is_large, grew, growth) {
                 (true, Some(grew), Some(g)) => (
                     format!(
-                        "≤ 2× direct scan; {}k/{}k ≤ 3.5×",
-                        g.large / 1000,
-                        g.small / 1000
+                        "≤ 2× direct scan; {}/{} ≤ 3.5×",
+                        thousands(g.large),
+                        thousands(g.small)
                     ),
                     value <= 2.0 * direct && grew <= 3.5,
                 ),
                 _ => ("≤ 2× direct scan".to_owned(), value <= 2.0 * direct),
             };
             let growth_text = match (is_large, grew, growth) {
-                (true, Some(grew), Some(g)) => format!(
-                    "; {}× the {} × 1 figure",
-                    fmt(grew, 2),
-                    thousands(g.small)
-                ),
+                (true, Some(grew), Some(g)) => {
+                    format!("; {}× the {} × 1 figure", fmt(grew, 2), thousands(g.small))
+                }
                 _ => String::new(),
             };
             row(

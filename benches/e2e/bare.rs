@@ -380,7 +380,11 @@ fn error_reply(call: &Message, text: &str) -> Vec<Message> {
 
 /// One `ParentRegistered`-shaped signal per kernel uevent with
 /// `MDEV_STATE=registered`, while `relay` is on.
-async fn relay_uevents(connection: Connection, mut listener: UeventListener, relay: Arc<AtomicBool>) {
+async fn relay_uevents(
+    connection: Connection,
+    mut listener: UeventListener,
+    relay: Arc<AtomicBool>,
+) {
     let mut seqnum = 0u64;
     loop {
         let event = match listener.recv().await {

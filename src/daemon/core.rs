@@ -476,9 +476,8 @@ impl Core {
     /// Whether any vendor-VFIO parent is registered: only then is there
     /// anything to poll.
     pub fn has_vendor_parents(&self) -> bool {
-        self.registry()
-            .parents()
-            .any(|parent| parent.info.backend == Backend::NvidiaVfio)
+        // Asked after every input: a count, not a walk over every parent.
+        self.registry().has_vendor_parents()
     }
 
     /// The periodic check of the vendor-VFIO parents (placing or removing a

@@ -14,7 +14,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use tokio::sync::mpsc;
 
 use super::saves::{Write, Written};
-use crate::model::{Lifetime, Source};
+use crate::model::Lifetime;
 use crate::persist::{StateStores, StoredRegistration};
 use crate::registry::Registry;
 
@@ -78,10 +78,8 @@ pub fn save(
         .filter(|store| lifetimes.contains(&store.lifetime()))
         .map(|store| {
             let records: Vec<StoredRegistration> = registry
-                .parents()
-                .filter(|parent| {
-                    parent.source == Source::Userspace && parent.lifetime == store.lifetime()
-                })
+                .userspace_parents()
+                .filter(|parent| parent.lifetime == store.lifetime())
                 .map(|parent| StoredRegistration {
                     parent: parent.clone(),
                 })

@@ -1728,4 +1728,5 @@ const METRICS_SECTION_END: &str = "<!-- metrics bench: end -->";
 const KEPT_SECTIONS: &[(&str, &str)] = &[
     (METRICS_SECTION_BEGIN, METRICS_SECTION_END),
     ("<!-- idle cost: begin -->", "<!-- idle cost: end -->"),
+    ("<!-- state saves: begin -->", "<!-- state saves: end -->"),
 ];

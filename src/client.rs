@@ -495,11 +495,14 @@ async fn metrics(
         metrics::Format::Text
     };
     let exposition = metrics::render(
-        std::sync::Arc::new(metrics::ParentList { seqnum, parents }),
+        std::sync::Arc::new(metrics::ParentList {
+            seqnum,
+            parents: parents.into_iter().map(std::sync::Arc::new).collect(),
+        }),
         Some(&metrics::counters_from_stats(&stats)),
         format,
     );
-    for chunk in &exposition.chunks {
+    for chunk in exposition.chunks() {
         out.write_all(chunk).map_err(ClientError::output)?;
     }
     Ok(())

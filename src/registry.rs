@@ -160,6 +160,14 @@ pub struct Registry {
     /// Kernel parents whose name a userspace parent holds.
     waiting: BTreeMap<String, ParentInfo>,
     seqnum: u64,
+    /// Registered kernel parents of the vendor-VFIO backend (the daemon
+    /// polls only while there are some; asked after every input).
+    vendor_kernel_parents: usize,
+}
+
+/// A kernel parent of the vendor-VFIO backend.
+fn is_vendor_kernel(parent: &Parent) -> bool {
+    parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio
 }
 
 impl Registry {
@@ -203,9 +211,19 @@ impl Registry {
         self.parents.values().map(Arc::as_ref)
     }
 
+    /// Registered parents, sorted by name, as the shared values a clone of
+    /// this registry holds too: a parent no change touched is the same
+    /// `Arc` in the next snapshot (the metrics cache keys on that).
+    pub fn shared_parents(&self) -> impl Iterator<Item = &Arc<Parent>> {
+        self.parents.values()
+    }
+
     /// Adds (or replaces) a registered parent, keeping the devpath index.
     fn put(&mut self, parent: Parent) {
         self.take(parent.name());
+        if is_vendor_kernel(&parent) {
+            self.vendor_kernel_parents += 1;
+        }
         if parent.source == Source::Kernel {
             self.kernel_devpaths
                 .entry(parent.info.devpath.clone())
@@ -219,6 +237,9 @@ impl Registry {
     /// Removes a registered parent, keeping the devpath index.
     fn take(&mut self, name: &str) -> Option<Parent> {
         let parent = self.parents.remove(name)?;
+        if is_vendor_kernel(&parent) {
+            self.vendor_kernel_parents -= 1;
+        }
         if parent.source == Source::Kernel {
             if let Some(names) = self.kernel_devpaths.get_mut(&parent.info.devpath) {
                 names.remove(name);
@@ -232,6 +253,11 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.parents.len()
+    }
+
+    /// Whether a kernel parent of the vendor-VFIO backend is registered.
+    pub fn has_vendor_kernel_parents(&self) -> bool {
+        self.vendor_kernel_parents > 0
     }
 
     pub fn is_empty(&self) -> bool {
@@ -511,8 +537,7 @@ impl Registry {
             .map(|p| p.name().to_owned())
             .collect();
         for name in persistent {
-            if let Some(parent) = self.parents.remove(&name) {
-                let mut parent = Parent::clone(&parent);
+            if let Some(mut parent) = self.take(&name) {
                 // Its old connection is of the old boot.
                 parent.owner.clear();
                 self.insert(parent, events);

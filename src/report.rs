@@ -160,7 +160,7 @@ pub fn metrics_direct(
         metrics::Format::Text
     };
     let exposition = metrics::render(std::sync::Arc::new(registry), None, format);
-    for chunk in &exposition.chunks {
+    for chunk in exposition.chunks() {
         out.write_all(chunk)?;
     }
     Ok(out.flush()?)

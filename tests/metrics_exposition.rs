@@ -223,6 +223,90 @@ fn the_daemon_serves_what_mdevreg_metrics_prints() {
             };
             assert_eq!(without_seqnum(&direct), without_seqnum(&served));
             assert_eq!(without_seqnum(&file), without_seqnum(&served));
+
+            // The daemon's three outputs carry the same families, the time
+            // of the last uevent included (`mdevreg metrics` reads it from
+            // `Stats`); its value is the time the daemon started listening
+            // or a later uevent's.
+            let families = |text: &str| -> Vec<String> {
+                text.lines()
+                    .filter_map(|line| line.strip_prefix("# TYPE "))
+                    .map(str::to_owned)
+                    .collect()
+            };
+            assert_eq!(families(&printed_text), families(&served));
+            assert_eq!(families(&file), families(&served));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs_f64();
+            for (what, text) in [
+                ("listen", &served),
+                ("mdevreg metrics", &printed_text),
+                ("textfile", &file),
+            ] {
+                let seconds: f64 = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("mdevreg_last_uevent_timestamp_seconds "))
+                    .unwrap_or_else(|| panic!("{what}: no last uevent time in:\n{text}"))
+                    .parse()
+                    .unwrap_or_else(|err| panic!("{what}: last uevent time: {err}"));
+                assert!(
+                    seconds > now - 600.0 && seconds <= now + 1.0,
+                    "{what}: last uevent at {seconds}, now {now}"
+                );
+            }
+
+            // A userspace registration and its unregistration are counted,
+            // by source, the same in `Stats` (`mdevreg metrics`) and in the
+            // daemon's own exposition.
+            let cli = |args: &[&str]| {
+                let out = Command::new(env!("CARGO_BIN_EXE_mdevreg"))
+                    .args(["--bus", setup.bus.address()])
+                    .args(args)
+                    .output()
+                    .expect("run mdevreg");
+                assert!(
+                    out.status.success(),
+                    "mdevreg {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).expect("UTF-8")
+            };
+            cli(&[
+                "register",
+                "metrics-demo",
+                "--type",
+                "demo-1,vfio-pci,4",
+                "--persistent",
+            ]);
+            cli(&["unregister", "metrics-demo"]);
+            let printed_text = cli(&["metrics"]);
+            let (status, served) = http_get(19400, "/metrics").expect("scrape");
+            assert_eq!(status, 200);
+            let served = String::from_utf8(served).expect("UTF-8");
+            for line in [
+                r#"mdevreg_registrations_total{source="userspace"} 1"#,
+                r#"mdevreg_unregistrations_total{source="userspace"} 1"#,
+                r#"mdevreg_unregistrations_total{source="kernel"} 0"#,
+            ] {
+                assert!(
+                    printed_text.lines().any(|l| l == line),
+                    "mdevreg metrics lacks {line:?}:\n{printed_text}"
+                );
+                assert!(
+                    served.lines().any(|l| l == line),
+                    "the listener lacks {line:?}:\n{served}"
+                );
+            }
+            let kernel_parents = samples(&parse(&printed_text), "mdevreg_parent_info").len();
+            assert!(
+                printed_text.lines().any(|l| l
+                    == format!(
+                        r#"mdevreg_registrations_total{{source="kernel"}} {kernel_parents}"#
+                    )),
+                "{printed_text}"
+            );
         },
     );
 }

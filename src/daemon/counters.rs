@@ -195,6 +195,21 @@ impl RejectKind {
     }
 }
 
+/// The `Stats` key holding the Unix time in milliseconds of the last
+/// kernel uevent received (or of the start of listening); 0 when the daemon
+/// does not listen. Not a counter: a time, so that a client (`mdevreg
+/// metrics`) shows the same `mdevreg_last_uevent_timestamp_seconds` as the
+/// daemon's own outputs.
+pub const LAST_UEVENT_KEY: &str = "last_uevent_timestamp_ms";
+
+/// [`LAST_UEVENT_KEY`]'s value in seconds; `None` for 0 (not listening).
+pub fn last_uevent_seconds(ms: u64) -> Option<f64> {
+    match ms {
+        0 => None,
+        ms => Some(ms as f64 / 1000.0),
+    }
+}
+
 /// The counters: shared (`Arc`) by the sources, the loop and the D-Bus
 /// server. Relaxed atomics: each value is exact, the set is not a
 /// consistent cut (it never needs to be).
@@ -277,17 +292,16 @@ impl Counters {
     /// Unix time in seconds of the last kernel uevent (or of the start of
     /// listening); `None` when not listening.
     pub fn last_uevent_seconds(&self) -> Option<f64> {
-        match self.last_uevent_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(ms as f64 / 1000.0),
-        }
+        last_uevent_seconds(self.last_uevent_ms.load(Ordering::Relaxed))
     }
 
     pub fn rejected(&self, kind: RejectKind) -> u64 {
         self.rejected[kind.index()].load(Ordering::Relaxed)
     }
 
-    /// Every counter by its `Stats` key, zeros included.
+    /// Every counter by its `Stats` key, zeros included, and
+    /// [`LAST_UEVENT_KEY`] (the time of the last kernel uevent, 0 when not
+    /// listening).
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let mut all: BTreeMap<String, u64> = Counter::ALL
             .iter()
@@ -296,6 +310,10 @@ impl Counters {
         for kind in RejectKind::ALL {
             all.insert(kind.key().to_owned(), self.rejected(kind));
         }
+        all.insert(
+            LAST_UEVENT_KEY.to_owned(),
+            self.last_uevent_ms.load(Ordering::Relaxed),
+        );
         all
     }
 }
@@ -311,8 +329,12 @@ mod tests {
     fn names_are_distinct_and_every_counter_is_shown() {
         let counters = Counters::new();
         let snapshot = counters.snapshot();
-        assert_eq!(snapshot.len(), Counter::ALL.len() + RejectKind::ALL.len());
+        assert_eq!(
+            snapshot.len(),
+            Counter::ALL.len() + RejectKind::ALL.len() + 1
+        );
         assert!(snapshot.values().all(|&value| value == 0));
+        assert_eq!(snapshot.get(LAST_UEVENT_KEY), Some(&0));
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index, "ALL is in declaration order");
         }
@@ -325,6 +347,66 @@ mod tests {
             crate::metrics::REJECT_REASONS,
             RejectKind::ALL.map(RejectKind::name)
         );
+    }
+
+    #[test]
+    fn the_last_uevent_time_is_in_the_snapshot_in_milliseconds() {
+        let counters = Counters::new();
+        assert_eq!(counters.last_uevent_seconds(), None);
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        counters.mark_uevent();
+        let ms = counters.snapshot()[LAST_UEVENT_KEY];
+        assert!(ms >= before, "{ms} < {before}");
+        // What a client computes from the key is what the daemon shows.
+        assert_eq!(last_uevent_seconds(ms), counters.last_uevent_seconds());
+        assert_eq!(last_uevent_seconds(1_500), Some(1.5));
+    }
+
+    #[test]
+    fn registrations_and_unregistrations_count_by_source() {
+        use crate::model::{Lifetime, Parent, ParentInfo, Source};
+        use crate::registry::EventKind;
+        let parent = |source| Parent {
+            info: ParentInfo::default(),
+            source,
+            owner: String::new(),
+            lifetime: Lifetime::Kernel,
+            registered_seqnum: 1,
+            uid: 0,
+        };
+        let counters = Counters::new();
+        for kind in [
+            EventKind::ParentRegistered {
+                parent: parent(Source::Kernel),
+            },
+            EventKind::ParentRegistered {
+                parent: parent(Source::Userspace),
+            },
+            EventKind::ParentRegistered {
+                parent: parent(Source::Userspace),
+            },
+            EventKind::ParentUnregistered {
+                parent: parent(Source::Userspace),
+            },
+            EventKind::ParentUpdated {
+                before: parent(Source::Kernel),
+                after: parent(Source::Kernel),
+            },
+        ] {
+            counters.registry_event(&kind);
+        }
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot["registrations_kernel"], 1);
+        assert_eq!(snapshot["registrations_userspace"], 2);
+        assert_eq!(snapshot["unregistrations_kernel"], 0);
+        assert_eq!(snapshot["unregistrations_userspace"], 1);
+        // The exposition reads those keys.
+        let values = crate::metrics::counters_from_stats(&snapshot);
+        assert_eq!(values.registrations, [("kernel", 1), ("userspace", 2)]);
+        assert_eq!(values.unregistrations, [("kernel", 0), ("userspace", 1)]);
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod commit;
 mod core;
 pub mod counters;
 mod event_loop;
+mod poll_timer;
 mod saves;
 mod sink;
 mod sources;
@@ -55,7 +56,7 @@ use zbus::Connection;
 
 pub use self::commit::{Commit, PendingReply, ReplyValue, Undo};
 pub use self::core::{Core, ParentReader};
-pub use self::counters::{Counter, Counters, RejectKind};
+pub use self::counters::{last_uevent_seconds, Counter, Counters, RejectKind, LAST_UEVENT_KEY};
 pub use self::saves::{Released, SaveQueue, Step, Write, Written};
 pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
@@ -119,6 +120,8 @@ pub enum DaemonError {
     BusLost,
     #[error("{0}")]
     Metrics(#[from] MetricsError),
+    #[error("vendor-VFIO poll timer: {0}")]
+    PollTimer(io::Error),
 }
 
 /// Where to connect, from `--bus`.
@@ -186,7 +189,11 @@ pub async fn run(
             Some(bytes) => UeventListener::with_receive_buffer(bytes),
             None => UeventListener::open(),
         };
-        Some(listener.map_err(DaemonError::Listener)?)
+        let listener = listener.map_err(DaemonError::Listener)?;
+        // Listening from here (events queue in the socket): the "last
+        // uevent" time starts now, so the first metrics carry it.
+        counters.mark_uevent();
+        Some(listener)
     } else {
         log::info!("not listening for kernel uevents (--no-netlink)");
         None
@@ -248,7 +255,12 @@ pub async fn run(
         sysfs_root: config.sysfs_root.clone(),
         bus: bus.clone(),
         scan_job: None,
-        poll_interval: config.poll_interval,
+        poll_timer: poll_timer::PollTimer::new(config.poll_interval)
+            .map_err(DaemonError::PollTimer)?,
+        vendor_watch: crate::vendor_watch::VendorWatch::new(
+            config.sysfs_root.clone(),
+            crate::vendor_watch::raise_open_files_limit(),
+        ),
         saves: SaveQueue::new(),
         writer: writer::StateWriter::start(config.stores.clone()).map_err(DaemonError::Writer)?,
     };

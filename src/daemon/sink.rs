@@ -183,8 +183,16 @@ impl Sink {
             ),
             Err(err) => {
                 self.counters.bump(Counter::UeventEmitFailures);
+                // Under the shipped unit /sys is read-only
+                // (ProtectKernelTunables=): say what opens these files.
+                let hint = if err.raw_os_error() == Some(nix::libc::EROFS) {
+                    "; /sys is read-only for mdevregd: see the drop-in example \
+                     mdevregd.service.d/vendor-vfio-uevents.conf"
+                } else {
+                    ""
+                };
                 log::warn!(
-                    "cannot write the synthetic {} uevent of {:?}: {err}",
+                    "cannot write the synthetic {} uevent of {:?}: {err}{hint}",
                     state.as_str(),
                     parent.name()
                 );

@@ -97,7 +97,6 @@ pub async fn read_uevents(
     counters: Arc<Counters>,
 ) {
     let mut tracker = SeqnumTracker::new();
-    counters.mark_uevent();
     loop {
         let message = match listener.recv().await {
             Ok(RecvOutcome::Event(event)) => {

@@ -625,14 +625,32 @@ impl Server {
                     Ok(physical_device) => physical_device,
                     Err(err) => return Some(invalid_args(err)),
                 };
-                let rows: Vec<(String, String, u32, u32)> = {
+                let rows = {
                     let registry = self.read();
-                    capacity::rows_for(registry.parents().map(|p| &p.info), &physical_device)
+                    capacity::query(registry.parents().map(|p| &p.info), &physical_device)
+                };
+                match rows {
+                    Ok(rows) => {
+                        let rows: Vec<(String, String, u32, u32)> = rows
+                            .into_iter()
+                            .map(|row| (row.id, row.name, row.creatable, row.holding))
+                            .collect();
+                        Reply::Message(Message::method_return(header).build(&rows))
+                    }
+                    Err(capacity::QueryError::Malformed) => {
+                        Reply::Registry(Error::InvalidArgument(format!(
+                            "physical device {} is not a PCI address as sysfs writes it \
+                             (DDDD:BB:DD.F, lowercase hex); \"\" asks for all",
+                            validate::quoted(&physical_device)
+                        )))
+                    }
+                    Err(capacity::QueryError::Unknown) => {
+                        Reply::Registry(Error::NotRegistered(format!(
+                            "no parent is on physical device {}",
+                            validate::quoted(&physical_device)
+                        )))
+                    }
                 }
-                .into_iter()
-                .map(|row| (row.id, row.name, row.creatable, row.holding))
-                .collect();
-                Reply::Message(Message::method_return(header).build(&rows))
             }
             "DumpTypesByFileDescriptor" => {
                 let parent: String = match body.deserialize() {

@@ -19,7 +19,6 @@
 //! response, or [`CLOSE_GRACE`] later at the latest). Request bodies are
 //! never read: a request with one gets 413 and the connection is closed.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -37,7 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
-use super::{Exposition, Format};
+use super::{Exposition, Format, RegistryPart};
 
 /// Blocking threads that may render at the same time.
 pub const RENDER_THREADS: usize = 2;
@@ -268,18 +267,19 @@ async fn answer(
         ));
     };
     stats.scrapes.fetch_add(1, Ordering::Relaxed);
-    let mut response = Response::new(Chunks(exposition.chunks.into()));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(exposition.format.content_type()),
-    );
+    let content_type = HeaderValue::from_static(exposition.format.content_type());
+    let mut response = Response::new(Chunks::new(exposition));
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
     Ok(response)
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Chunks> {
-    let mut response = Response::new(Chunks(VecDeque::from([Bytes::from_static(
-        text.as_bytes(),
-    )])));
+    let body = Exposition {
+        format: Format::Text,
+        registry: RegistryPart::new(0, Vec::new()),
+        rest: vec![Bytes::from_static(text.as_bytes())],
+    };
+    let mut response = Response::new(Chunks::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -288,9 +288,23 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Chunks> {
     response
 }
 
-/// A response body of ready chunks (the cached registry part is shared,
-/// not copied, between responses).
-pub struct Chunks(VecDeque<Bytes>);
+/// A response body of ready chunks, sent one frame each (the registry
+/// part's chunks are shared, not copied, between responses).
+pub struct Chunks {
+    exposition: Exposition,
+    next: usize,
+    remaining: u64,
+}
+
+impl Chunks {
+    fn new(exposition: Exposition) -> Chunks {
+        Chunks {
+            remaining: exposition.len() as u64,
+            exposition,
+            next: 0,
+        }
+    }
+}
 
 impl Body for Chunks {
     type Data = Bytes;
@@ -300,15 +314,20 @@ impl Body for Chunks {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        let chunk = self.exposition.chunk(self.next).cloned();
+        if let Some(chunk) = &chunk {
+            self.next += 1;
+            self.remaining -= chunk.len() as u64;
+        }
+        Poll::Ready(chunk.map(|chunk| Ok(Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
+        self.remaining == 0
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.iter().map(|chunk| chunk.len() as u64).sum())
+        SizeHint::with_exact(self.remaining)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Prometheus metrics: the registry and the daemon's counters in
-//! Prometheus' exposition formats ([`exposition`], pure, cached per
-//! registry sequence number), and the two ways out of the daemon: a file
+//! Prometheus' exposition formats ([`exposition`], pure; [`cache`] keeps it
+//! per registry sequence number and re-renders only changed parents), and the two ways out of the daemon: a file
 //! for node_exporter's textfile collector ([`textfile`]) and an HTTP
 //! listener answering `GET /metrics` ([`http`]). `mdevreg metrics` prints
 //! the same exposition.
 
+pub mod cache;
 pub mod exposition;
 pub mod http;
 pub mod outputs;
@@ -13,11 +14,12 @@ pub mod textfile;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use cache::ExpositionCache;
 pub use exposition::{
-    render, CounterValues, Exposition, ExpositionCache, Format, ParentList, RegistryView,
+    render, CounterValues, Exposition, Format, ParentList, RegistryPart, RegistryView,
 };
 
-use crate::daemon::{Counter, Counters, RejectKind};
+use crate::daemon::{last_uevent_seconds, Counter, Counters, RejectKind, LAST_UEVENT_KEY};
 
 /// Rejection reasons, as the `reason` label shows them (the keys of
 /// [`crate::daemon::RejectKind::name`]).
@@ -32,7 +34,8 @@ pub const REJECT_REASONS: [&str; 7] = [
 ];
 
 /// The daemon's named counters (the `Stats` property) as the exposition
-/// shows them; counters never bumped are 0. `mdevreg metrics` uses it on
+/// shows them; counters never bumped are 0, and the last uevent's time
+/// comes from the `last_uevent_timestamp_ms` key (absent or 0: no gauge). `mdevreg metrics` uses it on
 /// the `Stats` it reads, the daemon on its own counters.
 pub fn counters_from_stats(stats: &BTreeMap<String, u64>) -> CounterValues {
     let get = |counter: Counter| stats.get(counter.name()).copied().unwrap_or(0);
@@ -59,16 +62,16 @@ pub fn counters_from_stats(stats: &BTreeMap<String, u64>) -> CounterValues {
         ],
         uevent_emit_failures: get(Counter::UeventEmitFailures),
         state_save_failures: get(Counter::StateSaveFailures),
-        last_uevent_timestamp_seconds: None,
+        last_uevent_timestamp_seconds: last_uevent_seconds(
+            stats.get(LAST_UEVENT_KEY).copied().unwrap_or(0),
+        ),
     }
 }
 
-/// The daemon's own counters as the exposition shows them.
+/// The daemon's own counters as the exposition shows them: the same
+/// `Stats` a client reads, so both show the same values.
 pub fn counter_values(counters: &Counters) -> CounterValues {
-    CounterValues {
-        last_uevent_timestamp_seconds: counters.last_uevent_seconds(),
-        ..counters_from_stats(&counters.snapshot())
-    }
+    counters_from_stats(&counters.snapshot())
 }
 
 /// The daemon's exposition: its registry (read through `view`), the

@@ -15,9 +15,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -50,29 +49,6 @@ pub enum MetricsError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("cannot write metrics to {}: {source}", path.display())]
     Textfile { path: PathBuf, source: io::Error },
-}
-
-/// Unix time (milliseconds) of the last kernel uevent received, or of the
-/// start of listening; 0 when not listening.
-#[derive(Debug, Default)]
-pub struct UeventClock(AtomicU64);
-
-impl UeventClock {
-    /// Records "now".
-    pub fn touch(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.0.store(now, Ordering::Relaxed);
-    }
-
-    /// Seconds since the epoch, `None` if never touched.
-    pub fn seconds(&self) -> Option<f64> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(ms as f64 / 1000.0),
-        }
-    }
 }
 
 /// The running outputs; dropping it stops them.

@@ -71,7 +71,7 @@ fn parent_dir(path: &Path) -> &Path {
 fn content_hash(exposition: &Exposition) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
     let mut hasher = DefaultHasher::new();
-    for chunk in &exposition.chunks {
+    for chunk in exposition.chunks() {
         hasher.write(chunk);
     }
     hasher.finish()
@@ -86,9 +86,14 @@ fn write_atomically(path: &Path, exposition: &Exposition) -> io::Result<()> {
         .prefix(".mdevreg-metrics-")
         .suffix(".tmp")
         .tempfile_in(dir)?;
-    for chunk in &exposition.chunks {
-        temp.write_all(chunk)?;
+    // The registry part comes as thousands of small chunks: one write
+    // per 64 KiB.
+    let mut buffered = io::BufWriter::with_capacity(64 * 1024, temp.as_file_mut());
+    for chunk in exposition.chunks() {
+        buffered.write_all(chunk)?;
     }
+    buffered.flush()?;
+    drop(buffered);
     temp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o644))?;
     temp.persist(path).map_err(|err| err.error)?;
@@ -100,15 +105,19 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::metrics::Format;
+    use crate::metrics::{Format, RegistryPart};
 
     fn exposition(text: &'static str) -> Exposition {
         Exposition {
             format: Format::Text,
-            chunks: vec![
-                Bytes::from_static(text.as_bytes()),
-                Bytes::from_static(b"b 2\n"),
-            ],
+            registry: RegistryPart::new(
+                0,
+                vec![
+                    Bytes::from_static(text.as_bytes()),
+                    Bytes::from_static(b"b 2\n"),
+                ],
+            ),
+            rest: Vec::new(),
         }
     }
 

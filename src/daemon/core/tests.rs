@@ -554,3 +554,14 @@ fn rescan_calls_are_answered_by_a_scan_that_started_after_them() {
     let failed = core.scan_finished(Err("panicked".to_owned()), &sysfs);
     assert!(failed.replies[0].result.is_err());
 }
+
+#[test]
+fn the_initial_load_counts_kernel_registrations() {
+    let (mut core, counters) = core();
+    core.load_initial(Scan {
+        parents: vec![kernel("a", 1), kernel("b", 1)],
+        warnings: Vec::new(),
+    });
+    assert_eq!(counters.get(Counter::RegistrationsKernel), 2);
+    assert_eq!(counters.get(Counter::UnregistrationsKernel), 0);
+}

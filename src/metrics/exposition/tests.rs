@@ -1,4 +1,4 @@
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::*;
 use crate::model::{MdevType, ParentInfo};
@@ -199,33 +199,6 @@ fn creatable_sums_the_parents_of_one_physical_device() {
         .filter(|l| l.starts_with("mdevreg_physical_device_creatable{"))
         .collect();
     assert_eq!(creatable.len(), 3, "{out}");
-}
-
-#[test]
-fn the_cache_renders_once_per_sequence_number() {
-    let shared = Arc::new(RwLock::new(Arc::new(two_gpus())));
-    let view: Arc<dyn RegistryView> = shared.clone();
-    let cache = ExpositionCache::new();
-    let first = cache.registry_part(&view);
-    let again = cache.registry_part(&view);
-    assert_eq!(first.as_ptr(), again.as_ptr(), "the cached text is reused");
-
-    Arc::make_mut(&mut shared.write().expect("lock"))
-        .apply(Input::KernelParent {
-            devpath: "/devices/pci0000:00/0000:3c:00.0".to_owned(),
-            info: Some(parent(
-                "0000:3c:00.0",
-                vec![mdev_type("nvidia-100", "GRID P40-1Q", 19, 5)],
-            )),
-        })
-        .expect("accepted");
-    let changed = cache.registry_part(&view);
-    assert_ne!(first, changed);
-    let changed = String::from_utf8(changed.to_vec()).expect("UTF-8");
-    assert!(
-        changed.contains(r#"mdevreg_type_instances{parent="0000:3c:00.0",type="nvidia-100"} 5"#),
-        "{changed}"
-    );
 }
 
 #[test]

@@ -9,13 +9,24 @@ struct Fixed;
 
 impl ExpositionSource for Fixed {
     fn exposition(&self, format: Format) -> Exposition {
-        let mut chunks = vec![Bytes::from_static(
-            b"# HELP x_y A gauge\n# TYPE x_y gauge\nx_y 1\n",
-        )];
+        // The registry part in several chunks, as the cache serves it.
+        let registry = RegistryPart::new(
+            1,
+            vec![
+                Bytes::from_static(b"# HELP x_y A gauge\n# TYPE x_y gauge\n"),
+                Bytes::from_static(b"x_y{a=\"1\"} 1\n"),
+                Bytes::from_static(b"x_y{a=\"2\"} 2\n"),
+            ],
+        );
+        let mut rest = Vec::new();
         if format == Format::OpenMetrics {
-            chunks.push(Bytes::from_static(b"# EOF\n"));
+            rest.push(Bytes::from_static(b"# EOF\n"));
         }
-        Exposition { format, chunks }
+        Exposition {
+            format,
+            registry,
+            rest,
+        }
     }
 }
 
@@ -48,11 +59,13 @@ fn get_metrics_answers_in_the_text_format() {
         reply.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
         "{reply}"
     );
-    assert!(reply.contains("content-length: 42\r\n"), "{reply}");
+    // Every chunk, in order, with the total length announced.
+    let body = "# HELP x_y A gauge\n# TYPE x_y gauge\nx_y{a=\"1\"} 1\nx_y{a=\"2\"} 2\n";
     assert!(
-        reply.ends_with("\r\n\r\n# HELP x_y A gauge\n# TYPE x_y gauge\nx_y 1\n"),
+        reply.contains(&format!("content-length: {}\r\n", body.len())),
         "{reply}"
     );
+    assert!(reply.ends_with(&format!("\r\n\r\n{body}")), "{reply}");
     assert_eq!(listener.stats().scrapes.load(Ordering::Relaxed), 1);
 }
 

@@ -116,7 +116,7 @@ install: $(INSTALL_DEPS)
 	for f in prometheus.yml mdevreg-rules.yml mdevreg-rules.test.yml; do \
 		$(INSTALL) -D -m 0644 packaging/prometheus/$$f $(DESTDIR)$(DOCDIR)/examples/prometheus/$$f || exit 1; \
 	done
-	for f in metrics-listen.conf metrics-textfile.conf; do \
+	for f in metrics-listen.conf metrics-textfile.conf vendor-vfio-uevents.conf; do \
 		$(INSTALL) -D -m 0644 packaging/systemd/mdevregd.service.d/$$f $(DESTDIR)$(DOCDIR)/examples/mdevregd.service.d/$$f || exit 1; \
 	done
 	$(INSTALL) -D -m 0644 $(ASSETS_DIR)/man/mdevreg.1.gz $(DESTDIR)$(MANDIR)/man1/mdevreg.1.gz

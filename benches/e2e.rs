@@ -1892,7 +1892,7 @@ fn thousands(n: u32) -> String {
     let digits = n.to_string();
     let mut text = String::new();
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             text.push(',');
         }
         text.push(digit);
@@ -2246,6 +2246,7 @@ const METRICS_SECTION_END: &str = "<!-- metrics bench: end -->";
 const KEPT_SECTIONS: &[(&str, &str)] = &[
     (METRICS_SECTION_BEGIN, METRICS_SECTION_END),
     ("<!-- idle cost: begin -->", "<!-- idle cost: end -->"),
+    ("<!-- state saves: begin -->", "<!-- state saves: end -->"),
     (PROFILE_SECTION_BEGIN, PROFILE_SECTION_END),
 ];
 /// Markers of the profile paragraph (written by hand from `perf` runs,

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Idle cost of mdevregd: CPU time and wake-ups (context switches of all its
-# threads) per minute while nothing happens, on the trees built by
-# examples/make_idle_trees.rs. Figures are in BENCHMARKS.md ("Idle cost").
+# Idle cost of mdevregd: CPU time and wake-ups per minute while nothing
+# happens, on the trees built by examples/make_idle_trees.rs. Figures are in
+# BENCHMARKS.md ("Idle cost").
+#
+# CPU time: the scheduler's run time of all its threads (/proc/PID/task/*/schedstat,
+# nanoseconds; utime+stime in /proc/PID/stat count whole 10 ms ticks).
+# Wake-ups: voluntary context switches of all its threads (each is a sleep
+# ended by a wake-up); involuntary ones (preempted by other load) are shown
+# apart.
 #
 #   cargo build --release --bin mdevregd --example make_idle_trees
 #   target/release/examples/make_idle_trees /tmp/idle
@@ -20,10 +26,11 @@ pid=$!
 for _ in $(seq 1 600); do grep -q unix "$work/out" 2>/dev/null && break; sleep 0.1; done
 grep -q unix "$work/out" || { echo "mdevregd did not start: $(tail -n 3 "$work/log")" >&2; exit 1; }
 sleep 15 # let start-up work (idle malloc_trim included) settle before sampling
-tick=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-switches() { cat /proc/"$pid"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
-c0=$(cpu); s0=$(switches)
+cpu_ns() { cat /proc/"$pid"/task/*/schedstat | awk '{s += $1} END {printf "%d\n", s}'; }
+switches() { cat /proc/"$pid"/task/*/status | awk -v k="$1" '$1 == k":" {s += $2} END {print s}'; }
+c0=$(cpu_ns); v0=$(switches voluntary_ctxt_switches); n0=$(switches nonvoluntary_ctxt_switches)
 sleep "$secs"
-c1=$(cpu); s1=$(switches)
-echo "tree=$tree seconds=$secs cpu_ms=$(( (c1 - c0) * 1000 / tick )) wakeups=$((s1 - s0)) wakeups_per_min=$(( (s1 - s0) * 60 / secs ))"
+c1=$(cpu_ns); v1=$(switches voluntary_ctxt_switches); n1=$(switches nonvoluntary_ctxt_switches)
+cpu_ms_per_min=$(awk -v d=$((c1 - c0)) -v s="$secs" 'BEGIN {printf "%.1f", d / 1e6 * 60 / s}')
+share=$(awk -v d=$((c1 - c0)) -v s="$secs" 'BEGIN {printf "%.3f", d / 1e9 / s * 100}')
+echo "tree=$tree seconds=$secs cpu_ms_per_min=$cpu_ms_per_min core_share=${share}% wakeups_per_min=$(( (v1 - v0) * 60 / secs )) preempted_per_min=$(( (n1 - n0) * 60 / secs )) load=$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use mdevreg::metrics::exposition::render_registry;
 use mdevreg::metrics::http::{ExpositionSource, Limits, MetricsListener};
+use mdevreg::metrics::textfile::TextfileWriter;
 use mdevreg::metrics::{counters_from_stats, ExpositionCache, Format, MetricsSource, RegistryView};
 use mdevreg::model::{MdevType, ParentInfo};
 use mdevreg::registry::{Input, Registry};
@@ -312,6 +313,29 @@ fn main() {
         cached.measure(thread_cpu, || source.exposition(Format::OpenMetrics));
     }
 
+    // The textfile after a change of one parent: render, then the atomic
+    // rewrite from the chunks (temporary file + rename, in /dev/shm when
+    // there is one, so the disk does not dominate).
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("tempdir");
+    let mut writer = TextfileWriter::new(&dir.path().join("mdevreg.prom")).expect("writer");
+    let mut textfile = Cost::new();
+    for round in 0..rounds {
+        touch(&shared, 200 + round as u32);
+        let wrote = textfile.measure(thread_cpu, || {
+            writer
+                .write(&source.exposition(Format::Text))
+                .expect("write the textfile")
+        });
+        assert!(wrote);
+    }
+    drop(dir);
+
     // HTTP scrapes through the listener on loopback.
     let listener = MetricsListener::spawn(
         MetricsListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind"),
@@ -348,6 +372,7 @@ fn main() {
         )),
         all.line("first render after a change of every parent (a rescan finding all changed)"),
         cached.line("exposition served from the cache (+ counters)"),
+        textfile.line("textfile rewrite after a change of one parent (render, hash, write, rename; tmpfs)"),
         scrape_cached.line(&format!(
             "HTTP scrape, cached, loopback (connect + GET + read all; CPU of the process) — {:.1} MiB response",
             mib(response_len)

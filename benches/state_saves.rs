@@ -47,8 +47,13 @@ fn main() -> ExitCode {
 }
 
 async fn bench(window: Duration) {
-    let tree = FakeSysfs::new();
-    // The daemon also holds a realistic tree (the e2e benchmark's).
+    // The daemon also holds a realistic tree (the e2e benchmark's), on a
+    // tmpfs as sysfs is (and quick to remove: not the disk under test).
+    let sysfs_dir = tempfile::Builder::new()
+        .prefix("mdevreg-sysfs-")
+        .tempdir_in("/dev/shm")
+        .expect("tree on tmpfs");
+    let tree = FakeSysfs::at(sysfs_dir.path());
     many_parents(&tree, 1000, 32, 1);
     let mut setup = Setup::start(tree.root(), |options| {
         options.verbose = false;

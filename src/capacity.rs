@@ -88,9 +88,69 @@ pub fn by_physical_device<'a>(
         .collect()
 }
 
-/// The rows of `GetCapacity(physical_device)`: the types of that physical
-/// device, or with `""` of all physical devices together; empty for an
-/// unknown device.
+/// Why `GetCapacity(physical_device)` gives no rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryError {
+    /// Not empty and not a PCI address as sysfs writes it.
+    Malformed,
+    /// No registered parent is on that physical device.
+    Unknown,
+}
+
+/// Whether `name` is a PCI address as sysfs writes it: `DDDD:BB:DD.F`,
+/// lowercase hex, a domain of 4 to 8 digits (VMD domains have 5), function
+/// 0 to 7.
+pub fn is_pci_address(name: &str) -> bool {
+    let hex = |part: &str, min: usize, max: usize| {
+        (min..=max).contains(&part.len())
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let Some((rest, function)) = name.rsplit_once('.') else {
+        return false;
+    };
+    let mut parts = rest.split(':');
+    let (Some(domain), Some(bus), Some(device), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    hex(domain, 4, 8)
+        && hex(bus, 2, 2)
+        && hex(device, 2, 2)
+        && function.len() == 1
+        && (b'0'..=b'7').contains(&function.as_bytes()[0])
+}
+
+/// `GetCapacity(physical_device)`: the types of that physical device, or
+/// with `""` of all physical devices together (empty when there is none).
+/// A name that is not a PCI address is [`QueryError::Malformed`]; one that
+/// no parent is on, [`QueryError::Unknown`] (a device whose parents list
+/// no type gives no rows and no error).
+pub fn query<'a>(
+    parents: impl IntoIterator<Item = &'a ParentInfo>,
+    physical_device: &str,
+) -> Result<Vec<CapacityRow>, QueryError> {
+    if physical_device.is_empty() {
+        return Ok(rows_for(parents, ""));
+    }
+    if !is_pci_address(physical_device) {
+        return Err(QueryError::Malformed);
+    }
+    let on_it: Vec<&ParentInfo> = parents
+        .into_iter()
+        .filter(|info| physical_device_of(info) == Some(physical_device))
+        .collect();
+    if on_it.is_empty() {
+        return Err(QueryError::Unknown);
+    }
+    Ok(rows_for(on_it, physical_device))
+}
+
+/// The rows of the types of one physical device, or with `""` of all
+/// physical devices together; empty for an unknown device (see [`query`]
+/// for `GetCapacity`'s answer).
 pub fn rows_for<'a>(
     parents: impl IntoIterator<Item = &'a ParentInfo>,
     physical_device: &str,
@@ -257,6 +317,45 @@ mod tests {
         assert_eq!((two.creatable, two.holding), (3, 1));
         assert_eq!(rows_for(&parents, "0000:41:00.0"), devices[1].types);
         assert!(rows_for(&parents, "0000:99:00.0").is_empty());
+
+        assert_eq!(query(&parents, "").unwrap(), all);
+        assert_eq!(query(&parents, "0000:41:00.0").unwrap(), devices[1].types);
+        assert_eq!(query(&parents, "0000:99:00.0"), Err(QueryError::Unknown));
+        for bad in [
+            "x",
+            "0000:41:00",
+            "0000:41:00.8",
+            "0000:C1:00.0",
+            " 0000:41:00.0",
+        ] {
+            assert_eq!(query(&parents, bad), Err(QueryError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pci_addresses() {
+        for good in [
+            "0000:41:00.0",
+            "0000:c1:1f.7",
+            "10000:01:00.1",
+            "ffffffff:ff:ff.0",
+        ] {
+            assert!(is_pci_address(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "000:41:00.0",
+            "0000:41:00.",
+            "0000:41:00.00",
+            "0000:41:0.0",
+            "0000:4g:00.0",
+            "0000:41:00:00.0",
+            "123456789:41:00.0",
+            "0000:41:00.0\n",
+            "mtty",
+        ] {
+            assert!(!is_pci_address(bad), "{bad:?}");
+        }
     }
 
     #[test]

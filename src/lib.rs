@@ -27,4 +27,5 @@ pub mod report;
 pub mod synth_uevent;
 pub mod sysfs;
 pub mod uevent;
+pub mod vendor_watch;
 pub mod wait;

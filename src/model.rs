@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One mdev type of a parent (`<parent>/mdev_supported_types/<id>/`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MdevType {
     /// Type id, the directory name, e.g. `i915-GVTg_V5_4`.
     pub id: String,

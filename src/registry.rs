@@ -160,10 +160,18 @@ pub struct Registry {
     /// Kernel parents whose name a userspace parent holds.
     waiting: BTreeMap<String, ParentInfo>,
     seqnum: u64,
+    /// Registered kernel parents of the vendor-VFIO backend (the daemon
+    /// polls only while there are some; asked after every input).
+    vendor_kernel_parents: usize,
     /// Kept with `parents` by `put` and `take`: what a registration checks,
     /// the state writer and the loop ask, without walking every parent
     /// (a host may have tens of thousands of kernel parents).
     counts: Counts,
+}
+
+/// A kernel parent of the vendor-VFIO backend.
+fn is_vendor_kernel(parent: &Parent) -> bool {
+    parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio
 }
 
 /// Counts and an index derived from the registered parents.
@@ -175,8 +183,6 @@ struct Counts {
     unprivileged_by_uid: BTreeMap<u32, usize>,
     /// Names of the userspace parents.
     userspace: BTreeSet<String>,
-    /// Registered vendor-VFIO parents.
-    vendor: usize,
 }
 
 impl Counts {
@@ -189,9 +195,6 @@ impl Counts {
         }
         if parent.source == Source::Userspace {
             self.userspace.insert(parent.name().to_owned());
-        }
-        if parent.info.backend == Backend::NvidiaVfio {
-            self.vendor += 1;
         }
     }
 
@@ -212,9 +215,6 @@ impl Counts {
         }
         if parent.source == Source::Userspace {
             self.userspace.remove(parent.name());
-        }
-        if parent.info.backend == Backend::NvidiaVfio {
-            self.vendor -= 1;
         }
     }
 }
@@ -275,17 +275,15 @@ impl Registry {
             .filter_map(|name| self.get(name))
     }
 
-    /// Whether any vendor-VFIO parent is registered.
-    pub fn has_vendor_parents(&self) -> bool {
-        self.counts.vendor > 0
-    }
-
     /// Adds (or replaces) a registered parent, keeping the indexes.
     fn put(&mut self, parent: Parent) {
         // The value replaced is dropped: no copy of it if a snapshot
         // shares it.
         self.take_shared(parent.name());
         self.counts.add(&parent);
+        if is_vendor_kernel(&parent) {
+            self.vendor_kernel_parents += 1;
+        }
         if parent.source == Source::Kernel {
             self.kernel_devpaths
                 .entry(parent.info.devpath.clone())
@@ -305,6 +303,9 @@ impl Registry {
     fn take_shared(&mut self, name: &str) -> Option<Arc<Parent>> {
         let parent = self.parents.remove(name)?;
         self.counts.remove(&parent);
+        if is_vendor_kernel(&parent) {
+            self.vendor_kernel_parents -= 1;
+        }
         if parent.source == Source::Kernel {
             if let Some(names) = self.kernel_devpaths.get_mut(&parent.info.devpath) {
                 names.remove(name);
@@ -318,6 +319,11 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.parents.len()
+    }
+
+    /// Whether a kernel parent of the vendor-VFIO backend is registered.
+    pub fn has_vendor_kernel_parents(&self) -> bool {
+        self.vendor_kernel_parents > 0
     }
 
     pub fn is_empty(&self) -> bool {

@@ -551,7 +551,7 @@ fn type_file_path(types_dir: &Path, id: &str, file: &str) -> PathBuf {
 }
 
 /// Opens a directory as a descriptor to open files relative to.
-fn open_dir_fd(path: &Path) -> Option<OwnedFd> {
+pub(crate) fn open_dir_fd(path: &Path) -> Option<OwnedFd> {
     nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -869,7 +869,7 @@ fn read_attr_bytes(path: &Path) -> Result<Option<Vec<u8>>, Warning> {
 }
 
 /// Non-blocking so a FIFO planted in the tree cannot hang the reader.
-fn open_nonblocking(path: &Path) -> io::Result<fs::File> {
+pub(crate) fn open_nonblocking(path: &Path) -> io::Result<fs::File> {
     fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
@@ -942,6 +942,17 @@ fn read_into(file: &fs::File, buf: &mut Vec<u8>) -> Result<usize, ReadFailure> {
         return Err(ReadFailure::TooLarge);
     }
     Ok(filled)
+}
+
+/// Reads the open attribute `file` from its start into `buf` (see
+/// [`read_into`]): the length, or a code telling failures apart for
+/// comparisons (the errno, or a negative code for a refused file).
+pub(crate) fn read_open_attr(file: &fs::File, buf: &mut Vec<u8>) -> Result<usize, i32> {
+    read_into(file, buf).map_err(|failure| match failure {
+        ReadFailure::Io(err) => err.raw_os_error().unwrap_or(-1),
+        ReadFailure::NotRegular => -2,
+        ReadFailure::TooLarge => -3,
+    })
 }
 
 /// `pread`, repeated when interrupted by a signal.

@@ -104,11 +104,31 @@ fn vendor_parents_over_dbus_and_the_poll_sees_placements() {
             );
             let all = registry.get_capacity("").await.expect("GetCapacity all");
             assert_eq!(all.len(), 13, "{all:?}");
-            assert!(registry
-                .get_capacity("0000:99:00.0")
-                .await
-                .expect("unknown device")
-                .is_empty());
+            // An unknown or malformed physical device is an error, not an
+            // empty answer.
+            match registry.get_capacity("0000:99:00.0").await {
+                Err(mdevreg::dbus::Error::NotRegistered(message)) => {
+                    assert!(message.contains("\"0000:99:00.0\""), "{message}")
+                }
+                other => panic!("unknown device: {other:?}"),
+            }
+            for bad in ["gpu0", "0000:41:00.0 ", "0000:C1:00.0"] {
+                match registry.get_capacity(bad).await {
+                    Err(mdevreg::dbus::Error::InvalidArgument(message)) => {
+                        assert!(message.contains("not a PCI address"), "{message}")
+                    }
+                    other => panic!("malformed device {bad:?}: {other:?}"),
+                }
+            }
+            // The daemon is still there and answers.
+            assert_eq!(
+                registry
+                    .get_capacity("0000:c1:00.0")
+                    .await
+                    .expect("B")
+                    .len(),
+                13
+            );
 
             // Place an L40S-24Q on GPU B's first VF, as writing
             // current_vgpu_type does: no uevent; the siblings' lists shrink
@@ -305,6 +325,120 @@ fn vfs_coming_and_going_with_uevents_register_and_write_synthetic_changes() {
             assert_eq!(stats["vendor_polls"], 0, "no poll ran: {stats:?}");
             assert_eq!(stats["uevents_synthetic"], 5, "{stats:?}");
             assert!(setup.daemon.log().contains("the device is gone"));
+        },
+    );
+}
+
+/// A read-only bind mount of a directory (the fake tree as a sandboxed
+/// daemon sees /sys under `ProtectKernelTunables=yes`); detached on drop.
+struct ReadOnlyView {
+    dir: tempfile::TempDir,
+}
+
+impl ReadOnlyView {
+    fn of(source: &std::path::Path) -> ReadOnlyView {
+        let dir = tempfile::tempdir().expect("view dir");
+        let mount = |args: &[&str]| {
+            let status = std::process::Command::new("mount")
+                .args(args)
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount {args:?}: {status}");
+        };
+        let target = dir.path().to_str().expect("utf-8 path").to_owned();
+        mount(&["--bind", source.to_str().expect("utf-8 path"), &target]);
+        let view = ReadOnlyView { dir };
+        mount(&["-o", "remount,bind,ro", &target]);
+        view
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_read_only_sys_counts_the_failed_synthetic_uevent_and_goes_on() {
+    run(
+        "a_read_only_sys_counts_the_failed_synthetic_uevent_and_goes_on",
+        &["mount", "umount"],
+        || async {
+            let tree = FakeSysfs::new();
+            tree.add_vfio_gpu(&l40s_a());
+            let view = ReadOnlyView::of(tree.root());
+            // The daemon reads the tree through the read-only view; the
+            // test changes it through the writable original.
+            let setup = Setup::start(view.path(), |options| {
+                options.emit = "none";
+                options
+                    .extra_args
+                    .extend(["--poll-interval".to_string(), "600".to_string()]);
+            })
+            .await;
+            let mut signals = registry_signals(&setup.client).await;
+            let registry = setup.registry().await;
+            let before = registry.stats().await.expect("Stats");
+
+            // SR-IOV enabled on GPU B, picked up by a rescan.
+            let b = l40s_b();
+            tree.add_vfio_gpu(&b);
+            let uevent_before: Vec<String> = b
+                .vf_names()
+                .iter()
+                .map(|vf| {
+                    fs::read_to_string(tree.path(format!("{}/uevent", b.vf_devpath(vf))))
+                        .expect("uevent file")
+                })
+                .collect();
+            registry.rescan().await.expect("Rescan");
+            let mut registered = Vec::new();
+            while registered.len() < 4 {
+                let signal = next_signal(&mut signals, LONG)
+                    .await
+                    .expect("ParentRegistered for each new VF");
+                assert_eq!(signal.member, "ParentRegistered", "{signal:?}");
+                registered.push(signal.name);
+            }
+            registered.sort();
+            assert_eq!(registered, b.vf_names());
+
+            // Each write failed with EROFS: counted, logged with the hint,
+            // nothing written, and the daemon serves on.
+            let stats = registry.stats().await.expect("Stats");
+            assert_eq!(
+                stats["uevent_emit_failures"] - before["uevent_emit_failures"],
+                4,
+                "{stats:?}"
+            );
+            assert_eq!(
+                stats["uevents_synthetic"], before["uevents_synthetic"],
+                "{stats:?}"
+            );
+            let log = setup.daemon.log();
+            assert!(
+                log.contains("Read-only file system") && log.contains("vendor-vfio-uevents.conf"),
+                "{log}"
+            );
+            for (vf, text) in b.vf_names().iter().zip(&uevent_before) {
+                let now = fs::read_to_string(tree.path(format!("{}/uevent", b.vf_devpath(vf))))
+                    .expect("uevent file");
+                assert_eq!(&now, text, "{vf}: nothing written");
+            }
+            let capacity = registry
+                .get_capacity("0000:c1:00.0")
+                .await
+                .expect("GetCapacity after the failures");
+            assert_eq!(capacity.len(), 13, "{capacity:?}");
+            drop(setup);
         },
     );
 }

@@ -70,6 +70,10 @@ const SHIPPED: &[(&str, u32)] = &[
         "/usr/share/doc/mdevreg/examples/mdevregd.service.d/metrics-textfile.conf",
         0o644,
     ),
+    (
+        "/usr/share/doc/mdevreg/examples/mdevregd.service.d/vendor-vfio-uevents.conf",
+        0o644,
+    ),
     ("/usr/share/man/man1/mdevreg.1.gz", 0o644),
     ("/usr/share/man/man8/mdevregd.8.gz", 0o644),
     ("/usr/share/bash-completion/completions/mdevreg", 0o644),
@@ -609,6 +613,56 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
         "systemd-analyze verify is not clean ({}):\n{messages}",
         output.status
     );
+
+    // Each shipped drop-in example, on top of the unit, verifies just as
+    // clean (systemd-analyze reads `<unit>.d/` next to the unit file).
+    let drop_in_dir = unit_dir.join("mdevregd.service.d");
+    fs::create_dir_all(&drop_in_dir).expect("drop-in dir");
+    let shipped = manifest_dir().join("packaging/systemd/mdevregd.service.d");
+    let mut examples: Vec<PathBuf> = fs::read_dir(&shipped)
+        .expect("list drop-ins")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    examples.sort();
+    assert!(
+        examples
+            .iter()
+            .any(|p| p.ends_with("vendor-vfio-uevents.conf")),
+        "{examples:?}"
+    );
+    for example in &examples {
+        let name = example.file_name().expect("name");
+        let text = fs::read_to_string(example).expect("read drop-in");
+        let installed = drop_in_dir.join(name);
+        fs::write(
+            &installed,
+            text.replace("/usr/bin/mdevregd", env!("CARGO_BIN_EXE_mdevregd")),
+        )
+        .expect("write drop-in");
+        let output = verify(&test_unit);
+        let messages = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && !messages.contains("mdevregd"),
+            "{}: systemd-analyze verify is not clean ({}):\n{messages}",
+            example.display(),
+            output.status
+        );
+        fs::remove_file(&installed).expect("remove drop-in");
+    }
+    // Control: a drop-in systemd cannot use is reported (a relative path).
+    let bad = drop_in_dir.join("bad.conf");
+    fs::write(&bad, "[Service]\nReadWritePaths=-sys/devices/x/uevent\n").expect("write");
+    let output = verify(&test_unit);
+    let messages = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        messages.contains("bad.conf") && messages.contains("not absolute"),
+        "verify must report a bad drop-in:\n{messages}"
+    );
+    fs::remove_file(&bad).expect("remove bad drop-in");
 
     // Control: the same check fails for a unit whose binary is missing.
     let broken_dir = work.path().join("broken");

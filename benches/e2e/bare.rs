@@ -401,16 +401,14 @@ async fn relay_uevents(
         seqnum += 1;
         let name = mdevreg::paths::devpath_name(&event.devpath);
         let path = mdevreg::label::parent_path(name);
-        let signal = zbus::ObjectPath::try_from(path.as_str())
-            .map_err(zbus::Error::from)
-            .and_then(|object| {
-                Message::signal(
-                    mdevreg::label::ROOT_PATH,
-                    "org.mdevreg.Registry1",
-                    "ParentRegistered",
-                )
-                .build(&(object, name, "kernel", seqnum))
-            });
+        let signal = zbus::ObjectPath::try_from(path.as_str()).and_then(|object| {
+            Message::signal(
+                mdevreg::label::ROOT_PATH,
+                "org.mdevreg.Registry1",
+                "ParentRegistered",
+            )
+            .build(&(object, name, "kernel", seqnum))
+        });
         match signal {
             Ok(signal) => {
                 if let Err(err) = connection.send(&signal).await {

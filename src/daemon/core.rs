@@ -476,8 +476,7 @@ impl Core {
     /// Whether any vendor-VFIO parent is registered: only then is there
     /// anything to poll.
     pub fn has_vendor_parents(&self) -> bool {
-        // Asked after every input: a count, not a walk over every parent.
-        self.registry().has_vendor_parents()
+        self.registry().has_vendor_kernel_parents()
     }
 
     /// The periodic check of the vendor-VFIO parents (placing or removing a
@@ -485,17 +484,18 @@ impl Core {
     /// files are re-read and what changed is applied; a VF whose `nvidia/`
     /// is gone makes all of them be re-read in full.
     pub fn poll(&mut self, reader: &dyn ParentReader) -> Commit {
-        self.counters.bump(Counter::VendorPolls);
-        let known: Vec<ParentInfo> = self
-            .registry()
+        // Compared in the snapshot, not copied; only what changed is.
+        let registry = self.registry();
+        let known: Vec<&ParentInfo> = registry
             .parents()
             .filter(|parent| {
                 parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio
             })
-            .map(|parent| parent.info.clone())
+            .map(|parent| &parent.info)
             .collect();
-        let refs: Vec<&ParentInfo> = known.iter().collect();
-        let polled = reader.vendor_poll(&refs);
+        let polled = reader.vendor_poll(&known);
+        drop(known);
+        drop(registry);
         let inputs: Vec<Input> = if polled.contains(&Polled::Gone) {
             self.vendor_input(reader).into_iter().collect()
         } else {

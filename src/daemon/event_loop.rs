@@ -1,15 +1,14 @@
 //! The loop: a thin `select!` over the sources, each input handed to the
 //! core and the resulting commits to the sink, in arrival order; plus the
-//! vendor-VFIO poll timer, armed only while such parents exist. A commit
+//! vendor-VFIO poll timer, armed only while such parents exist (a poll
+//! costs a look at the VFs' files, [`VendorWatch`]; the core re-reads and
+//! compares parents, and a commit is made, only when one changed). A commit
 //! that changes a state file waits in the [`SaveQueue`] until the
 //! [state writer](super::writer) has made a write after it durable; the
 //! loop goes on meanwhile.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,6 +17,8 @@ use zbus::Connection;
 
 use super::commit::Commit;
 use super::core::Core;
+use super::counters::Counter;
+use super::poll_timer::PollTimer;
 use super::saves::{Released, SaveQueue, Step, Write, Written};
 use super::sink::Sink;
 use super::sources::{self, SourceMessage};
@@ -27,6 +28,7 @@ use super::DaemonError;
 use crate::dbus::Request;
 use crate::paths::SysfsRoot;
 use crate::sysfs;
+use crate::vendor_watch::VendorWatch;
 
 pub struct EventLoop {
     pub core: Core,
@@ -35,8 +37,10 @@ pub struct EventLoop {
     pub bus: DBusProxy<'static>,
     /// The background rescan running, if any.
     pub scan_job: Option<JoinHandle<sysfs::Scan>>,
-    /// How often the vendor-VFIO parents are checked (`--poll-interval`).
-    pub poll_interval: Duration,
+    /// Ticks every `--poll-interval` while vendor-VFIO parents exist.
+    pub poll_timer: PollTimer,
+    /// What was seen of the vendor-VFIO parents' files.
+    pub vendor_watch: VendorWatch,
     /// Commits waiting for their state files to be written.
     pub saves: SaveQueue,
     /// The thread writing them.
@@ -56,8 +60,7 @@ impl EventLoop {
         let mut idle_trim = IdleTrim::new();
         // The poll runs only while vendor-VFIO parents exist: a host
         // without any never wakes up for it.
-        let mut polling = self.core.has_vendor_parents();
-        let mut next_poll = Instant::now() + self.poll_interval;
+        self.update_poll_timer();
         loop {
             // Not biased: preferring requests would leave kernel uevents
             // (our own echoes, under load) queued up to the channel depth,
@@ -91,17 +94,48 @@ impl EventLoop {
                     self.commit(commit).await;
                     idle_trim.note_input();
                 }
-                () = tokio::time::sleep_until(next_poll), if polling => {
-                    let commit = self.core.poll(&self.sysfs_root);
-                    self.commit(commit).await;
-                    next_poll = Instant::now() + self.poll_interval;
+                tick = self.poll_timer.tick(), if self.poll_timer.is_armed() => {
+                    match tick {
+                        Ok(_) => self.poll().await,
+                        Err(err) => {
+                            log::error!("vendor-VFIO poll timer: {err}; polling stops");
+                            let _ = self.poll_timer.disarm();
+                        }
+                    }
                 }
                 () = &mut idle_trim.timer, if idle_trim.armed => idle_trim.timer_fired(),
             }
-            let was_polling = std::mem::replace(&mut polling, self.core.has_vendor_parents());
-            if polling && !was_polling {
-                next_poll = Instant::now() + self.poll_interval;
-            }
+            self.update_poll_timer();
+        }
+    }
+
+    /// Arms the poll timer while vendor-VFIO parents exist, else disarms it.
+    fn update_poll_timer(&mut self) {
+        let wanted = self.core.has_vendor_parents();
+        if wanted == self.poll_timer.is_armed() {
+            return;
+        }
+        let result = if wanted {
+            self.poll_timer.arm()
+        } else {
+            self.poll_timer.disarm()
+        };
+        if let Err(err) = result {
+            log::error!("vendor-VFIO poll timer: {err}");
+        }
+    }
+
+    /// One vendor-VFIO poll: a look at the files; a re-read, compare and
+    /// commit only when one changed.
+    async fn poll(&mut self) {
+        self.sink.counters.bump(Counter::VendorPolls);
+        if !self.vendor_watch.check(&self.core.registry()) {
+            return;
+        }
+        let commit = self.core.poll(&self.sysfs_root);
+        self.vendor_watch.accept(&self.core.registry());
+        if !commit.is_empty() {
+            self.commit(commit).await;
         }
     }
 

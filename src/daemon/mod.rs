@@ -39,6 +39,7 @@ mod commit;
 mod core;
 pub mod counters;
 mod event_loop;
+mod poll_timer;
 mod saves;
 mod sink;
 mod sources;
@@ -59,6 +60,7 @@ pub use self::counters::{last_uevent_seconds, Counter, Counters, RejectKind, LAS
 pub use self::saves::{Released, SaveQueue, Step, Write, Written};
 pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
+pub use self::trim::tune_allocator;
 
 use self::event_loop::EventLoop;
 use crate::boot;
@@ -118,6 +120,8 @@ pub enum DaemonError {
     BusLost,
     #[error("{0}")]
     Metrics(#[from] MetricsError),
+    #[error("vendor-VFIO poll timer: {0}")]
+    PollTimer(io::Error),
 }
 
 /// Where to connect, from `--bus`.
@@ -251,7 +255,12 @@ pub async fn run(
         sysfs_root: config.sysfs_root.clone(),
         bus: bus.clone(),
         scan_job: None,
-        poll_interval: config.poll_interval,
+        poll_timer: poll_timer::PollTimer::new(config.poll_interval)
+            .map_err(DaemonError::PollTimer)?,
+        vendor_watch: crate::vendor_watch::VendorWatch::new(
+            config.sysfs_root.clone(),
+            crate::vendor_watch::raise_open_files_limit(),
+        ),
         saves: SaveQueue::new(),
         writer: writer::StateWriter::start(config.stores.clone()).map_err(DaemonError::Writer)?,
     };

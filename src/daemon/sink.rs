@@ -133,12 +133,20 @@ impl Sink {
         let mut commit = commit;
         let replied_ok =
             !commit.replies.is_empty() && commit.replies.iter().all(|reply| reply.result.is_ok());
+        let mut writes = 0;
         for reply in std::mem::take(&mut commit.replies) {
+            let write = reply
+                .call
+                .header()
+                .member()
+                .is_some_and(|member| crate::dbus::readers::is_write(member.as_str()));
+            writes += usize::from(write);
             messages.extend(reply.message());
         }
         if !messages.is_empty() {
             signals::send(&self.connection, messages).await;
         }
+        self.server.writes_answered(writes);
         for caller in &commit.forget_callers {
             self.server.forget_caller(caller);
         }
@@ -175,8 +183,16 @@ impl Sink {
             ),
             Err(err) => {
                 self.counters.bump(Counter::UeventEmitFailures);
+                // Under the shipped unit /sys is read-only
+                // (ProtectKernelTunables=): say what opens these files.
+                let hint = if err.raw_os_error() == Some(nix::libc::EROFS) {
+                    "; /sys is read-only for mdevregd: see the drop-in example \
+                     mdevregd.service.d/vendor-vfio-uevents.conf"
+                } else {
+                    ""
+                };
                 log::warn!(
-                    "cannot write the synthetic {} uevent of {:?}: {err}",
+                    "cannot write the synthetic {} uevent of {:?}: {err}{hint}",
                     state.as_str(),
                     parent.name()
                 );

@@ -261,7 +261,8 @@ properties! {
         /// vGPU capacity of one physical device (all of them when
         /// `physical_device` is empty), aggregated over the parents sharing
         /// it: per type its id, name, how many more the siblings list as
-        /// creatable now (an upper bound) and how many they hold.
+        /// creatable now (an upper bound) and how many they hold. Not a PCI
+        /// address: `InvalidArgument`; no parent on it: `NotRegistered`.
         fn get_capacity(physical_device: &str) -> Result<Vec<(String, String, u32, u32)>, Error>;
 
         /// A parent was registered (source `kernel` or `userspace`).

@@ -7,7 +7,7 @@
 //! the part is then the list of fragments, shared by every scrape until the
 //! next change. Pure: no I/O, no clock.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
@@ -20,18 +20,26 @@ use crate::model::Parent;
 /// The fragments of one parent, per family of [`Family::PER_PARENT`].
 #[derive(Debug)]
 struct ParentFragments {
-    /// Held, so its address cannot be reused by another parent while the
-    /// fragments are kept: `Arc::ptr_eq` is then "unchanged".
-    parent: Arc<Parent>,
+    name: Box<str>,
+    /// The parent they were rendered from. Weak: the cache keeps no parent
+    /// the registry dropped, only its allocation, so the address cannot be
+    /// reused by another parent and equal addresses mean "unchanged".
+    parent: Weak<Parent>,
     samples: [Bytes; 3],
+}
+
+/// `old` and `new` are the same parent (see [`ParentFragments::parent`]).
+fn same(old: &Weak<Parent>, new: &Arc<Parent>) -> bool {
+    std::ptr::eq(old.as_ptr(), Arc::as_ptr(new))
 }
 
 /// The `mdevreg_physical_device_creatable` fragment of a physical device.
 #[derive(Debug)]
 struct DeviceFragment {
     device: String,
-    /// The parents sharing it, in the registry's order.
-    members: Vec<Arc<Parent>>,
+    /// The parents sharing it, in the registry's order (weak, as
+    /// [`ParentFragments::parent`]).
+    members: Vec<Weak<Parent>>,
     samples: Bytes,
 }
 
@@ -140,10 +148,10 @@ fn render(
     let mut kept = Vec::new();
     for parent in parents.parents() {
         while old_parents
-            .next_if(|entry| entry.parent.name() < parent.name())
+            .next_if(|entry| &*entry.name < parent.name())
             .is_some()
         {}
-        if let Some(entry) = old_parents.next_if(|entry| Arc::ptr_eq(&entry.parent, parent)) {
+        if let Some(entry) = old_parents.next_if(|entry| same(&entry.parent, parent)) {
             stats.reused += Family::PER_PARENT.len();
             kept.push(entry);
             continue;
@@ -154,7 +162,8 @@ fn render(
                 .try_into()
                 .ok()?;
         kept.push(ParentFragments {
-            parent: Arc::clone(parent),
+            name: parent.name().into(),
+            parent: Arc::downgrade(parent),
             samples: [info, available, instances],
         });
     }
@@ -174,7 +183,7 @@ fn render(
                     .members
                     .iter()
                     .zip(&members)
-                    .all(|(old, new)| Arc::ptr_eq(old, new))
+                    .all(|(old, new)| same(old, new))
         };
         if let Some(entry) = old_devices.next_if(same) {
             stats.reused += 1;
@@ -182,15 +191,17 @@ fn render(
             continue;
         }
         stats.encoded += 1;
-        let members: Vec<Arc<Parent>> = members.into_iter().cloned().collect();
         let samples = encode_fragment(
-            Fragment::Device(device.to_owned(), members.clone()),
+            Fragment::Device(
+                device.to_owned(),
+                members.iter().copied().cloned().collect(),
+            ),
             &mut scratch,
         )?
         .pop()?;
         devices.push(DeviceFragment {
             device: device.to_owned(),
-            members,
+            members: members.into_iter().map(Arc::downgrade).collect(),
             samples,
         });
     }

@@ -205,16 +205,15 @@ fn backend_scan_touches_only_its_backend() {
         registry.kernel_devpath_owner("/devices/pci0000:00/0000:00:02.0"),
         Some("/devices/pci0000:00/0000:00:02.0")
     );
-    // The count behind `has_vendor_parents` follows them.
-    assert!(registry.has_vendor_parents());
+    // The count behind `has_vendor_kernel_parents` follows them.
+    assert!(registry.has_vendor_kernel_parents());
     registry
         .apply(Input::BackendScan {
             backend: Backend::NvidiaVfio,
             parents: vec![],
         })
         .unwrap();
-    assert!(!registry.has_vendor_parents());
-    assert_eq!(registry.counts.vendor, 0);
+    assert!(!registry.has_vendor_kernel_parents());
 }
 
 #[test]
@@ -619,8 +618,9 @@ fn check_invariants(r: &Registry, sysfs: &BTreeMap<String, ParentInfo>) {
             .collect::<Vec<_>>()
     );
     assert_eq!(
-        r.has_vendor_parents(),
-        r.parents().any(|p| p.info.backend == Backend::NvidiaVfio)
+        r.has_vendor_kernel_parents(),
+        r.parents()
+            .any(|p| p.source == Source::Kernel && p.info.backend == Backend::NvidiaVfio)
     );
     for (name, p) in &r.parents {
         assert_eq!(name, p.name());

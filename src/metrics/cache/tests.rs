@@ -155,6 +155,34 @@ fn only_the_changed_parent_and_its_device_are_rendered_again() {
 }
 
 #[test]
+fn the_cache_keeps_no_parent_the_registry_dropped() {
+    let shared = three_gpus();
+    let view: Arc<dyn RegistryView> = shared.clone();
+    let cache = ExpositionCache::new();
+    let _ = cache.registry_part(&view);
+    let old = {
+        let registry = shared.read().expect("lock");
+        let parent = registry
+            .shared_parents()
+            .find(|parent| parent.name() == "0000:3c:00.0")
+            .expect("registered");
+        Arc::downgrade(parent)
+    };
+    apply(
+        &shared,
+        Input::KernelParent {
+            devpath: "/devices/pci0000:00/0000:3c:00.0".to_owned(),
+            info: None,
+        },
+    );
+    assert!(
+        old.upgrade().is_none(),
+        "the cache holds a parent the registry dropped"
+    );
+    assert_eq!(text(&cache.registry_part(&view)), whole(&view));
+}
+
+#[test]
 fn a_view_without_shared_parents_renders_everything_and_right() {
     // The CLI's list: new `Arc`s each time, nothing to take over.
     let registry = {

@@ -203,11 +203,8 @@ impl Sink {
     /// Writes both state files from the registry (at start and at exit,
     /// not while serving); a failure is logged and counted.
     pub fn save_all(&mut self) {
-        let outcomes = writer::save(
-            &self.stores,
-            self.reg(),
-            &[Lifetime::Owner, Lifetime::Persistent],
-        );
+        let files = writer::records(&self.reg(), &[Lifetime::Owner, Lifetime::Persistent]);
+        let outcomes = writer::write(&self.stores, files);
         for (_, result) in outcomes {
             if let Err(err) = result {
                 self.counters.bump(Counter::StateSaveFailures);

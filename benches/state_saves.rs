@@ -8,7 +8,10 @@
 //! `cargo bench --bench state_saves` (as root: a private network namespace
 //! and a private bus). `MDEVREG_TEST_DAEMON=/path/to/mdevregd` measures
 //! another build (an older one, for a before/after);
-//! `MDEVREG_BENCH_WINDOW_MS` sets each window (default 3000).
+//! `MDEVREG_BENCH_WINDOW_MS` sets each window (default 3000);
+//! `MDEVREG_BENCH_STATE_PARENT=/dev/shm` puts the state directory on a
+//! tmpfs instead (what the hand-off to the writer thread costs when the
+//! write itself is cheap, as in `/run/mdevreg`).
 //! Prints one `FIGURES state-saves:` line per client count.
 
 #[path = "../tests/common/mod.rs"]
@@ -47,11 +50,26 @@ fn main() -> ExitCode {
 }
 
 async fn bench(window: Duration) {
-    let tree = FakeSysfs::new();
-    // The daemon also holds a realistic tree (the e2e benchmark's).
+    // The daemon also holds a realistic tree (the e2e benchmark's), on a
+    // tmpfs as sysfs is (and quick to remove: not the disk under test).
+    let sysfs_dir = tempfile::Builder::new()
+        .prefix("mdevreg-sysfs-")
+        .tempdir_in("/dev/shm")
+        .expect("tree on tmpfs");
+    let tree = FakeSysfs::at(sysfs_dir.path());
     many_parents(&tree, 1000, 32, 1);
-    let mut setup = Setup::start(tree.root(), |options| {
+    let state_parent = std::env::var_os("MDEVREG_BENCH_STATE_PARENT").map(|dir| {
+        tempfile::Builder::new()
+            .prefix("mdevreg-state-")
+            .tempdir_in(dir)
+            .expect("state dir")
+    });
+    let state_dir = state_parent.as_ref().map(|dir| dir.path().to_path_buf());
+    let mut setup = Setup::start(tree.root(), move |options| {
         options.verbose = false;
+        if let Some(dir) = state_dir {
+            options.state_dir = dir;
+        }
     })
     .await;
     let state_dir = setup.options.state_dir.clone();

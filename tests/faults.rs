@@ -1,6 +1,7 @@
 //! Faults around a running `mdevregd`: a registrant SIGKILLed, the daemon
-//! SIGKILLed during a burst of registrations, corrupt state files, the bus
-//! daemon killed, and a kernel receive-buffer overflow. After each, the
+//! SIGKILLed during a burst of registrations, state files that cannot be
+//! written, corrupt state files, the bus daemon killed, and a kernel
+//! receive-buffer overflow. After each, the
 //! registry must hold exactly what it should: nothing lost, nothing
 //! duplicated, nothing stale.
 
@@ -319,6 +320,92 @@ fn daemon_killed_during_a_burst_keeps_every_acknowledged_registration() {
             eprintln!(
             "FIGURES daemon-killed-in-burst: {CYCLES} SIGKILLs, {total_acknowledged} acknowledged registrations, 0 lost, 0 duplicated"
         );
+        },
+    );
+}
+
+/// The state directory cannot be written (a file stands where it was:
+/// ENOTDIR, which stops root as well): registrations arriving together,
+/// which share one write, are all refused with an error and never shown —
+/// no signal, not in the registry. Once it can be written again, they work.
+#[test]
+fn registrations_that_cannot_be_saved_are_refused_and_never_shown() {
+    run(
+        "registrations_that_cannot_be_saved_are_refused_and_never_shown",
+        &[],
+        || async {
+            let tree = FakeSysfs::new();
+            tree.add_parent(&ParentSpec::mtty());
+            let setup = Setup::start(tree.root(), |_| {}).await;
+            let state_dir = setup.options.state_dir.clone();
+            let mut signals = registry_signals(&setup.client).await;
+            let aside = state_dir.with_extension("aside");
+            std::fs::rename(&state_dir, &aside).expect("move the state dir away");
+            std::fs::write(&state_dir, b"not a directory").expect("a file in its place");
+
+            const CALLERS: usize = 6;
+            let mut calls = Vec::new();
+            for index in 0..CALLERS {
+                let address = setup.bus.address().to_owned();
+                calls.push(tokio::spawn(async move {
+                    let connection = connect(&address).await;
+                    let options = if index % 2 == 0 {
+                        lifetime("persistent")
+                    } else {
+                        Dict::new()
+                    };
+                    let name = format!("unsaved-{index}");
+                    let result =
+                        register_raw(&connection, &name, &options, &[good_type("t-1")]).await;
+                    (
+                        name,
+                        result.map(|_| ()).map_err(|err| err.to_string()),
+                        connection,
+                    )
+                }));
+            }
+            let mut connections = Vec::new();
+            for call in calls {
+                let (name, result, connection) = call.await.expect("caller");
+                match result {
+                    Err(err) => assert!(err.contains("cannot save state"), "{name}: {err}"),
+                    Ok(()) => panic!("{name} was acknowledged without a state file"),
+                }
+                connections.push(connection);
+            }
+            let names = setup.snapshot().await.names();
+            assert_eq!(names, ["mtty"], "refused registrations are in the registry");
+
+            // Writable again: a registration works and is the first signal
+            // since — none of the refused ones was ever shown.
+            std::fs::remove_file(&state_dir).expect("remove the file");
+            std::fs::rename(&aside, &state_dir).expect("state dir back");
+            register_raw(
+                &setup.client,
+                "saved",
+                &lifetime("persistent"),
+                &[good_type("t-1")],
+            )
+            .await
+            .expect("RegisterParent once the state can be written");
+            let first = next_signal(&mut signals, Duration::from_secs(10))
+                .await
+                .expect("a signal");
+            assert_eq!(
+                (first.member.as_str(), first.name.as_str()),
+                ("ParentRegistered", "saved"),
+                "a refused registration was shown"
+            );
+            let state = std::fs::read_to_string(state_dir.join("persistent-registrations.json"))
+                .expect("state file");
+            assert!(
+                state.contains("\"saved\"") && !state.contains("unsaved-"),
+                "{state}"
+            );
+            drop(connections);
+            eprintln!(
+                "FIGURES unsaved: {CALLERS} concurrent registrations refused with the state dir unwritable, none shown; the next one saved and shown"
+            );
         },
     );
 }

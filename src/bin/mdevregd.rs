@@ -20,6 +20,7 @@ use mdevreg::paths::SysfsRoot;
 use mdevreg::persist::{StateDirs, StateStores};
 
 fn main() -> ExitCode {
+    daemon::tune_allocator();
     let cli = MdevregdCli::parse();
     logging::init(cli.verbose);
     // Threads and memory, one story:
@@ -36,7 +37,10 @@ fn main() -> ExitCode {
     // - pool threads exit after BLOCKING_KEEP_ALIVE idle, and every thread
     //   gets its own malloc arena, so a burst leaves freed pages behind:
     //   the loop calls malloc_trim once it has been idle for a second
-    //   (`daemon::trim`), which hands them back whichever arena holds them.
+    //   (`daemon::trim`), which hands them back whichever arena holds them;
+    // - glibc gets a fixed mmap threshold and at most 2 arenas
+    //   (`daemon::trim::tune_allocator`): a large reply is a mapping of its
+    //   own, unmapped when it is freed, never a hole in some thread's heap.
     const BLOCKING_THREADS: usize = 4;
     const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -238,7 +238,7 @@ impl EventLoop {
 
     fn start_write(&self, write: Option<Write>) {
         if let Some(write) = write {
-            self.writer.start_write(write, self.core.registry());
+            self.writer.start_write(write, &self.core.registry());
         }
     }
 

@@ -133,12 +133,20 @@ impl Sink {
         let mut commit = commit;
         let replied_ok =
             !commit.replies.is_empty() && commit.replies.iter().all(|reply| reply.result.is_ok());
+        let mut writes = 0;
         for reply in std::mem::take(&mut commit.replies) {
+            let write = reply
+                .call
+                .header()
+                .member()
+                .is_some_and(|member| crate::dbus::readers::is_write(member.as_str()));
+            writes += usize::from(write);
             messages.extend(reply.message());
         }
         if !messages.is_empty() {
             signals::send(&self.connection, messages).await;
         }
+        self.server.writes_answered(writes);
         for caller in &commit.forget_callers {
             self.server.forget_caller(caller);
         }
@@ -195,11 +203,8 @@ impl Sink {
     /// Writes both state files from the registry (at start and at exit,
     /// not while serving); a failure is logged and counted.
     pub fn save_all(&mut self) {
-        let outcomes = writer::save(
-            &self.stores,
-            self.reg(),
-            &[Lifetime::Owner, Lifetime::Persistent],
-        );
+        let files = writer::records(&self.reg(), &[Lifetime::Owner, Lifetime::Persistent]);
+        let outcomes = writer::write(&self.stores, files);
         for (_, result) in outcomes {
             if let Err(err) = result {
                 self.counters.bump(Counter::StateSaveFailures);

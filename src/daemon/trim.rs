@@ -5,6 +5,14 @@
 //! objects and in-flight calls of that moment; once they are freed, glibc
 //! keeps the pages as holes below longer-lived allocations, which its
 //! automatic trim of the heap top never reaches.
+//!
+//! Large buffers (a `GetManagedObjects` reply of the 1000 × 32 tree is
+//! megabytes) never come from the heap: [`tune_allocator`] fixes glibc's
+//! mmap threshold, so each is its own mapping, returned to the kernel the
+//! moment it is freed. Left dynamic, glibc raises the threshold to the size
+//! of the largest block freed (up to 32 MiB), and the next replies come
+//! from the heaps of the threads that built them, where they stay as holes
+//! until a trim. It also caps the number of malloc arenas.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -49,6 +57,36 @@ impl IdleTrim {
         }
     }
 }
+
+/// Allocations at least this large are mappings of their own.
+pub const MMAP_THRESHOLD: usize = 256 * 1024;
+/// At most this many malloc arenas (glibc's default: 8 per core).
+pub const ARENA_MAX: usize = 2;
+
+/// Sets the allocator up as described in the module doc; call it first
+/// thing, before any thread is started.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn tune_allocator() {
+    for (param, value, name) in [
+        (
+            nix::libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+            "M_MMAP_THRESHOLD",
+        ),
+        (nix::libc::M_ARENA_MAX, ARENA_MAX, "M_ARENA_MAX"),
+    ] {
+        // SAFETY: mallopt takes two integers and changes glibc's own
+        // settings under its lock; no pointer is involved.
+        let done = unsafe { nix::libc::mallopt(param, value as nix::libc::c_int) };
+        if done != 1 {
+            log::debug!("mallopt({name}, {value}) refused");
+        }
+    }
+}
+
+/// Other allocators decide for themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune_allocator() {}
 
 /// Returns whole free pages of every malloc arena to the kernel.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

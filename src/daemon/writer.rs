@@ -1,8 +1,14 @@
 //! The state writer: one thread of its own that writes the state files
-//! ([`crate::persist`]: temp file, fsync, rename, fsync of the directory)
-//! off the event loop, one [`Write`] at a time, from the registry snapshot
-//! it is handed. Which commits wait for which write is decided in
-//! [`super::saves`]; this only does the I/O.
+//! ([`crate::persist`]: serialize, temp file, fsync, rename, fsync of the
+//! directory) off the event loop, one [`Write`] at a time. Which commits
+//! wait for which write is decided in [`super::saves`]; this only does the
+//! I/O.
+//!
+//! The records are taken on the loop when a write starts ([`records`]: a
+//! walk over the parents and a copy of the userspace ones, as the inline
+//! save did): the thread never holds a registry snapshot, so the loop's
+//! next change to the registry never has to copy it (with a thousand
+//! kernel parents that copy cost more than a write to a tmpfs).
 //!
 //! A thread of its own rather than the blocking pool: a save never waits
 //! for a pool thread behind readers' replies or a scan, and the thread
@@ -14,39 +20,42 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use tokio::sync::mpsc;
 
 use super::saves::{Write, Written};
-use crate::model::{Lifetime, Source};
-use crate::persist::{StateStores, StoredRegistration};
+use crate::model::Lifetime;
+use crate::persist::{StateStore, StateStores, StoredRegistration};
 use crate::registry::Registry;
+
+/// One state file to write: its records and the registry's sequence number.
+pub struct FileContent {
+    pub lifetime: Lifetime,
+    pub seqnum: u64,
+    pub records: Vec<StoredRegistration>,
+}
 
 /// Hands writes to the writer thread and gets them back done.
 pub struct StateWriter {
-    jobs: std_mpsc::Sender<(Write, Arc<Registry>)>,
+    jobs: std_mpsc::Sender<(WriteId, Vec<FileContent>)>,
     pub done: mpsc::UnboundedReceiver<Written>,
 }
+
+type WriteId = super::saves::WriteId;
 
 impl StateWriter {
     /// Starts the writer thread for `stores`; it ends when the
     /// `StateWriter` is dropped.
     pub fn start(stores: StateStores) -> io::Result<StateWriter> {
-        let (jobs, job_rx) = std_mpsc::channel::<(Write, Arc<Registry>)>();
+        let (jobs, job_rx) = std_mpsc::channel::<(WriteId, Vec<FileContent>)>();
         let (done_tx, done) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("mdevreg-state".to_owned())
             .spawn(move || {
-                while let Ok((write, registry)) = job_rx.recv() {
-                    let failed = save(&stores, registry, &write.lifetimes)
+                while let Ok((id, files)) = job_rx.recv() {
+                    let failed = write(&stores, files)
                         .into_iter()
                         .filter_map(|(lifetime, result)| {
                             result.err().map(|err| (lifetime, Arc::new(err)))
                         })
                         .collect();
-                    if done_tx
-                        .send(Written {
-                            id: write.id,
-                            failed,
-                        })
-                        .is_err()
-                    {
+                    if done_tx.send(Written { id, failed }).is_err() {
                         break;
                     }
                 }
@@ -54,49 +63,45 @@ impl StateWriter {
         Ok(StateWriter { jobs, done })
     }
 
-    /// Starts `write` of the registry as `registry` shows it.
-    pub fn start_write(&self, write: Write, registry: Arc<Registry>) {
-        let id = write.id;
-        if self.jobs.send((write, registry)).is_err() {
-            log::error!("the state writer is gone: write {id} not made");
+    /// Starts `write` of the registry as `registry` shows it now.
+    pub fn start_write(&self, write: Write, registry: &Registry) {
+        let files = records(registry, &write.lifetimes);
+        if self.jobs.send((write.id, files)).is_err() {
+            log::error!("the state writer is gone: write {} not made", write.id);
         }
     }
 }
 
-/// Writes the state files of `lifetimes` from `registry`; the outcome of
-/// each. The records are taken first and the snapshot let go before the
-/// files are written, so the loop's next change to the registry does not
-/// have to copy it meanwhile.
-pub fn save(
-    stores: &StateStores,
-    registry: Arc<Registry>,
-    lifetimes: &[Lifetime],
-) -> Vec<(Lifetime, io::Result<()>)> {
-    let seqnum = registry.seqnum();
-    let files: Vec<_> = [&stores.owner, &stores.persistent]
-        .into_iter()
-        .filter(|store| lifetimes.contains(&store.lifetime()))
-        .map(|store| {
-            let records: Vec<StoredRegistration> = registry
-                .parents()
-                .filter(|parent| {
-                    parent.source == Source::Userspace && parent.lifetime == store.lifetime()
-                })
+/// The content of the state files of `lifetimes`, from `registry`.
+pub fn records(registry: &Registry, lifetimes: &[Lifetime]) -> Vec<FileContent> {
+    lifetimes
+        .iter()
+        .map(|&lifetime| FileContent {
+            lifetime,
+            seqnum: registry.seqnum(),
+            // The userspace parents' index: not a walk over every parent
+            // (this runs on the loop).
+            records: registry
+                .userspace_parents()
+                .filter(|parent| parent.lifetime == lifetime)
                 .map(|parent| StoredRegistration {
                     parent: parent.clone(),
                 })
-                .collect();
-            (store, records)
+                .collect(),
         })
-        .collect();
-    drop(registry);
+        .collect()
+}
+
+/// Writes `files` to their stores; the outcome of each.
+pub fn write(stores: &StateStores, files: Vec<FileContent>) -> Vec<(Lifetime, io::Result<()>)> {
     files
         .into_iter()
-        .map(|(store, records)| {
-            let result = store.save(seqnum, &records).map_err(|err| {
+        .filter_map(|file| {
+            let store: &StateStore = stores.for_lifetime(file.lifetime)?;
+            let result = store.save(file.seqnum, &file.records).map_err(|err| {
                 io::Error::new(err.kind(), format!("{}: {err}", store.path().display()))
             });
-            (store.lifetime(), result)
+            Some((file.lifetime, result))
         })
         .collect()
 }

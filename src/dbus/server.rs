@@ -29,7 +29,7 @@ use super::interfaces::{
     self, Interface, Object, INTROSPECTABLE, MDEV_TYPE1, OBJECT_MANAGER, PARENT1, PEER, PROPERTIES,
     REGISTRY1,
 };
-use super::readers::{self, ReaderLimits};
+use super::readers::{self, ReaderLimits, WritersFirst, WRITERS_FIRST_MAX};
 use super::values::{self, ManagedObjects, PropMap};
 use super::{document, lock, validate, Request};
 use crate::capacity;
@@ -148,6 +148,8 @@ pub struct Server {
     uids: Mutex<HashMap<String, u32>>,
     /// Bounds on large replies being built and sent.
     readers: ReaderLimits,
+    /// Writes waiting for their answer (large replies let them go first).
+    writers: WritersFirst,
     /// Who may call the mutating methods.
     auth: AuthPolicy,
     /// The last whole `DumpTypes` document and the sequence number it shows.
@@ -171,6 +173,7 @@ impl Server {
             bus,
             uids: Mutex::new(HashMap::new()),
             readers: ReaderLimits::default(),
+            writers: WritersFirst::default(),
             auth,
             types_cache: DocumentCache::default(),
         })
@@ -193,6 +196,12 @@ impl Server {
                 }
             }
         }))
+    }
+
+    /// The event loop answered `count` writes (`RegisterParent`,
+    /// `UnregisterParent`; see [`readers::WritersFirst`]).
+    pub fn writes_answered(&self, count: usize) {
+        self.writers.answered(count);
     }
 
     /// Forgets the uid of a connection that left the bus.
@@ -220,11 +229,18 @@ impl Server {
             Some(reply) => reply,
             None => {
                 // A mutating call: checked and queued on its own task.
+                let write = header.member().is_some_and(|m| readers::is_write(m));
+                if write {
+                    self.writers.enter();
+                }
                 let server = Arc::clone(self);
                 tokio::spawn(async move {
                     let header = message.header();
                     if let Some(reply) = server.mutate(&message, &header).await {
                         server.send(&header, reply, no_reply).await;
+                        if write {
+                            server.writers.answered(1);
+                        }
                     }
                 });
                 return;
@@ -256,6 +272,7 @@ impl Server {
             Ok(None) => unknown_method(REGISTRY1.name, "(none)"),
             Err(err) => Reply::Fdo(fdo::Error::Failed(format!("reply not built: {err}"))),
         };
+        self.writers.wait_idle(WRITERS_FIRST_MAX).await;
         self.send(&header, reply, no_reply).await;
     }
 

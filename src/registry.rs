@@ -163,11 +163,60 @@ pub struct Registry {
     /// Registered kernel parents of the vendor-VFIO backend (the daemon
     /// polls only while there are some; asked after every input).
     vendor_kernel_parents: usize,
+    /// Kept with `parents` by `put` and `take`: what a registration checks,
+    /// the state writer and the loop ask, without walking every parent
+    /// (a host may have tens of thousands of kernel parents).
+    counts: Counts,
 }
 
 /// A kernel parent of the vendor-VFIO backend.
 fn is_vendor_kernel(parent: &Parent) -> bool {
     parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio
+}
+
+/// Counts and an index derived from the registered parents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// Parents per owner (unique bus name; kernel parents have none).
+    by_owner: BTreeMap<String, usize>,
+    /// Userspace parents of non-root callers, per uid.
+    unprivileged_by_uid: BTreeMap<u32, usize>,
+    /// Names of the userspace parents.
+    userspace: BTreeSet<String>,
+}
+
+impl Counts {
+    fn add(&mut self, parent: &Parent) {
+        if !parent.owner.is_empty() {
+            *self.by_owner.entry(parent.owner.clone()).or_default() += 1;
+        }
+        if parent.is_unprivileged() {
+            *self.unprivileged_by_uid.entry(parent.uid).or_default() += 1;
+        }
+        if parent.source == Source::Userspace {
+            self.userspace.insert(parent.name().to_owned());
+        }
+    }
+
+    fn remove(&mut self, parent: &Parent) {
+        fn decrement<K: Ord>(map: &mut BTreeMap<K, usize>, key: &K) {
+            if let Some(count) = map.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        if !parent.owner.is_empty() {
+            decrement(&mut self.by_owner, &parent.owner);
+        }
+        if parent.is_unprivileged() {
+            decrement(&mut self.unprivileged_by_uid, &parent.uid);
+        }
+        if parent.source == Source::Userspace {
+            self.userspace.remove(parent.name());
+        }
+    }
 }
 
 impl Registry {
@@ -218,9 +267,20 @@ impl Registry {
         self.parents.values()
     }
 
-    /// Adds (or replaces) a registered parent, keeping the devpath index.
+    /// The userspace parents, sorted by name (what the state files hold).
+    pub fn userspace_parents(&self) -> impl Iterator<Item = &Parent> {
+        self.counts
+            .userspace
+            .iter()
+            .filter_map(|name| self.get(name))
+    }
+
+    /// Adds (or replaces) a registered parent, keeping the indexes.
     fn put(&mut self, parent: Parent) {
-        self.take(parent.name());
+        // The value replaced is dropped: no copy of it if a snapshot
+        // shares it.
+        self.take_shared(parent.name());
+        self.counts.add(&parent);
         if is_vendor_kernel(&parent) {
             self.vendor_kernel_parents += 1;
         }
@@ -234,9 +294,15 @@ impl Registry {
             .insert(parent.name().to_owned(), Arc::new(parent));
     }
 
-    /// Removes a registered parent, keeping the devpath index.
+    /// Removes a registered parent, keeping the indexes.
     fn take(&mut self, name: &str) -> Option<Parent> {
+        self.take_shared(name).map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Registry::take`] without making the value its own.
+    fn take_shared(&mut self, name: &str) -> Option<Arc<Parent>> {
         let parent = self.parents.remove(name)?;
+        self.counts.remove(&parent);
         if is_vendor_kernel(&parent) {
             self.vendor_kernel_parents -= 1;
         }
@@ -248,7 +314,7 @@ impl Registry {
                 }
             }
         }
-        Some(Arc::unwrap_or_clone(parent))
+        Some(parent)
     }
 
     pub fn len(&self) -> usize {
@@ -395,7 +461,7 @@ impl Registry {
                 self.waiting.insert(info.name.clone(), info);
             }
             Some(existing) => {
-                let before = Parent::clone(existing);
+                let before = Arc::clone(existing);
                 self.update_kernel(before, info, events);
             }
         }
@@ -420,7 +486,9 @@ impl Registry {
         }
     }
 
-    fn update_kernel(&mut self, before: Parent, info: ParentInfo, events: &mut Vec<Event>) {
+    /// A kernel parent read again: events for what changed. Nothing is
+    /// copied when nothing did (a rescan of an unchanged host).
+    fn update_kernel(&mut self, before: Arc<Parent>, info: ParentInfo, events: &mut Vec<Event>) {
         let name = before.name().to_owned();
         let attrs_changed = before.info.devpath != info.devpath
             || before.info.subsystem != info.subsystem
@@ -432,6 +500,7 @@ impl Registry {
         if !attrs_changed && kinds.is_empty() {
             return;
         }
+        let before = Arc::unwrap_or_clone(before);
         let mut after = before.clone();
         after.info = info;
         self.put(after.clone());
@@ -454,16 +523,17 @@ impl Registry {
         if self.parents.contains_key(&info.name) {
             return Err(Error::AlreadyRegistered(info.name));
         }
-        let held = self.parents.values().filter(|p| p.owner == owner).count();
+        let held = self.counts.by_owner.get(&owner).copied().unwrap_or(0);
         if held >= MAX_PARENTS_PER_OWNER {
             return Err(Error::LimitExceeded(owner));
         }
         if uid != 0 {
             let held = self
-                .parents
-                .values()
-                .filter(|p| p.is_unprivileged() && p.uid == uid)
-                .count();
+                .counts
+                .unprivileged_by_uid
+                .get(&uid)
+                .copied()
+                .unwrap_or(0);
             if held >= MAX_PARENTS_PER_UID {
                 return Err(Error::UidLimitExceeded(uid));
             }

@@ -59,7 +59,7 @@
 //! `readlinkat` + `lstat` instead of `canonicalize`'s one `readlink` per
 //! path component.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -164,12 +164,23 @@ fn scan_with(root: &SysfsRoot, instances: Instances) -> Scan {
         }
     };
 
+    // The links are read by name from `class/mdev_bus` held open, when it
+    // is canonical (see `BusLinks`).
+    let bus_links = BusLinks::new(&bus_dir);
     // Parents are read in parallel (the work is almost all system calls);
     // the results are merged in link-name order, so the outcome and the
     // order of warnings do not depend on the number of threads.
     let reads = parallel_map(&link_names, |link_name| {
         let link = bus_dir.join(link_name);
-        let read = resolve_devpath(&root, &link)
+        let devpath = match bus_links
+            .as_ref()
+            .and_then(|links| links.resolve(link_name))
+        {
+            Some(target) => root.path_to_devpath(&target).ok_or(()),
+            None => Err(()),
+        };
+        let read = devpath
+            .or_else(|()| resolve_devpath(&root, &link))
             .map(|devpath| read_parent_with(&root, &devpath, instances));
         (link, read)
     });
@@ -232,6 +243,74 @@ fn scan_with(root: &SysfsRoot, instances: Instances) -> Scan {
     Scan {
         parents: parents.into_values().collect(),
         warnings,
+    }
+}
+
+/// `class/mdev_bus` held open, to resolve its links with fewer system
+/// calls than `fs::canonicalize` (which reads every component of every
+/// link's path): the usual link (`../../devices/.../<name>`) is resolved
+/// lexically from the directory, the canonical form of the directory it
+/// lands in is worked out once per directory (tens of thousands of s390
+/// subchannels share `/devices/css0`), and the last component is checked to
+/// be a real directory — a `readlinkat` and an `lstat` per parent.
+///
+/// Exact: `class/mdev_bus` is canonical (checked), so each leading `..`
+/// pops a real component, as `realpath` pops it; the directory is
+/// canonicalized; and a last component that is not a symlink adds itself.
+/// Anything else (an absolute target, `.` or `..` after a name, a dangling
+/// or symlinked last component) gives `None`: resolve it the slow way.
+struct BusLinks<'a> {
+    dir: &'a Path,
+    fd: OwnedFd,
+    /// Canonical forms of the directories links landed in.
+    dirs: std::sync::Mutex<HashMap<PathBuf, Option<PathBuf>>>,
+}
+
+impl<'a> BusLinks<'a> {
+    fn new(dir: &'a Path) -> Option<BusLinks<'a>> {
+        if fs::canonicalize(dir).ok()? != dir {
+            return None;
+        }
+        Some(BusLinks {
+            dir,
+            fd: open_dir_fd(dir)?,
+            dirs: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What `fs::canonicalize(dir/name)` gives, when the fast way can tell.
+    fn resolve(&self, name: &str) -> Option<PathBuf> {
+        let target = PathBuf::from(nix::fcntl::readlinkat(&self.fd, name).ok()?);
+        let mut lexical = self.dir.to_path_buf();
+        let mut names_started = false;
+        for component in target.components() {
+            match component {
+                Component::ParentDir if !names_started => {
+                    if !lexical.pop() {
+                        return None;
+                    }
+                }
+                Component::Normal(part) => {
+                    names_started = true;
+                    lexical.push(part);
+                }
+                _ => return None,
+            }
+        }
+        let last = lexical.file_name()?.to_owned();
+        let parent = lexical.parent()?;
+        let canonical_parent = {
+            let mut dirs = self
+                .dirs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            dirs.entry(parent.to_path_buf())
+                .or_insert_with(|| fs::canonicalize(parent).ok())
+                .clone()?
+        };
+        let resolved = canonical_parent.join(last);
+        let meta = fs::symlink_metadata(&resolved).ok()?;
+        meta.is_dir().then_some(resolved)
     }
 }
 
@@ -1227,6 +1306,46 @@ mod tests {
         for name in ["linked", "dangling", "other", "dotted"] {
             assert_eq!(fast(name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn fast_bus_link_matches_canonicalize_or_declines() {
+        let dir = tmp();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let bus = root.join("class/mdev_bus");
+        fs::create_dir_all(&bus).unwrap();
+        fs::create_dir_all(root.join("devices/css0/0.0.0001")).unwrap();
+        fs::create_dir_all(root.join("devices/real/0.0.0002")).unwrap();
+        fs::create_dir_all(root.join("devices/q/elsewhere")).unwrap();
+        // A directory on the way that is a symlink: canonicalized once.
+        symlink("real", root.join("devices/css1")).unwrap();
+        symlink("../q/elsewhere", root.join("devices/css0/linked")).unwrap();
+        for (name, target) in [
+            ("0.0.0001", "../../devices/css0/0.0.0001"),
+            ("0.0.0002", "../../devices/css1/0.0.0002"),
+            ("linked", "../../devices/css0/linked"),
+            ("dangling", "../../devices/css0/none"),
+            ("dotted", "../../devices/css0/../css0/0.0.0001"),
+            ("absolute", "/devices/css0/0.0.0001"),
+        ] {
+            symlink(target, bus.join(name)).unwrap();
+        }
+        let links = BusLinks::new(&bus).expect("canonical class/mdev_bus");
+        for name in ["0.0.0001", "0.0.0002", "0.0.0002"] {
+            assert_eq!(
+                links.resolve(name),
+                Some(fs::canonicalize(bus.join(name)).unwrap()),
+                "{name}"
+            );
+        }
+        // A symlinked parent device, a dangling link, `..` after a name and
+        // an absolute target go the slow (canonicalize) way.
+        for name in ["linked", "dangling", "dotted", "absolute"] {
+            assert_eq!(links.resolve(name), None, "{name}");
+        }
+        // Not canonical itself: no fast way at all.
+        symlink("mdev_bus", root.join("class/alias")).unwrap();
+        assert!(BusLinks::new(&root.join("class/alias")).is_none());
     }
 
     /// Writes type `id` of parent `devices/p` (linked from

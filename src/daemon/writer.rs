@@ -20,7 +20,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use tokio::sync::mpsc;
 
 use super::saves::{Write, Written};
-use crate::model::{Lifetime, Source};
+use crate::model::Lifetime;
 use crate::persist::{StateStore, StateStores, StoredRegistration};
 use crate::registry::Registry;
 
@@ -93,9 +93,11 @@ pub fn records(registry: &Registry, lifetimes: &[Lifetime]) -> Vec<FileContent> 
         .map(|&lifetime| FileContent {
             lifetime,
             seqnum: registry.seqnum(),
+            // The userspace parents' index: not a walk over every parent
+            // (this runs on the loop).
             records: registry
-                .parents()
-                .filter(|parent| parent.source == Source::Userspace && parent.lifetime == lifetime)
+                .userspace_parents()
+                .filter(|parent| parent.lifetime == lifetime)
                 .map(|parent| StoredRegistration {
                     parent: parent.clone(),
                 })

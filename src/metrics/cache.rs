@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 
 use super::exposition::{
-    encode_fragment, header, physical_devices, render_registry, CounterValues, Exposition, Family,
-    Format, Fragment, Parents, RegistryPart, RegistryView,
+    encode_devices, encode_fragment, encode_parents, header, physical_devices, render_registry,
+    CounterValues, Exposition, Family, Format, Fragment, Parents, RegistryPart, RegistryView,
+    PER_ENCODING,
 };
 use crate::model::Parent;
 
@@ -60,6 +61,9 @@ pub struct RenderStats {
     pub encoded: usize,
     /// Fragments taken over from the previous rendering.
     pub reused: usize,
+    /// A fragment did not encode as expected and the part was rendered
+    /// whole instead (never seen: the tests check it stays false).
+    pub whole: bool,
 }
 
 /// The registry part, kept while the registry's sequence number stays the
@@ -100,6 +104,7 @@ impl ExpositionCache {
             rendered = render(parents, previous.take(), &mut stats);
             Ok(())
         });
+        stats.whole = rendered.is_none();
         *crate::dbus::lock(&self.stats) = stats;
         match rendered {
             Some(rendered) => {
@@ -146,6 +151,7 @@ fn render(
     // (or an order the walk cannot follow) is rendered again.
     let mut old_parents = old_parents.into_iter().peekable();
     let mut kept = Vec::new();
+    let mut changed = Vec::new();
     for parent in parents.parents() {
         while old_parents
             .next_if(|entry| &*entry.name < parent.name())
@@ -157,20 +163,29 @@ fn render(
             continue;
         }
         stats.encoded += Family::PER_PARENT.len();
-        let [info, available, instances]: [Bytes; 3] =
-            encode_fragment(Fragment::Parent(Arc::clone(parent)), &mut scratch)?
-                .try_into()
-                .ok()?;
+        changed.push((kept.len(), Arc::clone(parent)));
         kept.push(ParentFragments {
             name: parent.name().into(),
             parent: Arc::downgrade(parent),
-            samples: [info, available, instances],
+            samples: Default::default(),
         });
     }
+    // The changed parents, encoded in batches.
+    for batch in changed.chunks(PER_ENCODING) {
+        let encoded = encode_parents(
+            batch.iter().map(|(_, parent)| Arc::clone(parent)).collect(),
+            &mut scratch,
+        )?;
+        for ((index, _), samples) in batch.iter().zip(encoded) {
+            kept[*index].samples = samples;
+        }
+    }
+    drop(changed);
 
     // Per physical device, the same walk; unchanged means the same members.
     let mut old_devices = old_devices.into_iter().peekable();
     let mut devices = Vec::new();
+    let mut changed_devices = Vec::new();
     for (device, members) in physical_devices(parents) {
         while old_devices
             .next_if(|entry| entry.device.as_str() < device)
@@ -191,19 +206,32 @@ fn render(
             continue;
         }
         stats.encoded += 1;
-        let samples = encode_fragment(
-            Fragment::Device(
+        changed_devices.push((
+            devices.len(),
+            (
                 device.to_owned(),
-                members.iter().copied().cloned().collect(),
+                members.iter().copied().cloned().collect::<Vec<_>>(),
             ),
-            &mut scratch,
-        )?
-        .pop()?;
+        ));
         devices.push(DeviceFragment {
             device: device.to_owned(),
             members: members.into_iter().map(Arc::downgrade).collect(),
-            samples,
+            samples: Bytes::new(),
         });
+    }
+    // The changed devices, encoded in batches.
+    let mut pending = changed_devices.into_iter();
+    loop {
+        let (indexes, batch): (Vec<usize>, Vec<_>) = pending.by_ref().take(PER_ENCODING).unzip();
+        if batch.is_empty() {
+            break;
+        }
+        for (index, samples) in indexes
+            .into_iter()
+            .zip(encode_devices(batch, &mut scratch)?)
+        {
+            devices[index].samples = samples;
+        }
     }
 
     stats.encoded += 1;

@@ -18,7 +18,7 @@
 //! put together are the whole text byte for byte. The counters part is small
 //! and encoded on every call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -358,11 +358,11 @@ fn encode_registry(parents: &dyn Parents, encoder: &mut DescriptorEncoder) -> fm
 pub enum Fragment {
     /// The `# HELP` and `# TYPE` lines of a family.
     Header(Family),
-    /// The samples of one parent in each per-parent family.
-    Parent(Arc<Parent>),
-    /// The `mdevreg_physical_device_creatable` samples of a physical device
-    /// and the parents sharing it.
-    Device(String, Vec<Arc<Parent>>),
+    /// The samples of some parents in each per-parent family.
+    Parents(Vec<Arc<Parent>>),
+    /// The `mdevreg_physical_device_creatable` samples of some physical
+    /// devices, each with the parents sharing it.
+    Devices(Vec<(String, Vec<Arc<Parent>>)>),
     /// The families after the per-parent ones, for a sequence number.
     Tail(u64),
 }
@@ -371,19 +371,22 @@ impl Collector for Fragment {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         match self {
             Fragment::Header(kind) => kind.descriptor(&mut encoder).map(drop),
-            Fragment::Parent(parent) => {
+            Fragment::Parents(parents) => {
                 for kind in Family::PER_PARENT {
-                    kind.encode_parent(&mut kind.descriptor(&mut encoder)?, parent)?;
+                    let mut family = kind.descriptor(&mut encoder)?;
+                    for parent in parents {
+                        kind.encode_parent(&mut family, parent)?;
+                    }
                 }
                 Ok(())
             }
-            Fragment::Device(device, members) => {
-                let members: Vec<&Arc<Parent>> = members.iter().collect();
-                encode_device(
-                    &mut Family::Creatable.descriptor(&mut encoder)?,
-                    device,
-                    &members,
-                )
+            Fragment::Devices(devices) => {
+                let mut family = Family::Creatable.descriptor(&mut encoder)?;
+                for (device, members) in devices {
+                    let members: Vec<&Arc<Parent>> = members.iter().collect();
+                    encode_device(&mut family, device, &members)?;
+                }
+                Ok(())
             }
             Fragment::Tail(seqnum) => encode_tail(*seqnum, &mut encoder),
         }
@@ -406,33 +409,117 @@ pub fn header(kind: Family) -> &'static str {
 /// OpenMetrics: gauges only, see the tests), one chunk per family: a
 /// header is its two lines; samples come without their family's header
 /// (the crate only encodes whole families: they are encoded with it, then
-/// cut off); a tail is whole. A parent's three families are encoded at once
-/// (one encoding costs a registry and an 8 KiB buffer of the crate: per
-/// family, a render of every parent of a 1000 × 32 host allocated 44 MiB
-/// instead of 28 and took 35 ms instead of 27 ms, `cargo bench --bench
-/// metrics`). `scratch` is reused between calls. `None` if the crate's
-/// output did not have the expected headers (never seen; the caller then
-/// renders whole).
+/// cut off); a tail is whole. Parents come as one chunk per family for all
+/// of them: see [`encode_parents`] for one per parent. `scratch` is reused
+/// between calls. `None` if the crate's output did not have the expected
+/// headers (never seen; the caller then renders whole).
 pub fn encode_fragment(fragment: Fragment, scratch: &mut String) -> Option<Vec<Bytes>> {
+    with_sections(fragment, scratch, |sections| {
+        Some(
+            sections
+                .iter()
+                .map(|section| Bytes::copy_from_slice(section.as_bytes()))
+                .collect(),
+        )
+    })
+}
+
+/// Encodes `fragment` into `scratch` and calls `f` with its text cut into
+/// the samples of each family (a header or a tail: the whole text).
+fn with_sections<R>(
+    fragment: Fragment,
+    scratch: &mut String,
+    f: impl FnOnce(&[&str]) -> Option<R>,
+) -> Option<R> {
     let families: &[Family] = match &fragment {
         Fragment::Header(_) | Fragment::Tail(_) => &[],
-        Fragment::Parent(_) => &Family::PER_PARENT,
-        Fragment::Device(..) => &[Family::Creatable],
+        Fragment::Parents(_) => &Family::PER_PARENT,
+        Fragment::Devices(_) => &[Family::Creatable],
     };
     scratch.clear();
     let text = encode_collector(fragment, Format::Text, std::mem::take(scratch));
-    let chunks = if families.is_empty() {
-        Some(vec![Bytes::copy_from_slice(text.as_bytes())])
+    let result = if families.is_empty() {
+        f(&[text.as_str()])
     } else {
-        samples_by_family(&text, families).map(|samples| {
-            samples
-                .into_iter()
-                .map(|samples| Bytes::copy_from_slice(samples.as_bytes()))
-                .collect()
-        })
+        samples_by_family(&text, families).and_then(|sections| f(&sections))
     };
     *scratch = text;
-    chunks
+    result
+}
+
+/// How many parents (or physical devices) one encoding takes: one
+/// encoding costs a registry and an 8 KiB buffer of the crate. A render of
+/// every parent of a 1000 × 32 host (`cargo bench --bench metrics`)
+/// allocated 44 MiB encoding per parent and family, 28 MiB per parent,
+/// 21 MiB with parents in batches, 15 MiB with devices in batches too (the
+/// text itself is 9 MiB); CPU time stayed 27-35 ms, near a whole render.
+pub const PER_ENCODING: usize = 64;
+
+/// The samples of each of `parents` in each per-parent family
+/// ([`Family::PER_PARENT`] order), encoded together and cut apart (see
+/// [`cut_lines`]): a parent has one `mdevreg_parent_info` line and one line
+/// per type in the other two. `None` if the text was not shaped so.
+pub fn encode_parents(parents: Vec<Arc<Parent>>, scratch: &mut String) -> Option<Vec<[Bytes; 3]>> {
+    let types: Vec<usize> = parents
+        .iter()
+        .map(|parent| parent.info.types.len())
+        .collect();
+    with_sections(Fragment::Parents(parents), scratch, |sections| {
+        let [info, available, instances] = sections else {
+            return None;
+        };
+        let info = cut_lines(info, types.iter().map(|_| 1))?;
+        let available = cut_lines(available, types.iter().copied())?;
+        let instances = cut_lines(instances, types.iter().copied())?;
+        Some(
+            info.into_iter()
+                .zip(available)
+                .zip(instances)
+                .map(|((info, available), instances)| [info, available, instances])
+                .collect(),
+        )
+    })
+}
+
+/// The `mdevreg_physical_device_creatable` samples of each of `devices`,
+/// encoded together and cut apart (see [`cut_lines`]): one line per type
+/// id among a device's parents. `None` if the text was not shaped so.
+pub fn encode_devices(
+    devices: Vec<(String, Vec<Arc<Parent>>)>,
+    scratch: &mut String,
+) -> Option<Vec<Bytes>> {
+    let lines: Vec<usize> = devices
+        .iter()
+        .map(|(_, members)| {
+            let ids: BTreeSet<&str> = members
+                .iter()
+                .flat_map(|parent| parent.info.types.iter().map(|t| t.id.as_str()))
+                .collect();
+            ids.len()
+        })
+        .collect();
+    with_sections(Fragment::Devices(devices), scratch, |sections| {
+        cut_lines(sections.first()?, lines.iter().copied())
+    })
+}
+
+/// `section` cut into pieces of `lines` lines each, each piece a buffer of
+/// its own (no fragment keeps a batch's text alive). Each sample is one
+/// line: label values cannot hold a line break (escaped). `None` unless the
+/// counts cover the section exactly.
+fn cut_lines(section: &str, lines: impl Iterator<Item = usize>) -> Option<Vec<Bytes>> {
+    let mut rest = section;
+    let mut pieces = Vec::new();
+    for count in lines {
+        let mut end = 0;
+        for _ in 0..count {
+            // `str::find` of one ASCII character is a fast memchr.
+            end += rest[end..].find('\n')? + 1;
+        }
+        pieces.push(Bytes::copy_from_slice(&rest.as_bytes()[..end]));
+        rest = &rest[end..];
+    }
+    rest.is_empty().then_some(pieces)
 }
 
 /// `text`, the encoding of `families` one after the other, cut into the

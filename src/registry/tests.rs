@@ -205,6 +205,15 @@ fn backend_scan_touches_only_its_backend() {
         registry.kernel_devpath_owner("/devices/pci0000:00/0000:00:02.0"),
         Some("/devices/pci0000:00/0000:00:02.0")
     );
+    // The count behind `has_vendor_kernel_parents` follows them.
+    assert!(registry.has_vendor_kernel_parents());
+    registry
+        .apply(Input::BackendScan {
+            backend: Backend::NvidiaVfio,
+            parents: vec![],
+        })
+        .unwrap();
+    assert!(!registry.has_vendor_kernel_parents());
 }
 
 #[test]
@@ -595,6 +604,24 @@ fn update_sysfs_model(model: &mut BTreeMap<String, ParentInfo>, input: &Input) {
 }
 
 fn check_invariants(r: &Registry, sysfs: &BTreeMap<String, ParentInfo>) {
+    // The counts and the index are what a walk over every parent gives.
+    let mut walked = Counts::default();
+    for parent in r.parents() {
+        walked.add(parent);
+    }
+    assert_eq!(r.counts, walked, "counts kept by put/take");
+    assert_eq!(
+        r.userspace_parents().map(|p| p.name()).collect::<Vec<_>>(),
+        r.parents()
+            .filter(|p| p.source == Source::Userspace)
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        r.has_vendor_kernel_parents(),
+        r.parents()
+            .any(|p| p.source == Source::Kernel && p.info.backend == Backend::NvidiaVfio)
+    );
     for (name, p) in &r.parents {
         assert_eq!(name, p.name());
         assert!(p.registered_seqnum <= r.seqnum);

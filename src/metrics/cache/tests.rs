@@ -118,7 +118,8 @@ fn only_the_changed_parent_and_its_device_are_rendered_again() {
         cache.last_render(),
         RenderStats {
             encoded: 13,
-            reused: 0
+            reused: 0,
+            whole: false
         }
     );
     apply(
@@ -136,7 +137,8 @@ fn only_the_changed_parent_and_its_device_are_rendered_again() {
         cache.last_render(),
         RenderStats {
             encoded: 3 + 1 + 1,
-            reused: 6 + 2
+            reused: 6 + 2,
+            whole: false
         }
     );
     assert_eq!(text(&second), whole(&view));
@@ -202,6 +204,47 @@ fn a_view_without_shared_parents_renders_everything_and_right() {
     let part = cache.registry_part(&view);
     assert_eq!(cache.last_render().reused, 0);
     assert_eq!(text(&part), whole(&view));
+}
+
+#[test]
+fn many_changed_parents_are_encoded_in_batches_and_cut_right() {
+    // More parents than one encoding takes, some without types, some
+    // sharing a physical device.
+    let count = PER_ENCODING * 2 + 7;
+    let infos = |round: u32| -> Vec<ParentInfo> {
+        (0..count)
+            .map(|index| {
+                let types = (0..index % 4)
+                    .map(|t| mdev_type(&format!("t-{t}"), "T \"x\"\n", round + t as u32, t))
+                    .collect();
+                let mut info = parent(
+                    &format!("0000:{:02x}:{:02x}.0", index / 32, index % 32),
+                    types,
+                );
+                if index % 5 == 0 {
+                    info.backend = Backend::NvidiaVfio;
+                    info.physical_device = format!("0000:f{}:00.0", index % 3);
+                }
+                info
+            })
+            .collect()
+    };
+    let shared = shared(infos(0));
+    let view: Arc<dyn RegistryView> = shared.clone();
+    let cache = ExpositionCache::new();
+    assert_eq!(text(&cache.registry_part(&view)), whole(&view));
+    assert!(!cache.last_render().whole);
+    apply(&shared, Input::KernelScan(infos(1)));
+    assert_eq!(text(&cache.registry_part(&view)), whole(&view));
+    let stats = cache.last_render();
+    assert!(!stats.whole);
+    // Parents without types did not change, nor did the devices of those
+    // that are their own physical device.
+    let typeless = (0..count).filter(|index| index % 4 == 0).count();
+    let own_devices = (0..count)
+        .filter(|index| index % 4 == 0 && index % 5 != 0)
+        .count();
+    assert_eq!(stats.reused, 3 * typeless + own_devices, "{stats:?}");
 }
 
 /// One change to the registry, over a small pool of names so that changes
@@ -331,6 +374,7 @@ proptest! {
                 Some(input) => apply(&shared, input),
                 None => {
                     let part = cache.registry_part(&view);
+                    prop_assert!(!cache.last_render().whole);
                     prop_assert_eq!(text(&part), whole(&view));
                     prop_assert_eq!(part.len, part.to_vec().len());
                 }

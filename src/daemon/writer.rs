@@ -34,6 +34,8 @@ pub struct FileContent {
 /// Hands writes to the writer thread and gets them back done.
 pub struct StateWriter {
     jobs: std_mpsc::Sender<(WriteId, Vec<FileContent>)>,
+    /// For a write the thread cannot take: reported failed, like any.
+    failed: mpsc::UnboundedSender<Written>,
     pub done: mpsc::UnboundedReceiver<Written>,
 }
 
@@ -45,6 +47,7 @@ impl StateWriter {
     pub fn start(stores: StateStores) -> io::Result<StateWriter> {
         let (jobs, job_rx) = std_mpsc::channel::<(WriteId, Vec<FileContent>)>();
         let (done_tx, done) = mpsc::unbounded_channel();
+        let failed = done_tx.clone();
         std::thread::Builder::new()
             .name("mdevreg-state".to_owned())
             .spawn(move || {
@@ -60,14 +63,25 @@ impl StateWriter {
                     }
                 }
             })?;
-        Ok(StateWriter { jobs, done })
+        Ok(StateWriter { jobs, failed, done })
     }
 
-    /// Starts `write` of the registry as `registry` shows it now.
+    /// Starts `write` of the registry as `registry` shows it now. If the
+    /// thread is gone (it never ends on its own), the write comes back
+    /// failed, so nobody waits for it forever.
     pub fn start_write(&self, write: Write, registry: &Registry) {
         let files = records(registry, &write.lifetimes);
         if self.jobs.send((write.id, files)).is_err() {
-            log::error!("the state writer is gone: write {} not made", write.id);
+            let gone = Arc::new(io::Error::other("the state writer thread is gone"));
+            let failed = write
+                .lifetimes
+                .iter()
+                .map(|&lifetime| (lifetime, Arc::clone(&gone)))
+                .collect();
+            let _ = self.failed.send(Written {
+                id: write.id,
+                failed,
+            });
         }
     }
 }

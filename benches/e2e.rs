@@ -222,6 +222,8 @@ struct Results {
     bare_same_shape: Option<bool>,
     /// One row per parent count of the scaling phase.
     scaling: Vec<ScalingRow>,
+    /// CPU time per register cycle (mdevregd, dbus-daemon).
+    cycle_cpu: Option<CycleCpu>,
     flood_runs: Vec<FloodRun>,
     flood_receive_buffer_flag: bool,
     latency_block: usize,
@@ -542,6 +544,9 @@ struct DaemonSetup<'a> {
     state_dir: PathBuf,
     log: PathBuf,
     receive_buffer_flag: bool,
+    /// The private dbus-daemon (its CPU time is read around the register
+    /// windows).
+    bus_pid: u32,
 }
 
 impl DaemonSetup<'_> {
@@ -672,6 +677,7 @@ async fn daemon_phases(
         state_dir,
         log: work.join("mdevregd.log"),
         receive_buffer_flag,
+        bus_pid: bus.child.id(),
     };
 
     // Startup: spawn → name acquired, several times.
@@ -704,7 +710,7 @@ async fn daemon_phases(
         std::fs::create_dir_all(&disk_setup.state_dir)
             .map_err(|err| format!("state dir: {err}"))?;
         let (daemon, _) = disk_setup.start_and_wait(&dbus, None).await?;
-        let rates = rate_rounds(&connection, false, 1, scale.rate_window).await;
+        let rates = rate_rounds(&connection, false, None, 1, scale.rate_window).await;
         setup.stop_and_wait(&dbus, daemon).await;
         match rates {
             Ok(rates) => results.register_cycles_per_s_disk = rates.register,
@@ -765,7 +771,11 @@ async fn measure_with_daemon(
         None
     };
     if phase_enabled("rate") {
-        if let Err(err) = rate_phase(connection, bare.as_ref(), scale, results).await {
+        let cpu = CpuWatch {
+            daemon: daemon.pid(),
+            bus: setup.bus_pid,
+        };
+        if let Err(err) = rate_phase(connection, bare.as_ref(), &cpu, scale, results).await {
             results.notes.push(format!("register/echo phase: {err}"));
         }
     }
@@ -867,6 +877,7 @@ fn query_phase(bus_address: &str, scale: Scale, results: &mut Results) {
 async fn rate_phase(
     connection: &zbus::Connection,
     bare: Option<&bare::Bare>,
+    cpu: &CpuWatch,
     scale: Scale,
     results: &mut Results,
 ) -> Result<(), String> {
@@ -874,6 +885,7 @@ async fn rate_phase(
     let rates = rate_rounds(
         connection,
         bare.is_some(),
+        Some(cpu),
         scale.rate_rounds,
         scale.rate_window,
     )
@@ -881,6 +893,7 @@ async fn rate_phase(
     results.register_cycles_per_s = rates.register;
     results.bare_cycles_per_s = rates.bare;
     results.echo_calls_per_s = rates.echo;
+    results.cycle_cpu = Some(rates.cpu);
     eprintln!(
         "e2e: register cycles {:.0}/s, bare responder {:.0}/s, echo calls {:.0}/s",
         median(&results.register_cycles_per_s),
@@ -896,6 +909,55 @@ struct Rates {
     register: Vec<f64>,
     bare: Vec<f64>,
     echo: Vec<f64>,
+    cpu: CycleCpu,
+}
+
+/// Processes whose CPU time is read around the register windows.
+struct CpuWatch {
+    daemon: u32,
+    bus: u32,
+}
+
+/// CPU time spent over the register windows, and the cycles made in them.
+#[derive(Clone, Copy, Debug, Default)]
+struct CycleCpu {
+    daemon_cycles: u64,
+    daemon_cpu_s: f64,
+    bus_cpu_s_daemon_windows: f64,
+    bare_cycles: u64,
+    bus_cpu_s_bare_windows: f64,
+}
+
+impl CycleCpu {
+    /// CPU microseconds per cycle: mdevregd's, the bus's for mdevregd's
+    /// cycles, the bus's for the bare responder's.
+    fn per_cycle_us(&self) -> (f64, f64, f64) {
+        let per = |seconds: f64, cycles: u64| ratio(seconds * 1e6, cycles as f64);
+        (
+            per(self.daemon_cpu_s, self.daemon_cycles),
+            per(self.bus_cpu_s_daemon_windows, self.daemon_cycles),
+            per(self.bus_cpu_s_bare_windows, self.bare_cycles),
+        )
+    }
+}
+
+/// User + system CPU seconds of process `pid` so far (all its threads).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces), from field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15: indexes 11 and 12 here.
+    match (ticks(11), ticks(12)) {
+        // In USER_HZ ticks, 100 per second on Linux (fixed by its ABI).
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 /// `rounds` rounds of a window of register/unregister cycles on mdevregd,
@@ -904,6 +966,7 @@ struct Rates {
 async fn rate_rounds(
     connection: &zbus::Connection,
     with_bare: bool,
+    cpu: Option<&CpuWatch>,
     rounds: usize,
     window: Duration,
 ) -> Result<Rates, String> {
@@ -939,13 +1002,25 @@ async fn rate_rounds(
             [Side::Echo, Side::Bare, Side::Daemon]
         };
         for side in order {
+            let before = cpu.map(|cpu| (cpu_seconds(cpu.daemon), cpu_seconds(cpu.bus)));
             match side {
-                Side::Daemon => rates
-                    .register
-                    .push(register_cycles(&registry, &args, window).await?),
-                Side::Bare if with_bare => rates
-                    .bare
-                    .push(register_cycles(&bare_proxy, &args, window).await?),
+                Side::Daemon => {
+                    let (rate, cycles) = register_cycles(&registry, &args, window).await?;
+                    rates.register.push(rate);
+                    if let (Some(cpu), Some((daemon, bus))) = (cpu, before) {
+                        rates.cpu.daemon_cycles += cycles;
+                        rates.cpu.daemon_cpu_s += cpu_seconds(cpu.daemon) - daemon;
+                        rates.cpu.bus_cpu_s_daemon_windows += cpu_seconds(cpu.bus) - bus;
+                    }
+                }
+                Side::Bare if with_bare => {
+                    let (rate, cycles) = register_cycles(&bare_proxy, &args, window).await?;
+                    rates.bare.push(rate);
+                    if let (Some(cpu), Some((_, bus))) = (cpu, before) {
+                        rates.cpu.bare_cycles += cycles;
+                        rates.cpu.bus_cpu_s_bare_windows += cpu_seconds(cpu.bus) - bus;
+                    }
+                }
                 Side::Bare => {}
                 Side::Echo => {
                     let started = Instant::now();
@@ -967,12 +1042,12 @@ async fn rate_rounds(
 }
 
 /// Sequential RegisterParent + UnregisterParent cycles on `registry` for
-/// `window`: cycles per second.
+/// `window`: cycles per second, and cycles.
 async fn register_cycles(
     registry: &zbus::Proxy<'_>,
     args: &bare::RegisterArgs<'_>,
     window: Duration,
-) -> Result<f64, String> {
+) -> Result<(f64, u64), String> {
     let started = Instant::now();
     let mut cycles = 0u64;
     while started.elapsed() < window {
@@ -986,7 +1061,7 @@ async fn register_cycles(
             .map_err(|err| format!("UnregisterParent: {err}"))?;
         cycles += 1;
     }
-    Ok(cycles as f64 / started.elapsed().as_secs_f64())
+    Ok((cycles as f64 / started.elapsed().as_secs_f64(), cycles))
 }
 
 /// mdevregd's `Stats` property (counters: uevents, rescans, gaps, ...).
@@ -1797,6 +1872,14 @@ fn write_reports(results: &Results) -> Result<(), String> {
         "register_ratio_vs_bare": number(summary.register_ratio_vs_bare),
         "register_cycles_per_s_state_on_disk": number(summary.disk_rate),
         "bare_same_messages": results.bare_same_shape,
+        "cpu_us_per_cycle": results.cycle_cpu.map(|cpu| {
+            let (daemon, bus, bus_bare) = cpu.per_cycle_us();
+            json!({
+                "mdevregd": number(daemon),
+                "dbus_daemon_for_mdevregd": number(bus),
+                "dbus_daemon_for_bare": number(bus_bare),
+            })
+        }),
         "bus_echo_calls_per_s": number(summary.echo_rate),
         "scaling": scaling,
         "scaling_startup_growth": growth.map(|g| number(g.startup)),
@@ -2004,6 +2087,20 @@ fn markdown(results: &Results, s: &Summary) -> String {
         "reference",
         true,
     );
+    if let Some(cpu) = results.cycle_cpu {
+        let (daemon, bus, bus_bare) = cpu.per_cycle_us();
+        row(
+            "CPU per register cycle (user + system, over the windows)",
+            format!(
+                "mdevregd {} µs; dbus-daemon {} µs for mdevregd's cycles, {} µs for the bare responder's",
+                fmt(daemon, 0),
+                fmt(bus, 0),
+                fmt(bus_bare, 0)
+            ),
+            "information",
+            true,
+        );
+    }
     row(
         "… mdevregd with `--state-dir` on disk (fsync)",
         fmt(s.disk_rate, 0),

@@ -30,17 +30,17 @@ fn main() -> ExitCode {
     //   at BLOCKING_THREADS: full sysfs scans (which fan out on scoped
     //   threads of their own, up to the core count, while they run), and
     //   large read-only replies built from the registry snapshot (at most
-    //   `dbus::readers::TOTAL` at a time, one per caller uid);
+    //   `dbus::readers::TOTAL` — one — at a time, uids taking turns);
     // - one thread of its own writes the state files (`daemon::writer`),
     //   one grouped write at a time, so a save never waits for a pool
     //   thread; it sleeps while there is nothing to write;
-    // - pool threads exit after BLOCKING_KEEP_ALIVE idle, and every thread
-    //   gets its own malloc arena, so a burst leaves freed pages behind:
-    //   the loop calls malloc_trim once it has been idle for a second
-    //   (`daemon::trim`), which hands them back whichever arena holds them;
-    // - glibc gets a fixed mmap threshold and at most 2 arenas
-    //   (`daemon::trim::tune_allocator`): a large reply is a mapping of its
-    //   own, unmapped when it is freed, never a hole in some thread's heap.
+    // - glibc gets a fixed mmap threshold and at most 2 malloc arenas
+    //   (`daemon::tune_allocator`, first thing): a large reply is a mapping
+    //   of its own, unmapped when it is freed, never a hole in a heap;
+    // - pool threads exit after BLOCKING_KEEP_ALIVE idle; the small
+    //   allocations of a burst still leave freed pages in the arenas the
+    //   threads shared: the loop calls malloc_trim once it has been idle
+    //   for a second (`daemon::trim`), which hands them back.
     const BLOCKING_THREADS: usize = 4;
     const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
     let runtime = match tokio::runtime::Builder::new_current_thread()

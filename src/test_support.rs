@@ -1,7 +1,10 @@
 //! Fixtures shared by the unit tests of several modules (test builds
 //! only): model values and registries built the same way everywhere.
 
-use crate::model::{MdevType, ParentInfo};
+use zbus::Message;
+
+use crate::dbus::validate;
+use crate::model::{Lifetime, MdevType, ParentInfo};
 use crate::registry::{Input, Registry};
 
 /// A vfio-pci type with `available` free instances and `devices` mdevs
@@ -39,4 +42,30 @@ pub(crate) fn scanned(parents: Vec<ParentInfo>) -> Registry {
         .apply(Input::KernelScan(parents))
         .expect("a scan is always accepted");
     registry
+}
+
+/// A userspace registration of `name` (one "demo-1" type, 4 free), as
+/// the D-Bus validation hands it to the daemon's core.
+pub(crate) fn user_registration(name: &str, lifetime: Lifetime) -> validate::Registration {
+    validate::Registration {
+        info: ParentInfo {
+            name: name.to_owned(),
+            devpath: format!("/devices/virtual/mdevreg/{name}"),
+            subsystem: "mdevreg".to_owned(),
+            driver: String::new(),
+            backend: Default::default(),
+            physical_device: String::new(),
+            types: vec![mdev_type("demo-1", "", 4, 0)],
+        },
+        lifetime,
+        allow_interaction: false,
+    }
+}
+
+/// An unsent call of `member` on the registry object (no arguments), to
+/// stand for the caller's message.
+pub(crate) fn method_call(member: &str) -> Message {
+    Message::method_call("/org/mdevreg/Registry1", member)
+        .build(&())
+        .expect("message")
 }

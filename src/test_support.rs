@@ -22,13 +22,31 @@ pub(crate) fn mdev_type(id: &str, name: &str, available: u32, devices: usize) ->
     }
 }
 
-/// A kernel PCI parent `name` bound to nvidia, with `types`.
-pub(crate) fn nvidia_parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
+/// A kernel PCI parent `name` bound to `driver`, with `types`.
+pub(crate) fn pci_parent(name: &str, driver: &str, types: Vec<MdevType>) -> ParentInfo {
     ParentInfo {
         name: name.to_owned(),
         devpath: format!("/devices/pci0000:00/{name}"),
         subsystem: "pci".to_owned(),
-        driver: "nvidia".to_owned(),
+        driver: driver.to_owned(),
+        backend: Default::default(),
+        physical_device: String::new(),
+        types,
+    }
+}
+
+/// A kernel PCI parent `name` bound to nvidia, with `types`.
+pub(crate) fn nvidia_parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
+    pci_parent(name, "nvidia", types)
+}
+
+/// A userspace parent `name` (under /devices/virtual/mdevreg), with `types`.
+pub(crate) fn user_parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
+    ParentInfo {
+        name: name.to_owned(),
+        devpath: format!("/devices/virtual/mdevreg/{name}"),
+        subsystem: "mdevreg".to_owned(),
+        driver: String::new(),
         backend: Default::default(),
         physical_device: String::new(),
         types,
@@ -48,15 +66,7 @@ pub(crate) fn scanned(parents: Vec<ParentInfo>) -> Registry {
 /// the D-Bus validation hands it to the daemon's core.
 pub(crate) fn user_registration(name: &str, lifetime: Lifetime) -> validate::Registration {
     validate::Registration {
-        info: ParentInfo {
-            name: name.to_owned(),
-            devpath: format!("/devices/virtual/mdevreg/{name}"),
-            subsystem: "mdevreg".to_owned(),
-            driver: String::new(),
-            backend: Default::default(),
-            physical_device: String::new(),
-            types: vec![mdev_type("demo-1", "", 4, 0)],
-        },
+        info: user_parent(name, vec![mdev_type("demo-1", "", 4, 0)]),
         lifetime,
         allow_interaction: false,
     }

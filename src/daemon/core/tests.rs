@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::model::{Lifetime, MdevType, ParentInfo};
 use crate::sysfs::Warning;
-use crate::test_support::{method_call, user_registration};
+use crate::test_support::{method_call, pci_parent, user_registration};
 
 /// A sysfs stand-in: devpath → what a re-read finds (absent: not a parent).
 #[derive(Default)]
@@ -70,15 +70,7 @@ fn mtype(id: &str, available: u32) -> MdevType {
 }
 
 fn kernel(name: &str, available: u32) -> ParentInfo {
-    ParentInfo {
-        name: name.to_owned(),
-        devpath: format!("/devices/pci0000:00/{name}"),
-        subsystem: "pci".to_owned(),
-        driver: "i915".to_owned(),
-        backend: Default::default(),
-        physical_device: String::new(),
-        types: vec![mtype("i915-GVTg_V5_4", available)],
-    }
+    pci_parent(name, "i915", vec![mtype("i915-GVTg_V5_4", available)])
 }
 
 fn core() -> (Core, Arc<Counters>) {

@@ -53,6 +53,24 @@ pub(crate) fn user_parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
     }
 }
 
+/// Two P40 GPUs as a scan finds them: 0000:3b:00.0 with two types (2
+/// mdevs of the first), 0000:3c:00.0 with one (4 mdevs).
+pub(crate) fn two_p40s() -> Vec<ParentInfo> {
+    vec![
+        nvidia_parent(
+            "0000:3b:00.0",
+            vec![
+                mdev_type("nvidia-100", "GRID P40-1Q", 24, 2),
+                mdev_type("nvidia-101", "GRID P40-2Q", 12, 0),
+            ],
+        ),
+        nvidia_parent(
+            "0000:3c:00.0",
+            vec![mdev_type("nvidia-100", "GRID P40-1Q", 20, 4)],
+        ),
+    ]
+}
+
 /// A registry holding what one kernel scan found: `parents`.
 pub(crate) fn scanned(parents: Vec<ParentInfo>) -> Registry {
     let mut registry = Registry::new();

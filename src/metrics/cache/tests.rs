@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::model::{Backend, Lifetime, ParentInfo};
 use crate::registry::{Input, Registry};
-use crate::test_support::{mdev_type, nvidia_parent, scanned};
+use crate::test_support::{mdev_type, nvidia_parent, scanned, two_p40s};
 
 type Shared = Arc<RwLock<Arc<Registry>>>;
 
@@ -29,21 +29,11 @@ fn text(part: &RegistryPart) -> String {
     String::from_utf8(part.to_vec()).expect("UTF-8")
 }
 
+/// The two P40s and a third GPU offering no type.
 fn three_gpus() -> Shared {
-    shared(vec![
-        nvidia_parent(
-            "0000:3b:00.0",
-            vec![
-                mdev_type("nvidia-100", "GRID P40-1Q", 24, 2),
-                mdev_type("nvidia-101", "GRID P40-2Q", 12, 0),
-            ],
-        ),
-        nvidia_parent(
-            "0000:3c:00.0",
-            vec![mdev_type("nvidia-100", "GRID P40-1Q", 20, 4)],
-        ),
-        nvidia_parent("0000:3d:00.0", Vec::new()),
-    ])
+    let mut parents = two_p40s();
+    parents.push(nvidia_parent("0000:3d:00.0", Vec::new()));
+    shared(parents)
 }
 
 #[test]

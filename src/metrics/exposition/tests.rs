@@ -3,26 +3,14 @@ use std::sync::Arc;
 use super::*;
 use crate::model::ParentInfo;
 use crate::registry::Registry;
-use crate::test_support::{mdev_type, nvidia_parent, scanned};
+use crate::test_support::{mdev_type, nvidia_parent, scanned, two_p40s};
 
 fn text(view: Arc<dyn RegistryView>, counters: Option<&CounterValues>, format: Format) -> String {
     String::from_utf8(render(view, counters, format).to_vec()).expect("UTF-8")
 }
 
 fn two_gpus() -> Registry {
-    scanned(vec![
-        nvidia_parent(
-            "0000:3b:00.0",
-            vec![
-                mdev_type("nvidia-100", "GRID P40-1Q", 24, 2),
-                mdev_type("nvidia-101", "GRID P40-2Q", 12, 0),
-            ],
-        ),
-        nvidia_parent(
-            "0000:3c:00.0",
-            vec![mdev_type("nvidia-100", "GRID P40-1Q", 20, 4)],
-        ),
-    ])
+    scanned(two_p40s())
 }
 
 #[test]

@@ -27,5 +27,6 @@ pub mod report;
 pub mod synth_uevent;
 pub mod sysfs;
 pub mod uevent;
+pub mod uevent_writer;
 pub mod vendor_watch;
 pub mod wait;

@@ -85,7 +85,7 @@ impl Scale {
             flood_runs: 3,
             latency_block: 50,
             scaling_parents: &[10_000, 30_000],
-            scaling_rounds: 3,
+            scaling_rounds: 5,
         }
     }
 
@@ -1002,6 +1002,18 @@ async fn rate_rounds(
             [Side::Echo, Side::Bare, Side::Daemon]
         };
         for side in order {
+            // Profiling aid: `MDEVREG_BENCH_RATE_SIDES=daemon` runs only
+            // mdevregd's windows (a profile of the register path alone).
+            if let Ok(sides) = std::env::var("MDEVREG_BENCH_RATE_SIDES") {
+                let name = match side {
+                    Side::Daemon => "daemon",
+                    Side::Bare => "bare",
+                    Side::Echo => "echo",
+                };
+                if !sides.split(',').any(|item| item.trim() == name) {
+                    continue;
+                }
+            }
             let before = cpu.map(|cpu| (cpu_seconds(cpu.daemon), cpu_seconds(cpu.bus)));
             match side {
                 Side::Daemon => {
@@ -1368,6 +1380,9 @@ async fn latency_phase(
 
 // ----- scaling: startup and full rescans of N × 1 trees -----
 
+/// `Rescan()` calls timed after each start of the scaling phase.
+const RESCANS_PER_START: usize = 3;
+
 /// `parents` s390-like subchannel parents (`vfio_ccw`, one type each)
 /// under `/devices/css0`, on a tmpfs of their own; startup (spawn → name)
 /// and `Rescan()` of the daemon on it, alternating with the direct scan
@@ -1421,7 +1436,7 @@ async fn scaling_row(
             }
             let (daemon, elapsed) = scale_setup.start_and_wait(dbus, None).await?;
             row.startup_ms.push(ms(elapsed));
-            for _ in 0..2 {
+            for _ in 0..RESCANS_PER_START {
                 let started = Instant::now();
                 let () = registry
                     .call("Rescan", &())
@@ -1897,6 +1912,7 @@ fn write_reports(results: &Results) -> Result<(), String> {
     let partial = std::env::var_os("MDEVREG_BENCH_QUICK").is_some()
         || std::env::var_os("MDEVREG_BENCH_PHASES").is_some()
         || std::env::var_os("MDEVREG_BENCH_DAEMON_WRAPPER").is_some()
+        || std::env::var_os("MDEVREG_BENCH_RATE_SIDES").is_some()
         || std::env::var_os("MDEVREG_BENCH_TREE_DIR").is_some();
     let (json_path, markdown_path) = if partial {
         (
@@ -2277,7 +2293,7 @@ fn markdown(results: &Results, s: &Summary) -> String {
             "- Scaling: trees of N s390-like subchannel parents (`vfio_ccw`, one type each, all in \
              `/devices/css0`) on a tmpfs of their own (built in {}); for each round the direct scan \
              (`mdevreg types --json --sysfs-root`, spawn to exit) and a daemon start (spawn → name \
-             acquired, the tree loaded) followed by two `Rescan()` calls (call → reply: a scan on a \
+             acquired, the tree loaded) followed by {RESCANS_PER_START} `Rescan()` calls (call → reply: a scan on a \
              blocking thread and its result applied), the direct scan before or after the daemon by \
              turns; medians. Peak RSS of the daemon: {}.",
             results

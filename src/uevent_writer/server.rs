@@ -56,12 +56,16 @@ pub fn serve(listener: &UnixListener, root: &SysfsRoot) -> io::Result<()> {
     }
 }
 
-/// Answers one connection.
+/// Answers one connection. The request is read before the peer is
+/// judged, and what follows it is drained after the answer: a socket closed
+/// with unread data resets the connection, and the peer might lose the
+/// answer.
 pub fn serve_one(mut stream: UnixStream, root: &SysfsRoot) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let request = read_request(&mut stream);
     let answer = match getsockopt(&stream, PeerCredentials) {
-        Ok(peer) if peer.uid() == 0 => answer(&mut stream, root),
+        Ok(peer) if peer.uid() == 0 => answer(request, root),
         Ok(peer) => {
             log::warn!(
                 "refused a request from uid {} (pid {})",
@@ -76,10 +80,15 @@ pub fn serve_one(mut stream: UnixStream, root: &SysfsRoot) {
         Err(err) => Answer::Error(err as i32, format!("cannot identify the peer: {err}")),
     };
     let _ = stream.write_all(&answer.encode());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = io::copy(&mut (&stream).take(DRAIN_LIMIT), &mut io::sink());
 }
 
-fn answer(stream: &mut UnixStream, root: &SysfsRoot) -> Answer {
-    let result = read_request(stream)
+/// At most this much is drained after the answer.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+fn answer(request: Result<Vec<u8>, Refusal>, root: &SysfsRoot) -> Answer {
+    let result = request
         .and_then(|bytes| Request::decode(&bytes))
         .and_then(|request| {
             let uuid = handle(root, &request)?;

@@ -29,5 +29,6 @@ pub mod sysfs;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod uevent;
+pub mod uevent_writer;
 pub mod vendor_watch;
 pub mod wait;

@@ -219,12 +219,35 @@ pub struct MdevregdCli {
     /// `/var/lib/prometheus/node-exporter/mdevreg.prom`.
     #[arg(long, value_name = "PATH")]
     pub metrics_textfile: Option<PathBuf>,
+    /// Have the synthetic uevents of vendor-VFIO parents written by
+    /// mdevreg-uevent-writer listening on this socket (for a read-only
+    /// `/sys`), instead of writing them directly.
+    #[arg(long, value_name = "SOCKET")]
+    pub uevent_writer: Option<PathBuf>,
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 /// `--poll-interval`: seconds (fractions allowed), 0.01 ..= 86400.
+/// `mdevreg-uevent-writer`: writes the synthetic `change` uevents of NVIDIA
+/// vendor-specific VFIO virtual functions for mdevregd, whose `/sys` is
+/// read-only (started by mdevreg-uevent-writer.socket).
+#[derive(Debug, Parser)]
+#[command(name = "mdevreg-uevent-writer", version)]
+pub struct UeventWriterCli {
+    /// Root of the sysfs tree whose `devices/` it may write to.
+    #[arg(long, default_value = "/sys", value_name = "DIR")]
+    pub sysfs_root: PathBuf,
+    /// Bind a socket at this path (mode 0600) instead of taking the one
+    /// systemd passes.
+    #[arg(long, value_name = "PATH")]
+    pub listen: Option<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
 fn parse_poll_interval(text: &str) -> Result<std::time::Duration, String> {
     let seconds: f64 = text
         .parse()

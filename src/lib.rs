@@ -26,6 +26,9 @@ pub mod registry;
 pub mod report;
 pub mod synth_uevent;
 pub mod sysfs;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod uevent;
+pub mod uevent_writer;
 pub mod vendor_watch;
 pub mod wait;

@@ -51,10 +51,11 @@ impl TargetFilter {
     }
 }
 
-/// Targets of this crate and its binaries: `mdevreg`, `mdevregd`, `mdevreg::...`.
+/// Targets of this crate and its binaries: `mdevreg`, `mdevregd`,
+/// `mdevreg_uevent_writer`, `mdevreg::...`.
 fn is_own_target(target: &str) -> bool {
     let crate_name = target.split("::").next().unwrap_or(target);
-    crate_name == "mdevreg" || crate_name == "mdevregd"
+    matches!(crate_name, "mdevreg" | "mdevregd" | "mdevreg_uevent_writer")
 }
 
 /// Installs the global logger: journald if connected to it, else stderr.

@@ -14,7 +14,8 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use crate::emit::MdevState;
 use crate::paths::SysfsRoot;
@@ -43,7 +44,19 @@ pub fn write_change(root: &SysfsRoot, devpath: &str, state: MdevState) -> io::Re
     let path = uevent_path(root, devpath)?;
     let uuid = uuid::Uuid::new_v4();
     let line = change_line(state, &uuid);
-    let mut file = OpenOptions::new().write(true).truncate(true).open(&path)?;
+    write_line(&path, &line)?;
+    Ok(uuid)
+}
+
+/// Writes `line` into the existing `uevent` file at `path` in one `write`:
+/// never created, never through a symlink (`O_NOFOLLOW`; std adds
+/// `O_CLOEXEC`).
+pub fn write_line(path: &Path, line: &str) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
     let written = file.write(line.as_bytes())?;
     if written != line.len() {
         return Err(io::Error::new(
@@ -51,7 +64,7 @@ pub fn write_change(root: &SysfsRoot, devpath: &str, state: MdevState) -> io::Re
             format!("short write to {}", path.display()),
         ));
     }
-    Ok(uuid)
+    Ok(())
 }
 
 fn uevent_path(root: &SysfsRoot, devpath: &str) -> io::Result<PathBuf> {

@@ -425,7 +425,7 @@ fn a_read_only_sys_counts_the_failed_synthetic_uevent_and_goes_on() {
             );
             let log = setup.daemon.log();
             assert!(
-                log.contains("Read-only file system") && log.contains("vendor-vfio-uevents.conf"),
+                log.contains("Read-only file system") && log.contains("--uevent-writer"),
                 "{log}"
             );
             for (vf, text) in b.vf_names().iter().zip(&uevent_before) {
@@ -438,6 +438,208 @@ fn a_read_only_sys_counts_the_failed_synthetic_uevent_and_goes_on() {
                 .await
                 .expect("GetCapacity after the failures");
             assert_eq!(capacity.len(), 13, "{capacity:?}");
+            drop(setup);
+        },
+    );
+}
+
+/// `mdevreg-uevent-writer` on the writable fixture tree, listening on a
+/// socket of its own; killed on drop. Its stderr (the log) is collected.
+struct UeventWriter {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl UeventWriter {
+    /// Starts the writer and returns once it listens (its first log line).
+    fn start(root: &std::path::Path) -> UeventWriter {
+        use std::io::BufRead;
+        let dir = common::prereq::open_tempdir("mdevreg-writer");
+        let socket = dir.path().join("writer.sock");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mdevreg-uevent-writer"))
+            .arg("--sysfs-root")
+            .arg(root)
+            .arg("--listen")
+            .arg(&socket)
+            .env_remove("JOURNAL_STREAM")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start mdevreg-uevent-writer");
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(first.contains("writing synthetic uevents"), "{first}");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let collected = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut log = collected.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        UeventWriter {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Sends `request` as it is through socat, as root or as nobody;
+    /// returns the answer.
+    fn ask(&self, request: &str, as_nobody: bool) -> String {
+        let mut command = if as_nobody {
+            let mut command = std::process::Command::new("setpriv");
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "socat"]);
+            command
+        } else {
+            std::process::Command::new("socat")
+        };
+        let mut child = command
+            .args(["-t", "30", "-"])
+            .arg(format!("UNIX-CONNECT:{}", self.socket.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run socat");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(request.as_bytes())
+            .expect("send the request");
+        let output = child.wait_with_output().expect("socat output");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for UeventWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_uevent_writer_writes_for_a_daemon_on_a_read_only_sys() {
+    run(
+        "the_uevent_writer_writes_for_a_daemon_on_a_read_only_sys",
+        &["mount", "umount", "socat", "setpriv"],
+        || async {
+            let tree = FakeSysfs::new();
+            tree.add_vfio_gpu(&l40s_a());
+            let mut writer = UeventWriter::start(tree.root());
+            // The daemon reads the tree through a read-only view (as /sys
+            // under ProtectKernelTunables=yes); only the writer may write.
+            let view = ReadOnlyView::of(tree.root());
+            let socket = writer.socket.to_str().expect("utf-8 path").to_owned();
+            let setup = Setup::start(view.path(), |options| {
+                options.emit = "none";
+                options.extra_args.extend([
+                    "--poll-interval".to_string(),
+                    "600".to_string(),
+                    "--uevent-writer".to_string(),
+                    socket,
+                ]);
+            })
+            .await;
+            let mut signals = registry_signals(&setup.client).await;
+            let registry = setup.registry().await;
+            let before = registry.stats().await.expect("Stats");
+
+            // SR-IOV enabled on GPU B, picked up by a rescan.
+            let b = l40s_b();
+            tree.add_vfio_gpu(&b);
+            let uevent = |devpath: &str| {
+                fs::read_to_string(tree.path(format!("{devpath}/uevent"))).expect("uevent file")
+            };
+            let pf_before = uevent(&b.pf_devpath);
+            registry.rescan().await.expect("Rescan");
+            let mut registered = Vec::new();
+            while registered.len() < 4 {
+                let signal = next_signal(&mut signals, LONG)
+                    .await
+                    .expect("ParentRegistered for each new VF");
+                assert_eq!(signal.member, "ParentRegistered", "{signal:?}");
+                registered.push(signal.name);
+            }
+            registered.sort();
+            assert_eq!(registered, b.vf_names());
+
+            // The synthetic change of each VF went through the writer
+            // before its signal.
+            let stats = registry.stats().await.expect("Stats");
+            assert_eq!(
+                stats["uevents_synthetic"] - before["uevents_synthetic"],
+                4,
+                "{stats:?}"
+            );
+            assert_eq!(
+                stats["uevent_emit_failures"], before["uevent_emit_failures"],
+                "{stats:?}"
+            );
+            for vf in b.vf_names() {
+                let line = uevent(&b.vf_devpath(&vf));
+                let uuid = line
+                    .strip_prefix("change ")
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|uuid| uuid.parse::<uuid::Uuid>().ok())
+                    .unwrap_or_else(|| panic!("{vf}: {line:?}"));
+                assert_eq!(
+                    line,
+                    mdevreg::synth_uevent::change_line(mdevreg::emit::MdevState::Registered, &uuid),
+                    "{vf}"
+                );
+                assert!(
+                    writer
+                        .log
+                        .lock()
+                        .expect("log")
+                        .contains(&format!("SYNTH_UUID={uuid}")),
+                    "{vf}: not written by the writer"
+                );
+            }
+            assert_eq!(uevent(&b.pf_devpath), pf_before, "the PF is not touched");
+            assert!(
+                !setup.daemon.log().contains("Read-only"),
+                "{}",
+                setup.daemon.log()
+            );
+
+            // Refused: a non-root peer (even with the socket open to it),
+            // the PF (not a VF), a path out of the tree, garbage.
+            let vf = b.vf_devpath(&b.vf_names()[0]);
+            let vf_before = uevent(&vf);
+            fs::set_permissions(
+                &writer.socket,
+                std::os::unix::fs::PermissionsExt::from_mode(0o666),
+            )
+            .expect("chmod socket");
+            let answer = writer.ask(&format!("unregistered {vf}\n"), true);
+            assert!(
+                answer.starts_with("error 1 refused: peer uid 65534 is not root"),
+                "{answer:?}"
+            );
+            let answer = writer.ask(&format!("unregistered {}\n", b.pf_devpath), false);
+            assert!(
+                answer.starts_with("error 1 ")
+                    && answer.contains("not an NVIDIA vendor-specific VFIO virtual function"),
+                "{answer:?}"
+            );
+            let answer = writer.ask(&format!("registered {vf}/../../../..\n"), false);
+            assert!(answer.starts_with("error 22 not a canonical"), "{answer:?}");
+            let answer = writer.ask("\u{1}\u{2}garbage", false);
+            assert!(answer.starts_with("error 22 "), "{answer:?}");
+            assert_eq!(uevent(&vf), vf_before, "refused requests write nothing");
+            assert_eq!(uevent(&b.pf_devpath), pf_before);
+            // And a good request by hand still works: the writer served on.
+            let answer = writer.ask(&format!("unregistered {vf}\n"), false);
+            assert!(answer.starts_with("ok "), "{answer:?}");
+            assert!(uevent(&vf).contains("MDEVSTATE=unregistered"));
+            assert!(writer.child.try_wait().expect("writer status").is_none());
             drop(setup);
         },
     );

@@ -126,6 +126,7 @@ async fn run(cli: MdevregdCli) -> ExitCode {
             listen: cli.metrics_listen,
             textfile: cli.metrics_textfile.clone(),
         },
+        uevent_writer: cli.uevent_writer.clone(),
     };
     // The address is printed once the registry is served: busd drops calls
     // to a name nobody owns yet without an error reply, so a client started

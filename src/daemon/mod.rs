@@ -102,6 +102,10 @@ pub struct Config {
     pub poll_interval: std::time::Duration,
     /// Prometheus metrics outputs (`--metrics-listen`, `--metrics-textfile`).
     pub metrics: MetricsConfig,
+    /// The socket of mdevreg-uevent-writer (`--uevent-writer`), which
+    /// writes vendor-VFIO synthetic uevents for a daemon whose `/sys` is
+    /// read-only; `None`: written directly.
+    pub uevent_writer: Option<std::path::PathBuf>,
 }
 
 /// Why the daemon stopped with an error.
@@ -252,6 +256,7 @@ pub async fn run(
             counters: Arc::clone(&counters),
             observers,
             sysfs_root: config.sysfs_root.clone(),
+            uevent_writer: config.uevent_writer.clone(),
         },
         sysfs_root: config.sysfs_root.clone(),
         bus: bus.clone(),

@@ -15,6 +15,7 @@
 //! an observer), fed by every commit.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use zbus::Connection;
@@ -30,6 +31,7 @@ use crate::paths::SysfsRoot;
 use crate::persist::StateStores;
 use crate::registry::Registry;
 use crate::synth_uevent;
+use crate::uevent_writer;
 
 /// Sees every commit once it is carried out (a metrics renderer, say),
 /// with the registry as the commit left it.
@@ -61,6 +63,9 @@ pub struct Sink {
     /// userspace parents' locations checked again before each uevent
     /// ([`crate::boundary`]).
     pub sysfs_root: SysfsRoot,
+    /// Where mdevreg-uevent-writer listens (`--uevent-writer`); `None`:
+    /// the synthetic uevents are written directly.
+    pub uevent_writer: Option<PathBuf>,
 }
 
 impl Sink {
@@ -103,7 +108,7 @@ impl Sink {
                 }
             }
             if parent.source == Source::Kernel && parent.info.backend == Backend::NvidiaVfio {
-                self.synthetic_uevent(parent, state);
+                self.synthetic_uevent(parent, state).await;
                 continue;
             }
             match self.uevents.emit(parent, state, seqnum) {
@@ -166,8 +171,16 @@ impl Sink {
     /// synthetic `change` to its own `uevent` file, so the event carries its
     /// kernel properties. A VF that is gone (its unregistration after
     /// `sriov_numvfs = 0`) has no file left: that is expected, not counted.
-    fn synthetic_uevent(&self, parent: &Parent, state: MdevState) {
-        match synth_uevent::write_change(&self.sysfs_root, &parent.info.devpath, state) {
+    /// With `--uevent-writer` the privileged writer does it (an async
+    /// exchange on a local socket, bounded by
+    /// [`uevent_writer::CLIENT_TIMEOUT`]: the loop's thread never blocks);
+    /// else a direct write (a sysfs attribute: no wait).
+    async fn synthetic_uevent(&self, parent: &Parent, state: MdevState) {
+        let written = match &self.uevent_writer {
+            Some(socket) => uevent_writer::request(socket, &parent.info.devpath, state).await,
+            None => synth_uevent::write_change(&self.sysfs_root, &parent.info.devpath, state),
+        };
+        match written {
             Ok(uuid) => {
                 self.counters.bump(Counter::UeventsSynthetic);
                 log::debug!(
@@ -186,8 +199,8 @@ impl Sink {
                 // Under the shipped unit /sys is read-only
                 // (ProtectKernelTunables=): say what opens these files.
                 let hint = if err.raw_os_error() == Some(nix::libc::EROFS) {
-                    "; /sys is read-only for mdevregd: see the drop-in example \
-                     mdevregd.service.d/vendor-vfio-uevents.conf"
+                    "; /sys is read-only for mdevregd: start it with \
+                     --uevent-writer (mdevreg-uevent-writer.socket)"
                 } else {
                     ""
                 };

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::test_support::{pci_parent, user_parent};
 
 fn mtype(id: &str, avail: u32) -> MdevType {
     MdevType {
@@ -18,27 +19,15 @@ fn mtype(id: &str, avail: u32) -> MdevType {
 }
 
 fn kinfo(name: &str, avail: u32) -> ParentInfo {
-    ParentInfo {
-        name: name.to_owned(),
-        devpath: format!("/devices/pci0000:00/{name}"),
-        subsystem: "pci".to_owned(),
-        driver: "i915".to_owned(),
-        backend: Default::default(),
-        physical_device: String::new(),
-        types: vec![mtype("i915-GVTg_V5_4", avail), mtype("i915-GVTg_V5_8", 1)],
-    }
+    pci_parent(
+        name,
+        "i915",
+        vec![mtype("i915-GVTg_V5_4", avail), mtype("i915-GVTg_V5_8", 1)],
+    )
 }
 
 fn uinfo(name: &str) -> ParentInfo {
-    ParentInfo {
-        name: name.to_owned(),
-        devpath: format!("/devices/virtual/mdevreg/{name}"),
-        subsystem: "mdevreg".to_owned(),
-        driver: String::new(),
-        backend: Default::default(),
-        physical_device: String::new(),
-        types: vec![mtype("test-1", 4)],
-    }
+    user_parent(name, vec![mtype("test-1", 4)])
 }
 
 fn register(name: &str, owner: &str, lifetime: Lifetime) -> Input {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::model::{Lifetime, MdevType, ParentInfo};
 use crate::sysfs::Warning;
+use crate::test_support::{method_call, pci_parent, user_registration};
 
 /// A sysfs stand-in: devpath → what a re-read finds (absent: not a parent).
 #[derive(Default)]
@@ -69,37 +70,7 @@ fn mtype(id: &str, available: u32) -> MdevType {
 }
 
 fn kernel(name: &str, available: u32) -> ParentInfo {
-    ParentInfo {
-        name: name.to_owned(),
-        devpath: format!("/devices/pci0000:00/{name}"),
-        subsystem: "pci".to_owned(),
-        driver: "i915".to_owned(),
-        backend: Default::default(),
-        physical_device: String::new(),
-        types: vec![mtype("i915-GVTg_V5_4", available)],
-    }
-}
-
-fn registration(name: &str, lifetime: Lifetime) -> validate::Registration {
-    validate::Registration {
-        info: ParentInfo {
-            name: name.to_owned(),
-            devpath: format!("/devices/virtual/mdevreg/{name}"),
-            subsystem: "mdevreg".to_owned(),
-            driver: String::new(),
-            backend: Default::default(),
-            physical_device: String::new(),
-            types: vec![mtype("demo-1", 4)],
-        },
-        lifetime,
-        allow_interaction: false,
-    }
-}
-
-fn call(member: &str) -> Message {
-    Message::method_call("/org/mdevreg/Registry1", member)
-        .build(&())
-        .expect("message")
+    pci_parent(name, "i915", vec![mtype("i915-GVTg_V5_4", available)])
 }
 
 fn core() -> (Core, Arc<Counters>) {
@@ -282,10 +253,10 @@ fn a_rescan_asked_for_during_one_runs_after_it() {
 fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     let (mut core, _) = core();
     let commit = core.register(
-        registration("demo", Lifetime::Persistent),
+        user_registration("demo", Lifetime::Persistent),
         ":1.7".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     assert_eq!(kinds(&commit), ["registered"]);
@@ -321,10 +292,10 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     // Numbers keep increasing; the name is free again.
     assert!(core.registry().seqnum() > seqnum);
     let again = core.register(
-        registration("demo", Lifetime::Owner),
+        user_registration("demo", Lifetime::Owner),
         ":1.7".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     assert_eq!(kinds(&again), ["registered"]);
@@ -335,18 +306,18 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
 fn a_refused_call_changes_nothing_and_gets_its_error() {
     let (mut core, _) = core();
     let first = core.register(
-        registration("demo", Lifetime::Owner),
+        user_registration("demo", Lifetime::Owner),
         ":1.7".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     assert_eq!(kinds(&first), ["registered"]);
     let taken = core.register(
-        registration("demo", Lifetime::Owner),
+        user_registration("demo", Lifetime::Owner),
         ":1.8".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     assert!(taken.events.is_empty() && taken.save.is_empty());
@@ -355,7 +326,7 @@ fn a_refused_call_changes_nothing_and_gets_its_error() {
         taken.replies.into_iter().next().map(|reply| reply.result),
         Some(Err(dbus::Error::AlreadyRegistered(_)))
     ));
-    let not_owner = core.unregister("demo".to_owned(), ":1.8".to_owned(), 0, call("U"));
+    let not_owner = core.unregister("demo".to_owned(), ":1.8".to_owned(), 0, method_call("U"));
     assert!(matches!(
         not_owner
             .replies
@@ -364,7 +335,7 @@ fn a_refused_call_changes_nothing_and_gets_its_error() {
             .map(|reply| reply.result),
         Some(Err(dbus::Error::NotOwner(_)))
     ));
-    let unregistered = core.unregister("demo".to_owned(), ":1.7".to_owned(), 0, call("U"));
+    let unregistered = core.unregister("demo".to_owned(), ":1.7".to_owned(), 0, method_call("U"));
     assert_eq!(kinds(&unregistered), ["unregistered"]);
     assert_eq!(unregistered.save, [Lifetime::Owner]);
     assert!(matches!(
@@ -385,10 +356,10 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     assert!(gone.events.is_empty());
     assert_eq!(gone.forget_callers, [":1.9"]);
     let commit = core.register(
-        registration("late", Lifetime::Owner),
+        user_registration("late", Lifetime::Owner),
         ":1.9".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     assert_eq!(kinds(&commit), ["registered"]);
@@ -403,10 +374,10 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     assert!(core.registry().get("late").is_none());
     // An owner still on the bus keeps its registration.
     let kept = core.register(
-        registration("kept", Lifetime::Owner),
+        user_registration("kept", Lifetime::Owner),
         ":1.10".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     assert!(core
@@ -415,10 +386,10 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     assert!(core.registry().get("kept").is_some());
     // A persistent parent survives its owner, without the owner.
     core.register(
-        registration("stays", Lifetime::Persistent),
+        user_registration("stays", Lifetime::Persistent),
         ":1.10".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     let commits = core.sources(
@@ -442,10 +413,10 @@ fn a_kernel_parent_waiting_for_a_userspace_name_takes_it_when_freed() {
     let (mut core, _) = core();
     let sysfs = FakeSysfs::default();
     core.register(
-        registration("0000:00:02.0", Lifetime::Owner),
+        user_registration("0000:00:02.0", Lifetime::Owner),
         ":1.3".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     let info = kernel("0000:00:02.0", 4);
@@ -472,10 +443,10 @@ fn undoing_a_registration_lets_a_waiting_kernel_parent_take_the_name_and_shows_o
     let (mut core, _) = core();
     let sysfs = FakeSysfs::default();
     let commit = core.register(
-        registration("0000:00:02.0", Lifetime::Owner),
+        user_registration("0000:00:02.0", Lifetime::Owner),
         ":1.3".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &FakeSysfs::default(),
     );
     // While its state file is written, the kernel parent of that name
@@ -508,14 +479,14 @@ fn a_registration_at_a_kernel_device_is_refused_and_changes_nothing() {
     let (mut core, _) = core();
     let sysfs = FakeSysfs::default();
     sysfs.put(kernel("0000:00:02.0", 1));
-    let mut hostile = registration("hostile", Lifetime::Persistent);
+    let mut hostile = user_registration("hostile", Lifetime::Persistent);
     hostile.info.devpath = kernel("0000:00:02.0", 1).devpath;
     let before = Registry::clone(&core.registry());
     let commit = core.register(
         hostile,
         ":1.7".to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &sysfs,
     );
     assert!(commit.events.is_empty() && commit.save.is_empty());
@@ -538,9 +509,9 @@ fn rescan_calls_are_answered_by_a_scan_that_started_after_them() {
             warnings: Vec::new(),
         })
     };
-    assert_eq!(core.rescan_call(call("Rescan")), Some("Rescan()"));
+    assert_eq!(core.rescan_call(method_call("Rescan")), Some("Rescan()"));
     // A second call while the scan runs waits for the next one.
-    assert_eq!(core.rescan_call(call("Rescan")), None);
+    assert_eq!(core.rescan_call(method_call("Rescan")), None);
     let first = core.scan_finished(empty(), &sysfs);
     assert_eq!(first.replies.len(), 1);
     assert_eq!(first.start_scan, Some("Rescan()"));
@@ -550,7 +521,7 @@ fn rescan_calls_are_answered_by_a_scan_that_started_after_them() {
     assert_eq!(second.start_scan, None);
     assert_eq!(counters.get(Counter::Rescans), 2);
     // A scan that failed answers with an error.
-    core.rescan_call(call("Rescan"));
+    core.rescan_call(method_call("Rescan"));
     let failed = core.scan_finished(Err("panicked".to_owned()), &sysfs);
     assert!(failed.replies[0].result.is_err());
 }

@@ -5,16 +5,15 @@
 use std::cell::Cell;
 use std::sync::RwLock;
 
-use zbus::Message;
-
 use super::*;
 use crate::daemon::commit::Undo;
 use crate::daemon::core::{Core, ParentReader};
 use crate::daemon::counters::Counters;
-use crate::dbus::{validate, SharedRegistry};
-use crate::model::{Lifetime, MdevType, ParentInfo};
+use crate::dbus::SharedRegistry;
+use crate::model::Lifetime;
 use crate::registry::Event;
 use crate::sysfs::ParentRead;
+use crate::test_support::{method_call, user_registration};
 
 /// No sysfs: no device anywhere, every location free.
 struct NoSysfs;
@@ -38,41 +37,12 @@ fn core() -> Core {
     Core::new(registry, Arc::new(Counters::new()))
 }
 
-fn registration(name: &str, lifetime: Lifetime) -> validate::Registration {
-    validate::Registration {
-        info: ParentInfo {
-            name: name.to_owned(),
-            devpath: format!("/devices/virtual/mdevreg/{name}"),
-            subsystem: "mdevreg".to_owned(),
-            driver: String::new(),
-            backend: Default::default(),
-            physical_device: String::new(),
-            types: vec![MdevType {
-                id: "demo-1".to_owned(),
-                name: String::new(),
-                description: String::new(),
-                device_api: "vfio-pci".to_owned(),
-                available_instances: 4,
-                devices: Vec::new(),
-            }],
-        },
-        lifetime,
-        allow_interaction: false,
-    }
-}
-
-fn call(member: &str) -> Message {
-    Message::method_call("/org/mdevreg/Registry1", member)
-        .build(&())
-        .expect("message")
-}
-
 fn register(core: &mut Core, name: &str, owner: &str, lifetime: Lifetime) -> Commit {
     core.register(
-        registration(name, lifetime),
+        user_registration(name, lifetime),
         owner.to_owned(),
         0,
-        call("RegisterParent"),
+        method_call("RegisterParent"),
         &NoSysfs,
     )
 }
@@ -163,7 +133,7 @@ fn registrations_arriving_during_a_write_share_the_next_one() {
         let step = push(&mut queue, register(&mut core, name, ":1.2", lifetime));
         assert!(step.ready.is_empty() && step.start.is_none());
     }
-    let unregistered = core.unregister("a".to_owned(), ":1.1".to_owned(), 0, call("U"));
+    let unregistered = core.unregister("a".to_owned(), ":1.1".to_owned(), 0, method_call("U"));
     let step = push(&mut queue, unregistered);
     assert!(step.ready.is_empty() && step.start.is_none());
     // Saving nothing, but behind them: it waits too, to keep the order.
@@ -267,7 +237,7 @@ fn an_undone_registration_is_not_shown_by_the_commits_behind_it() {
     let gone = core.owner_gone(":1.1".to_owned());
     assert_eq!(shown(&gone), [("updated", "p".to_owned())]);
     push(&mut queue, gone);
-    let unregistered = core.unregister("p".to_owned(), ":1.5".to_owned(), 0, call("U"));
+    let unregistered = core.unregister("p".to_owned(), ":1.5".to_owned(), 0, method_call("U"));
     push(&mut queue, unregistered);
     let again = register(&mut core, "p", ":1.6", Lifetime::Owner);
     push(&mut queue, again);
@@ -343,7 +313,7 @@ fn a_waiting_commit_with_type_events_keeps_the_registry_it_left() {
         seqnum: 99,
         kind: EventKind::TypeRemoved {
             parent: "k".to_owned(),
-            mdev_type: registration("k", Lifetime::Owner).info.types[0].clone(),
+            mdev_type: user_registration("k", Lifetime::Owner).info.types[0].clone(),
         },
     }]);
     queue.push(types, || {

@@ -3,42 +3,14 @@ use std::sync::{Arc, RwLock};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Backend, Lifetime, MdevType, ParentInfo};
+use crate::model::{Backend, Lifetime, ParentInfo};
 use crate::registry::{Input, Registry};
-
-fn mdev_type(id: &str, name: &str, available: u32, devices: usize) -> MdevType {
-    MdevType {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        description: String::new(),
-        device_api: "vfio-pci".to_owned(),
-        available_instances: available,
-        devices: (0..devices)
-            .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
-            .collect(),
-    }
-}
-
-fn parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
-    ParentInfo {
-        name: name.to_owned(),
-        devpath: format!("/devices/pci0000:00/{name}"),
-        subsystem: "pci".to_owned(),
-        driver: "nvidia".to_owned(),
-        backend: Default::default(),
-        physical_device: String::new(),
-        types,
-    }
-}
+use crate::test_support::{mdev_type, nvidia_parent, scanned, two_p40s};
 
 type Shared = Arc<RwLock<Arc<Registry>>>;
 
 fn shared(parents: Vec<ParentInfo>) -> Shared {
-    let mut registry = Registry::new();
-    registry
-        .apply(Input::KernelScan(parents))
-        .expect("a scan is always accepted");
-    Arc::new(RwLock::new(Arc::new(registry)))
+    Arc::new(RwLock::new(Arc::new(scanned(parents))))
 }
 
 /// Applies `input` as the daemon does: on a copy of the published
@@ -57,21 +29,11 @@ fn text(part: &RegistryPart) -> String {
     String::from_utf8(part.to_vec()).expect("UTF-8")
 }
 
+/// The two P40s and a third GPU offering no type.
 fn three_gpus() -> Shared {
-    shared(vec![
-        parent(
-            "0000:3b:00.0",
-            vec![
-                mdev_type("nvidia-100", "GRID P40-1Q", 24, 2),
-                mdev_type("nvidia-101", "GRID P40-2Q", 12, 0),
-            ],
-        ),
-        parent(
-            "0000:3c:00.0",
-            vec![mdev_type("nvidia-100", "GRID P40-1Q", 20, 4)],
-        ),
-        parent("0000:3d:00.0", Vec::new()),
-    ])
+    let mut parents = two_p40s();
+    parents.push(nvidia_parent("0000:3d:00.0", Vec::new()));
+    shared(parents)
 }
 
 #[test]
@@ -91,7 +53,7 @@ fn the_cache_renders_once_per_sequence_number() {
         &shared,
         Input::KernelParent {
             devpath: "/devices/pci0000:00/0000:3c:00.0".to_owned(),
-            info: Some(parent(
+            info: Some(nvidia_parent(
                 "0000:3c:00.0",
                 vec![mdev_type("nvidia-100", "GRID P40-1Q", 19, 5)],
             )),
@@ -126,7 +88,7 @@ fn only_the_changed_parent_and_its_device_are_rendered_again() {
         &shared,
         Input::KernelParent {
             devpath: "/devices/pci0000:00/0000:3b:00.0".to_owned(),
-            info: Some(parent(
+            info: Some(nvidia_parent(
                 "0000:3b:00.0",
                 vec![mdev_type("nvidia-100", "GRID P40-1Q", 23, 3)],
             )),
@@ -217,7 +179,7 @@ fn many_changed_parents_are_encoded_in_batches_and_cut_right() {
                 let types = (0..index % 4)
                     .map(|t| mdev_type(&format!("t-{t}"), "T \"x\"\n", round + t as u32, t))
                     .collect();
-                let mut info = parent(
+                let mut info = nvidia_parent(
                     &format!("0000:{:02x}:{:02x}.0", index / 32, index % 32),
                     types,
                 );
@@ -289,7 +251,7 @@ fn kernel_info(index: u8, pf: Option<u8>, types: &[(u8, u32, u8)]) -> ParentInfo
             mdev_type(&format!("nvidia-{id}"), &label, available, instances.into())
         })
         .collect();
-    let mut info = parent(&name, types);
+    let mut info = nvidia_parent(&name, types);
     if let Some(pf) = pf {
         info.backend = Backend::NvidiaVfio;
         info.physical_device = format!("0000:{:02x}:00.0", 0x80 + pf);

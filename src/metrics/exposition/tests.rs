@@ -1,60 +1,16 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::model::{MdevType, ParentInfo};
-use crate::registry::{Input, Registry};
-
-fn mdev_type(id: &str, name: &str, available: u32, devices: usize) -> MdevType {
-    MdevType {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        description: String::new(),
-        device_api: "vfio-pci".to_owned(),
-        available_instances: available,
-        devices: (0..devices)
-            .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
-            .collect(),
-    }
-}
-
-fn parent(name: &str, types: Vec<MdevType>) -> ParentInfo {
-    ParentInfo {
-        name: name.to_owned(),
-        devpath: format!("/devices/pci0000:00/{name}"),
-        subsystem: "pci".to_owned(),
-        driver: "nvidia".to_owned(),
-        backend: Default::default(),
-        physical_device: String::new(),
-        types,
-    }
-}
-
-fn registry(parents: Vec<ParentInfo>) -> Registry {
-    let mut registry = Registry::new();
-    registry
-        .apply(Input::KernelScan(parents))
-        .expect("a scan is always accepted");
-    registry
-}
+use crate::model::ParentInfo;
+use crate::registry::Registry;
+use crate::test_support::{mdev_type, nvidia_parent, scanned, two_p40s};
 
 fn text(view: Arc<dyn RegistryView>, counters: Option<&CounterValues>, format: Format) -> String {
     String::from_utf8(render(view, counters, format).to_vec()).expect("UTF-8")
 }
 
 fn two_gpus() -> Registry {
-    registry(vec![
-        parent(
-            "0000:3b:00.0",
-            vec![
-                mdev_type("nvidia-100", "GRID P40-1Q", 24, 2),
-                mdev_type("nvidia-101", "GRID P40-2Q", 12, 0),
-            ],
-        ),
-        parent(
-            "0000:3c:00.0",
-            vec![mdev_type("nvidia-100", "GRID P40-1Q", 20, 4)],
-        ),
-    ])
+    scanned(two_p40s())
 }
 
 #[test]
@@ -89,7 +45,7 @@ fn registry_families_carry_every_parent_and_type() {
 
 #[test]
 fn label_values_are_escaped() {
-    let registry = registry(vec![parent(
+    let registry = scanned(vec![nvidia_parent(
         "weird",
         vec![mdev_type("t-1", "a \"quoted\" \\ name\nsecond line", 1, 0)],
     )]);
@@ -227,19 +183,19 @@ fn creatable_is_per_physical_gpu_as_get_capacity_counts() {
     let vf = |name: &str, available: u32| ParentInfo {
         backend: crate::model::Backend::NvidiaVfio,
         physical_device: "0000:41:00.0".to_owned(),
-        ..parent(
+        ..nvidia_parent(
             name,
             vec![mdev_type("nvidia-1145", "NVIDIA L40S-1B", available, 0)],
         )
     };
     let s390 = ParentInfo {
         subsystem: "css".to_owned(),
-        ..parent(
+        ..nvidia_parent(
             "0.0.0013",
             vec![mdev_type("vfio_ccw-io", "I/O subchannel", 1, 0)],
         )
     };
-    let registry = registry(vec![vf("0000:41:00.4", 1), vf("0000:41:00.5", 1), s390]);
+    let registry = scanned(vec![vf("0000:41:00.4", 1), vf("0000:41:00.5", 1), s390]);
     let parents: Vec<ParentInfo> = registry.parents().map(|p| p.info.clone()).collect();
     let out = text(Arc::new(registry), None, Format::Text);
     assert!(

@@ -44,6 +44,8 @@ mod poll_timer;
 mod saves;
 mod sink;
 mod sources;
+#[cfg(test)]
+mod test_support;
 mod trim;
 mod writer;
 

@@ -52,11 +52,7 @@ fn main() -> ExitCode {
 async fn bench(window: Duration) {
     // The daemon also holds a realistic tree (the e2e benchmark's), on a
     // tmpfs as sysfs is (and quick to remove: not the disk under test).
-    let sysfs_dir = tempfile::Builder::new()
-        .prefix("mdevreg-sysfs-")
-        .tempdir_in("/dev/shm")
-        .expect("tree on tmpfs");
-    let tree = FakeSysfs::at(sysfs_dir.path());
+    let tree = FakeSysfs::on_tmpfs();
     many_parents(&tree, 1000, 32, 1);
     let state_parent = std::env::var_os("MDEVREG_BENCH_STATE_PARENT").map(|dir| {
         tempfile::Builder::new()

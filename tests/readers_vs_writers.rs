@@ -83,11 +83,7 @@ fn root_writes_are_answered_while_unprivileged_readers_fetch_the_tree() {
         || async {
             // On a tmpfs, as sysfs is (removing 200,000 files from this
             // machine's disk takes minutes).
-            let sysfs_dir = tempfile::Builder::new()
-                .prefix("mdevreg-sysfs-")
-                .tempdir_in("/dev/shm")
-                .expect("tree on tmpfs");
-            let tree = FakeSysfs::at(sysfs_dir.path());
+            let tree = FakeSysfs::on_tmpfs();
             many_parents(&tree, 1000, 32, 1);
             let runtime = tempfile::Builder::new()
                 .prefix("mdevreg-runtime-")

@@ -227,10 +227,21 @@ impl FakeSysfs {
     /// An empty tree (`devices/`, `class/mdev_bus/`, `bus/mdev/devices/`) in
     /// a new temporary directory.
     pub fn new() -> FakeSysfs {
-        let tempdir = tempfile::Builder::new()
-            .prefix("mdevreg-sysfs-")
-            .tempdir()
-            .expect("create temporary directory");
+        FakeSysfs::in_tempdir(tempfile::Builder::new().prefix("mdevreg-sysfs-").tempdir())
+    }
+
+    /// An empty tree in a new temporary directory on /dev/shm: a tmpfs, as
+    /// sysfs is (and quick to remove, even with 100,000s of files).
+    pub fn on_tmpfs() -> FakeSysfs {
+        FakeSysfs::in_tempdir(
+            tempfile::Builder::new()
+                .prefix("mdevreg-sysfs-")
+                .tempdir_in("/dev/shm"),
+        )
+    }
+
+    fn in_tempdir(tempdir: std::io::Result<tempfile::TempDir>) -> FakeSysfs {
+        let tempdir = tempdir.expect("create temporary directory");
         let root = fs::canonicalize(tempdir.path()).expect("canonicalize tempdir");
         let tree = FakeSysfs {
             root,

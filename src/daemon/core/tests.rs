@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::daemon::test_support::{core, register};
 use crate::model::{Lifetime, MdevType, ParentInfo};
 use crate::sysfs::Warning;
 use crate::test_support::{method_call, pci_parent, user_registration};
@@ -71,12 +72,6 @@ fn mtype(id: &str, available: u32) -> MdevType {
 
 fn kernel(name: &str, available: u32) -> ParentInfo {
     pci_parent(name, "i915", vec![mtype("i915-GVTg_V5_4", available)])
-}
-
-fn core() -> (Core, Arc<Counters>) {
-    let counters = Arc::new(Counters::new());
-    let registry: SharedRegistry = Arc::new(std::sync::RwLock::new(Arc::new(Registry::new())));
-    (Core::new(registry, Arc::clone(&counters)), counters)
 }
 
 fn hint(devpath: &str) -> SourceMessage {
@@ -252,13 +247,7 @@ fn a_rescan_asked_for_during_one_runs_after_it() {
 #[test]
 fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     let (mut core, _) = core();
-    let commit = core.register(
-        user_registration("demo", Lifetime::Persistent),
-        ":1.7".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    let commit = register(&mut core, "demo", ":1.7", Lifetime::Persistent);
     assert_eq!(kinds(&commit), ["registered"]);
     assert_eq!(commit.save, [Lifetime::Persistent]);
     assert_eq!(
@@ -291,13 +280,7 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
     }
     // Numbers keep increasing; the name is free again.
     assert!(core.registry().seqnum() > seqnum);
-    let again = core.register(
-        user_registration("demo", Lifetime::Owner),
-        ":1.7".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    let again = register(&mut core, "demo", ":1.7", Lifetime::Owner);
     assert_eq!(kinds(&again), ["registered"]);
     assert_eq!(again.save, [Lifetime::Owner]);
 }
@@ -305,21 +288,9 @@ fn a_registration_is_saved_before_it_is_answered_and_undone_if_that_fails() {
 #[test]
 fn a_refused_call_changes_nothing_and_gets_its_error() {
     let (mut core, _) = core();
-    let first = core.register(
-        user_registration("demo", Lifetime::Owner),
-        ":1.7".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    let first = register(&mut core, "demo", ":1.7", Lifetime::Owner);
     assert_eq!(kinds(&first), ["registered"]);
-    let taken = core.register(
-        user_registration("demo", Lifetime::Owner),
-        ":1.8".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    let taken = register(&mut core, "demo", ":1.8", Lifetime::Owner);
     assert!(taken.events.is_empty() && taken.save.is_empty());
     assert!(taken.undo_unless_saved.is_none() && taken.recheck_owner.is_none());
     assert!(matches!(
@@ -355,13 +326,7 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     let gone = core.owner_gone(":1.9".to_owned());
     assert!(gone.events.is_empty());
     assert_eq!(gone.forget_callers, [":1.9"]);
-    let commit = core.register(
-        user_registration("late", Lifetime::Owner),
-        ":1.9".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    let commit = register(&mut core, "late", ":1.9", Lifetime::Owner);
     assert_eq!(kinds(&commit), ["registered"]);
     let owner = commit
         .recheck_owner
@@ -373,25 +338,13 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
     assert_eq!(after.save, [Lifetime::Owner]);
     assert!(core.registry().get("late").is_none());
     // An owner still on the bus keeps its registration.
-    let kept = core.register(
-        user_registration("kept", Lifetime::Owner),
-        ":1.10".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    let kept = register(&mut core, "kept", ":1.10", Lifetime::Owner);
     assert!(core
         .owner_left_meanwhile(kept.recheck_owner.expect("recheck"))
         .is_none());
     assert!(core.registry().get("kept").is_some());
     // A persistent parent survives its owner, without the owner.
-    core.register(
-        user_registration("stays", Lifetime::Persistent),
-        ":1.10".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    register(&mut core, "stays", ":1.10", Lifetime::Persistent);
     let commits = core.sources(
         vec![SourceMessage::OwnerGone(":1.10".to_owned())],
         &FakeSysfs::default(),
@@ -412,13 +365,7 @@ fn an_owner_leaving_between_its_call_and_the_reply_loses_the_registration() {
 fn a_kernel_parent_waiting_for_a_userspace_name_takes_it_when_freed() {
     let (mut core, _) = core();
     let sysfs = FakeSysfs::default();
-    core.register(
-        user_registration("0000:00:02.0", Lifetime::Owner),
-        ":1.3".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    register(&mut core, "0000:00:02.0", ":1.3", Lifetime::Owner);
     let info = kernel("0000:00:02.0", 4);
     sysfs.put(info.clone());
     let commits = core.sources(vec![hint(&info.devpath)], &sysfs);
@@ -442,13 +389,7 @@ fn a_kernel_parent_waiting_for_a_userspace_name_takes_it_when_freed() {
 fn undoing_a_registration_lets_a_waiting_kernel_parent_take_the_name_and_shows_only_that() {
     let (mut core, _) = core();
     let sysfs = FakeSysfs::default();
-    let commit = core.register(
-        user_registration("0000:00:02.0", Lifetime::Owner),
-        ":1.3".to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &FakeSysfs::default(),
-    );
+    let commit = register(&mut core, "0000:00:02.0", ":1.3", Lifetime::Owner);
     // While its state file is written, the kernel parent of that name
     // appears: it waits for the name.
     let info = kernel("0000:00:02.0", 4);

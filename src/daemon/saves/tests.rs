@@ -1,51 +1,15 @@
 //! The grouping of state saves and what a failed write does, without a
-//! file or a thread: commits are made by a real [`Core`] on a registry in
+//! file or a thread: commits are made by a real `Core` on a registry in
 //! memory, the writes are told how they ended.
 
 use std::cell::Cell;
-use std::sync::RwLock;
 
 use super::*;
 use crate::daemon::commit::Undo;
-use crate::daemon::core::{Core, ParentReader};
-use crate::daemon::counters::Counters;
-use crate::dbus::SharedRegistry;
+use crate::daemon::test_support::{core, register};
 use crate::model::Lifetime;
 use crate::registry::Event;
-use crate::sysfs::ParentRead;
 use crate::test_support::{method_call, user_registration};
-
-/// No sysfs: no device anywhere, every location free.
-struct NoSysfs;
-
-impl ParentReader for NoSysfs {
-    fn read_parent(&self, _devpath: &str) -> ParentRead {
-        ParentRead::NotAParent
-    }
-
-    fn check_location(
-        &self,
-        _devpath: &str,
-        _subsystem: &str,
-    ) -> Result<(), crate::boundary::Crossing> {
-        Ok(())
-    }
-}
-
-fn core() -> Core {
-    let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(Registry::new())));
-    Core::new(registry, Arc::new(Counters::new()))
-}
-
-fn register(core: &mut Core, name: &str, owner: &str, lifetime: Lifetime) -> Commit {
-    core.register(
-        user_registration(name, lifetime),
-        owner.to_owned(),
-        0,
-        method_call("RegisterParent"),
-        &NoSysfs,
-    )
-}
 
 /// `push` with a registry that must not be asked for (no type events).
 fn push(queue: &mut SaveQueue, commit: Commit) -> Step {
@@ -109,7 +73,7 @@ fn a_commit_saving_nothing_passes_at_once_when_nothing_waits() {
 
 #[test]
 fn registrations_arriving_during_a_write_share_the_next_one() {
-    let mut core = core();
+    let (mut core, _) = core();
     let mut queue = SaveQueue::new();
     // The first starts a write at once.
     let step = push(
@@ -180,7 +144,7 @@ fn registrations_arriving_during_a_write_share_the_next_one() {
 
 #[test]
 fn a_failed_write_fails_only_the_registrations_of_that_file() {
-    let mut core = core();
+    let (mut core, _) = core();
     let mut queue = SaveQueue::new();
     let first = push(
         &mut queue,
@@ -215,7 +179,7 @@ fn a_failed_write_fails_only_the_registrations_of_that_file() {
 
 #[test]
 fn an_undone_registration_is_not_shown_by_the_commits_behind_it() {
-    let mut core = core();
+    let (mut core, _) = core();
     let mut queue = SaveQueue::new();
     // A persistent registration whose write will fail...
     let registered = register(&mut core, "p", ":1.1", Lifetime::Persistent);
@@ -279,7 +243,7 @@ fn an_undone_registration_is_not_shown_by_the_commits_behind_it() {
 
 #[test]
 fn an_undone_registration_still_held_is_removed_without_a_trace() {
-    let mut core = core();
+    let (mut core, _) = core();
     let mut queue = SaveQueue::new();
     push(
         &mut queue,
@@ -302,7 +266,7 @@ fn an_undone_registration_still_held_is_removed_without_a_trace() {
 
 #[test]
 fn a_waiting_commit_with_type_events_keeps_the_registry_it_left() {
-    let mut core = core();
+    let (mut core, _) = core();
     let mut queue = SaveQueue::new();
     push(
         &mut queue,

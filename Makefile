@@ -17,6 +17,8 @@
 
 PREFIX ?= /usr
 BINDIR ?= $(PREFIX)/bin
+# Helpers started by systemd, not by users.
+LIBEXECDIR ?= $(PREFIX)/libexec
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 DOCDIR ?= $(DATADIR)/doc/mdevreg
@@ -56,6 +58,9 @@ NO_STRIP ?=
 DEBUGDIR ?=
 
 BINARIES = mdevregd mdevreg
+# Where each binary is installed.
+INSTALLED_BINARIES = $(BINDIR)/mdevregd $(BINDIR)/mdevreg \
+	$(LIBEXECDIR)/mdevreg/mdevreg-uevent-writer
 MAN_PAGES = $(ASSETS_DIR)/man/mdevreg.1.gz $(ASSETS_DIR)/man/mdevregd.8.gz
 
 ifeq ($(NO_BUILD),)
@@ -80,21 +85,21 @@ assets:
 	done
 
 install: $(INSTALL_DEPS)
-	$(INSTALL) -d $(DESTDIR)$(BINDIR)
-	for bin in $(BINARIES); do \
-		$(INSTALL) -m 0755 $(BUILT_DIR)/$$bin $(DESTDIR)$(BINDIR)/$$bin || exit 1; \
+	for dest in $(INSTALLED_BINARIES); do \
+		bin=$$(basename $$dest); \
+		$(INSTALL) -D -m 0755 $(BUILT_DIR)/$$bin $(DESTDIR)$$dest || exit 1; \
 		[ -n "$(NO_STRIP)" ] && continue; \
 		if [ -n "$(DEBUGDIR)" ]; then \
-			$(INSTALL) -d $(DESTDIR)$(DEBUGDIR)$(BINDIR) && \
+			$(INSTALL) -d $$(dirname $(DESTDIR)$(DEBUGDIR)$$dest) && \
 			$(OBJCOPY) --only-keep-debug --compress-debug-sections=zlib \
-				$(DESTDIR)$(BINDIR)/$$bin $(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug && \
-			chmod 0644 $(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug || exit 1; \
+				$(DESTDIR)$$dest $(DESTDIR)$(DEBUGDIR)$$dest.debug && \
+			chmod 0644 $(DESTDIR)$(DEBUGDIR)$$dest.debug || exit 1; \
 		fi; \
 		$(STRIP) --remove-section=.comment --remove-section=.note --strip-unneeded \
-			$(DESTDIR)$(BINDIR)/$$bin || exit 1; \
+			$(DESTDIR)$$dest || exit 1; \
 		if [ -n "$(DEBUGDIR)" ]; then \
-			$(OBJCOPY) --add-gnu-debuglink=$(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug \
-				$(DESTDIR)$(BINDIR)/$$bin || exit 1; \
+			$(OBJCOPY) --add-gnu-debuglink=$(DESTDIR)$(DEBUGDIR)$$dest.debug \
+				$(DESTDIR)$$dest || exit 1; \
 		fi; \
 	done
 	$(INSTALL) -D -m 0644 udev-rules/70-mdevreg.rules $(DESTDIR)$(UDEVDIR)/rules.d/70-mdevreg.rules
@@ -109,6 +114,10 @@ install: $(INSTALL_DEPS)
 	sed 's|/usr/bin/mdevregd|$(BINDIR)/mdevregd|' packaging/systemd/mdevregd.service \
 		> $(DESTDIR)$(SYSTEMDUNITDIR)/mdevregd.service
 	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/mdevregd.service
+	sed 's|/usr/libexec|$(LIBEXECDIR)|' packaging/systemd/mdevreg-uevent-writer.service \
+		> $(DESTDIR)$(SYSTEMDUNITDIR)/mdevreg-uevent-writer.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/mdevreg-uevent-writer.service
+	$(INSTALL) -m 0644 packaging/systemd/mdevreg-uevent-writer.socket $(DESTDIR)$(SYSTEMDUNITDIR)/
 	$(INSTALL) -D -m 0644 packaging/hooks/README $(DESTDIR)$(SYSCONFDIR)/mdevreg/hooks.d/README
 	$(INSTALL) -D -m 0755 packaging/hooks/50-log-transition $(DESTDIR)$(DOCDIR)/examples/hooks.d/50-log-transition
 	$(INSTALL) -D -m 0644 packaging/polkit/org.mdevreg.Registry1.policy $(DESTDIR)$(POLKITACTIONDIR)/org.mdevreg.Registry1.policy
@@ -116,7 +125,7 @@ install: $(INSTALL_DEPS)
 	for f in prometheus.yml mdevreg-rules.yml mdevreg-rules.test.yml; do \
 		$(INSTALL) -D -m 0644 packaging/prometheus/$$f $(DESTDIR)$(DOCDIR)/examples/prometheus/$$f || exit 1; \
 	done
-	for f in metrics-listen.conf metrics-textfile.conf vendor-vfio-uevents.conf; do \
+	for f in metrics-listen.conf metrics-textfile.conf; do \
 		$(INSTALL) -D -m 0644 packaging/systemd/mdevregd.service.d/$$f $(DESTDIR)$(DOCDIR)/examples/mdevregd.service.d/$$f || exit 1; \
 	done
 	$(INSTALL) -D -m 0644 $(ASSETS_DIR)/man/mdevreg.1.gz $(DESTDIR)$(MANDIR)/man1/mdevreg.1.gz
@@ -133,11 +142,15 @@ uninstall:
 			$(if $(DEBUGDIR),$(DESTDIR)$(DEBUGDIR)$(BINDIR)/$$bin.debug) \
 			$(DESTDIR)$(ZSHCOMPDIR)/_$$bin $(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
 	done
+	rm -f $(DESTDIR)$(LIBEXECDIR)/mdevreg/mdevreg-uevent-writer \
+		$(if $(DEBUGDIR),$(DESTDIR)$(DEBUGDIR)$(LIBEXECDIR)/mdevreg/mdevreg-uevent-writer.debug)
 	rm -f $(DESTDIR)$(UDEVDIR)/rules.d/70-mdevreg.rules $(DESTDIR)$(UDEVDIR)/mdevreg-run-hooks \
 		$(DESTDIR)$(DBUSDIR)/system.d/org.mdevreg.Registry1.conf \
 		$(DESTDIR)$(DBUSDIR)/system-services/org.mdevreg.Registry1.service \
 		$(DESTDIR)$(DBUSDIR)/interfaces/org.mdevreg.Registry1.xml \
 		$(DESTDIR)$(SYSTEMDUNITDIR)/mdevregd.service \
+		$(DESTDIR)$(SYSTEMDUNITDIR)/mdevreg-uevent-writer.service \
+		$(DESTDIR)$(SYSTEMDUNITDIR)/mdevreg-uevent-writer.socket \
 		$(DESTDIR)$(MANDIR)/man1/mdevreg.1.gz $(DESTDIR)$(MANDIR)/man8/mdevregd.8.gz \
 		$(DESTDIR)$(SYSCONFDIR)/mdevreg/hooks.d/README \
 		$(DESTDIR)$(POLKITACTIONDIR)/org.mdevreg.Registry1.policy \

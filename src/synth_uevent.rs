@@ -10,7 +10,9 @@
 //! (the kernel allows only `[A-Za-z0-9]` in synthetic keys and values, SPEC
 //! §1.6); `udev-rules/70-mdevreg.rules` turns them into `MDEV_STATE` and
 //! `MDEVREG_BACKEND=nvidia-vfio`. Writing needs write access to that one
-//! file, nothing else of `/sys`.
+//! file, nothing else of `/sys`: under the shipped unit (read-only `/sys`)
+//! `mdevreg-uevent-writer` does it ([`crate::uevent_writer`]), with the
+//! same [`change_line`] and [`write_line`].
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};

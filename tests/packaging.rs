@@ -22,6 +22,7 @@ use common::prereq;
 const SHIPPED: &[(&str, u32)] = &[
     ("/usr/bin/mdevregd", 0o755),
     ("/usr/bin/mdevreg", 0o755),
+    ("/usr/libexec/mdevreg/mdevreg-uevent-writer", 0o755),
     ("/usr/lib/udev/rules.d/70-mdevreg.rules", 0o644),
     ("/usr/lib/udev/mdevreg-run-hooks", 0o755),
     (
@@ -37,6 +38,14 @@ const SHIPPED: &[(&str, u32)] = &[
         0o644,
     ),
     ("/usr/lib/systemd/system/mdevregd.service", 0o644),
+    (
+        "/usr/lib/systemd/system/mdevreg-uevent-writer.service",
+        0o644,
+    ),
+    (
+        "/usr/lib/systemd/system/mdevreg-uevent-writer.socket",
+        0o644,
+    ),
     ("/etc/mdevreg/hooks.d/README", 0o644),
     (
         "/usr/share/doc/mdevreg/examples/hooks.d/50-log-transition",
@@ -68,10 +77,6 @@ const SHIPPED: &[(&str, u32)] = &[
     ),
     (
         "/usr/share/doc/mdevreg/examples/mdevregd.service.d/metrics-textfile.conf",
-        0o644,
-    ),
-    (
-        "/usr/share/doc/mdevreg/examples/mdevregd.service.d/vendor-vfio-uevents.conf",
         0o644,
     ),
     ("/usr/share/man/man1/mdevreg.1.gz", 0o644),
@@ -235,6 +240,7 @@ fn deb_files(listing: &str) -> BTreeMap<String, u32> {
 fn rpm_files(spec: &str) -> Vec<String> {
     let macros = [
         ("%{_bindir}", "/usr/bin"),
+        ("%{_libexecdir}", "/usr/libexec"),
         ("%{_udevrulesdir}", "/usr/lib/udev/rules.d"),
         ("%{_unitdir}", "/usr/lib/systemd/system"),
         ("%{_sysconfdir}", "/etc"),
@@ -315,7 +321,11 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
         "make install"
     );
     // Stripped binaries; the installation stays small.
-    for bin in ["usr/bin/mdevregd", "usr/bin/mdevreg"] {
+    for bin in [
+        "usr/bin/mdevregd",
+        "usr/bin/mdevreg",
+        "usr/libexec/mdevreg/mdevreg-uevent-writer",
+    ] {
         assert!(
             !has_debug_info(&stage.join(bin)),
             "make install left debug info in {bin}"
@@ -337,10 +347,14 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
             ("DEBUGDIR", "/usr/lib/debug".to_owned()),
         ],
     );
-    for bin in ["mdevregd", "mdevreg"] {
-        let binary = with_debug.join("usr/bin").join(bin);
+    for bin in [
+        "usr/bin/mdevregd",
+        "usr/bin/mdevreg",
+        "usr/libexec/mdevreg/mdevreg-uevent-writer",
+    ] {
+        let binary = with_debug.join(bin);
         let debug = with_debug
-            .join("usr/lib/debug/usr/bin")
+            .join("usr/lib/debug")
             .join(format!("{bin}.debug"));
         assert!(!has_debug_info(&binary), "{}", binary.display());
         assert!(
@@ -434,7 +448,11 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
             .expect("dpkg-deb -x"),
         "dpkg-deb -x",
     );
-    for bin in ["usr/bin/mdevregd", "usr/bin/mdevreg"] {
+    for bin in [
+        "usr/bin/mdevregd",
+        "usr/bin/mdevreg",
+        "usr/libexec/mdevreg/mdevreg-uevent-writer",
+    ] {
         assert!(
             !has_debug_info(&unpacked.join(bin)),
             "the .deb ships {bin} with debug info"
@@ -461,9 +479,10 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
         .lines()
         .filter(|line| line.contains("/usr/lib/debug/.build-id/") && line.ends_with(".debug"))
         .count();
+    // mdevregd, mdevreg, mdevreg-uevent-writer.
     assert_eq!(
         debug_files,
-        2,
+        3,
         "{}",
         String::from_utf8_lossy(&listing.stdout)
     );
@@ -551,9 +570,33 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
         ini_value(&activation, "SystemdService").as_deref(),
         Some("mdevregd.service")
     );
+    // Under systemd the synthetic uevents go through the writer's socket;
+    // the bus's own activation (no systemd) runs the daemon without it.
     let exec_start = ini_value(&unit, "ExecStart").expect("ExecStart");
-    assert_eq!(exec_start, "/usr/bin/mdevregd --bus system");
-    assert_eq!(ini_value(&activation, "Exec"), Some(exec_start.clone()));
+    let socket_unit =
+        fs::read_to_string(manifest_dir().join("packaging/systemd/mdevreg-uevent-writer.socket"))
+            .expect("read the writer's socket unit");
+    let writer_socket = ini_value(&socket_unit, "ListenStream").expect("ListenStream");
+    assert_eq!(
+        exec_start,
+        format!("/usr/bin/mdevregd --bus system --uevent-writer {writer_socket}")
+    );
+    assert_eq!(
+        ini_value(&activation, "Exec").as_deref(),
+        Some("/usr/bin/mdevregd --bus system")
+    );
+    for key in ["Wants", "After"] {
+        assert_eq!(
+            ini_value(&unit, key).as_deref(),
+            Some("mdevreg-uevent-writer.socket"),
+            "{key}="
+        );
+    }
+    assert_eq!(
+        ini_value(&socket_unit, "SocketMode").as_deref(),
+        Some("0600")
+    );
+    assert_eq!(ini_value(&socket_unit, "Accept").as_deref(), Some("no"));
     for (key, value) in [
         ("Restart", "on-failure"),
         ("RuntimeDirectory", "mdevreg"),
@@ -602,17 +645,58 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
             .output()
             .expect("run systemd-analyze verify")
     };
-    let output = verify(&test_unit);
-    let messages = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && !messages.contains("mdevregd"),
-        "systemd-analyze verify is not clean ({}):\n{messages}",
-        output.status
-    );
+    // The writer's units, beside it (mdevregd.service wants the socket).
+    let mut writer_units = Vec::new();
+    for name in [
+        "mdevreg-uevent-writer.socket",
+        "mdevreg-uevent-writer.service",
+    ] {
+        let text = fs::read_to_string(manifest_dir().join("packaging/systemd").join(name))
+            .expect("read the writer's unit");
+        let path = unit_dir.join(name);
+        fs::write(
+            &path,
+            text.replace(
+                "/usr/libexec/mdevreg/mdevreg-uevent-writer",
+                env!("CARGO_BIN_EXE_mdevreg-uevent-writer"),
+            ),
+        )
+        .expect("write the writer's unit");
+        writer_units.push(path);
+    }
+    for unit_file in [&test_unit, &writer_units[0], &writer_units[1]] {
+        let output = verify(unit_file);
+        let messages = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success()
+                && !messages.contains("mdevregd")
+                && !messages.contains("mdevreg-uevent-writer"),
+            "{}: systemd-analyze verify is not clean ({}):\n{messages}",
+            unit_file.display(),
+            output.status
+        );
+    }
+    // The writer opens /sys for writing (its code limits it to the VFs'
+    // uevent files); everything else is shut.
+    let writer_unit = fs::read_to_string(&writer_units[1]).expect("read");
+    for (key, value) in [
+        ("ProtectKernelTunables", "no"),
+        ("CapabilityBoundingSet", ""),
+        ("PrivateNetwork", "yes"),
+        ("RestrictAddressFamilies", "AF_UNIX"),
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+    ] {
+        assert_eq!(
+            ini_value(&writer_unit, key).as_deref(),
+            Some(value),
+            "writer {key}="
+        );
+    }
 
     // Each shipped drop-in example, on top of the unit, verifies just as
     // clean (systemd-analyze reads `<unit>.d/` next to the unit file).
@@ -624,12 +708,7 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
         .map(|entry| entry.expect("entry").path())
         .collect();
     examples.sort();
-    assert!(
-        examples
-            .iter()
-            .any(|p| p.ends_with("vendor-vfio-uevents.conf")),
-        "{examples:?}"
-    );
+    assert!(!examples.is_empty(), "no drop-in examples");
     for example in &examples {
         let name = example.file_name().expect("name");
         let text = fs::read_to_string(example).expect("read drop-in");
@@ -678,16 +757,21 @@ fn unit_passes_systemd_analyze_and_matches_dbus_activation() {
         "verify must catch a missing ExecStart binary"
     );
 
-    // Hardening stays at systemd's "OK" exposure or better (at most 2.5).
-    let security = Command::new("systemd-analyze")
-        .args(["security", "--offline=true", "--threshold=25"])
-        .arg(&test_unit)
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .output()
-        .expect("run systemd-analyze security");
-    assert!(
-        security.status.success(),
-        "exposure above 2.5:\n{}",
-        String::from_utf8_lossy(&security.stdout)
-    );
+    // Hardening stays at systemd's "OK" exposure or better (at most 2.5);
+    // the writer's at "SAFE" (at most 1.5).
+    for (unit_file, threshold) in [(&test_unit, "25"), (&writer_units[1], "15")] {
+        let security = Command::new("systemd-analyze")
+            .args(["security", "--offline=true"])
+            .arg(format!("--threshold={threshold}"))
+            .arg(unit_file)
+            .env("SYSTEMD_LOG_COLOR", "0")
+            .output()
+            .expect("run systemd-analyze security");
+        assert!(
+            security.status.success(),
+            "{}: exposure above {threshold}/10:\n{}",
+            unit_file.display(),
+            String::from_utf8_lossy(&security.stdout)
+        );
+    }
 }

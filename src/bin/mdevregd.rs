@@ -33,7 +33,9 @@ fn main() -> ExitCode {
     //   `dbus::readers::TOTAL` — one — at a time, uids taking turns);
     // - one thread of its own writes the state files (`daemon::writer`),
     //   one grouped write at a time, so a save never waits for a pool
-    //   thread; it sleeps while there is nothing to write;
+    //   thread; it sleeps while there is nothing to write (files on
+    //   tmpfs are written on the loop: a memory copy, cheaper than the
+    //   two wake-ups of the hand-over);
     // - glibc gets a fixed mmap threshold and at most 2 malloc arenas
     //   (`daemon::tune_allocator`, first thing): a large reply is a mapping
     //   of its own, unmapped when it is freed, never a hole in a heap;

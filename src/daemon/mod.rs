@@ -15,7 +15,8 @@
 //! what follows (an undo if the state file cannot be written, an owner to
 //! re-check, a rescan to start). A commit that changes a state file waits
 //! in the [`saves::SaveQueue`] until a write after it is durable: the
-//! [`writer`] thread writes the files off the loop, one write at a time,
+//! [`writer`] thread writes the files off the loop, one write at a time
+//! (a file on tmpfs, a memory copy, is written on the loop instead),
 //! and the commits that arrive during a write share the next one. The
 //! [`sink::Sink`] then carries every commit out in one fixed order — state
 //! files (written by then), uevents, signals then the reply in one write,

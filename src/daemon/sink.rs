@@ -6,7 +6,7 @@
 //!    be made durable never reaches it (the core undoes it);
 //! 2. one uevent per userspace (un)registration (injected or broadcast),
 //!    and per vendor-VFIO (un)registration (a synthetic `change` written to
-//!    the VF's `uevent` file);
+//!    the VF's `uevent` file, directly or by `mdevreg-uevent-writer`);
 //! 3. the D-Bus signals showing its events, then the reply, in one write
 //!    (a caller holding its reply has been sent every signal of it);
 //! 4. follow-ups: forgotten callers, the [`CommitObserver`]s.

@@ -1245,6 +1245,27 @@ fn state_event(spec: &ParentSpec, state: &str) -> Uevent {
         .with("MDEV_STATE", state)
 }
 
+/// Injects the "registered" change event of `spec`, notes when in
+/// `injected` and waits for its name on `receiver`: the latency in µs, or
+/// `None` if it did not come within `timeout`.
+async fn inject_and_wait(
+    emitter: &mut UeventEmitter,
+    spec: &ParentSpec,
+    receiver: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    injected: &mut Vec<(String, Instant)>,
+    timeout: Duration,
+) -> Result<Option<f64>, String> {
+    let event = state_event(spec, "registered");
+    let sent = Instant::now();
+    emitter
+        .inject(&event)
+        .map_err(|err| format!("inject: {err}"))?;
+    injected.push((spec.devpath.clone(), sent));
+    Ok(wait_for_name(receiver, spec.name(), timeout)
+        .await
+        .map(|at| us(at - sent)))
+}
+
 async fn latency_phase(
     tree: &FakeSysfs,
     connection: &zbus::Connection,
@@ -1304,28 +1325,16 @@ async fn latency_phase(
             let spec = latency_parent(RELAY_INDEX_OFFSET + index);
             // The same event about a device that is no parent: mdevregd
             // looks and finds nothing, the relay sends its one signal.
-            let event = state_event(&spec, "registered");
-            let sent = Instant::now();
-            emitter
-                .inject(&event)
-                .map_err(|err| format!("inject: {err}"))?;
-            injected.push((spec.devpath.clone(), sent));
-            match wait_for_name(relayed, spec.name(), timeout).await {
-                Some(at) => results.relay_us.push(us(at - sent)),
+            match inject_and_wait(&mut emitter, &spec, relayed, &mut injected, timeout).await? {
+                Some(latency) => results.relay_us.push(latency),
                 None => results.relay_missed += 1,
             }
             continue;
         }
         let spec = latency_parent(index);
         tree.add_parent(&spec);
-        let event = state_event(&spec, "registered");
-        let sent = Instant::now();
-        emitter
-            .inject(&event)
-            .map_err(|err| format!("inject: {err}"))?;
-        injected.push((spec.devpath.clone(), sent));
-        match wait_for_name(&mut registered, spec.name(), timeout).await {
-            Some(at) => results.latency_us.push(us(at - sent)),
+        match inject_and_wait(&mut emitter, &spec, &mut registered, &mut injected, timeout).await? {
+            Some(latency) => results.latency_us.push(latency),
             None => results.latency_missed += 1,
         }
         // Take it away again, as the kernel does, so the registry stays small.

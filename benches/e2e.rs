@@ -806,22 +806,13 @@ async fn start_bare(
         .map_err(|err| format!("owner of {BUS_NAME}: {err}"))?
         .to_string();
     let args = bare::RegisterArgs::bench();
-    let registry = zbus::Proxy::new(connection, BUS_NAME, ROOT_PATH, "org.mdevreg.Registry1")
-        .await
-        .map_err(|err| format!("registry proxy: {err}"))?;
+    let registry = registry_proxy(connection, BUS_NAME, "registry").await?;
     let script = bare::capture(connection, &owner, &registry, &args).await?;
     eprintln!("e2e: mdevregd sends per cycle: {}", script.describe());
     results.bare_script = Some(script.describe());
     let (shape, reply) = (script.shape(), script.register_reply.clone());
     let started = bare::Bare::start(&setup.bus_address, script)?;
-    let bare_proxy = zbus::Proxy::new(
-        connection,
-        bare::BARE_NAME,
-        ROOT_PATH,
-        "org.mdevreg.Registry1",
-    )
-    .await
-    .map_err(|err| format!("bare proxy: {err}"))?;
+    let bare_proxy = registry_proxy(connection, bare::BARE_NAME, "bare").await?;
     let copy = bare::capture(connection, &started.unique_name, &bare_proxy, &args).await?;
     let same = copy.shape() == shape && copy.register_reply == reply;
     if !same {
@@ -960,6 +951,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     }
 }
 
+/// A proxy for the registry object of `destination` (mdevregd's name or
+/// the bare responder's); `what` names it in the error.
+async fn registry_proxy(
+    connection: &zbus::Connection,
+    destination: &'static str,
+    what: &str,
+) -> Result<zbus::Proxy<'static>, String> {
+    zbus::Proxy::new(connection, destination, ROOT_PATH, "org.mdevreg.Registry1")
+        .await
+        .map_err(|err| format!("{what} proxy: {err}"))
+}
+
 /// `rounds` rounds of a window of register/unregister cycles on mdevregd,
 /// one on the bare responder (when `with_bare`), and one of Peer.Ping
 /// calls to mdevregd; which goes first alternates by round.
@@ -970,17 +973,8 @@ async fn rate_rounds(
     rounds: usize,
     window: Duration,
 ) -> Result<Rates, String> {
-    let registry = zbus::Proxy::new(connection, BUS_NAME, ROOT_PATH, "org.mdevreg.Registry1")
-        .await
-        .map_err(|err| format!("registry proxy: {err}"))?;
-    let bare_proxy = zbus::Proxy::new(
-        connection,
-        bare::BARE_NAME,
-        ROOT_PATH,
-        "org.mdevreg.Registry1",
-    )
-    .await
-    .map_err(|err| format!("bare proxy: {err}"))?;
+    let registry = registry_proxy(connection, BUS_NAME, "registry").await?;
+    let bare_proxy = registry_proxy(connection, bare::BARE_NAME, "bare").await?;
     let peer = zbus::fdo::PeerProxy::builder(connection)
         .destination(BUS_NAME)
         .path(ROOT_PATH)

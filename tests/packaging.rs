@@ -504,8 +504,10 @@ fn make_install_deb_and_rpm_ship_the_same_files() {
     );
     let postinst = fs::read_to_string(control.join("postinst")).unwrap_or_default();
     assert!(
-        postinst.contains("mdevregd.service") && postinst.contains("deb-systemd-helper"),
-        "postinst enables the unit: {postinst}"
+        postinst.contains("mdevregd.service")
+            && postinst.contains("mdevreg-uevent-writer.socket")
+            && postinst.contains("deb-systemd-helper"),
+        "postinst enables the units: {postinst}"
     );
     assert!(manifest_dir()
         .join("target/assets/man/mdevregd.8.gz")

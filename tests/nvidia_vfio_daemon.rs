@@ -259,17 +259,7 @@ fn vfs_coming_and_going_with_uevents_register_and_write_synthetic_changes() {
                 inject_pci("add", &b.vf_devpath(&vf));
                 inject_pci("bind", &b.vf_devpath(&vf));
             }
-            let mut registered = Vec::new();
-            while registered.len() < 4 {
-                let signal = next_signal(&mut signals, LONG)
-                    .await
-                    .expect("ParentRegistered for each new VF");
-                assert_eq!(signal.member, "ParentRegistered", "{signal:?}");
-                assert_eq!(signal.source, "kernel");
-                registered.push(signal.name);
-            }
-            registered.sort();
-            assert_eq!(registered, b.vf_names());
+            expect_kernel_registrations(&mut signals, b.vf_names()).await;
             // Each new VF got its synthetic change, in its own uevent file.
             for vf in b.vf_names() {
                 let path = tree.path(format!("{}/uevent", b.vf_devpath(&vf)));
@@ -400,16 +390,7 @@ fn a_read_only_sys_counts_the_failed_synthetic_uevent_and_goes_on() {
                 })
                 .collect();
             registry.rescan().await.expect("Rescan");
-            let mut registered = Vec::new();
-            while registered.len() < 4 {
-                let signal = next_signal(&mut signals, LONG)
-                    .await
-                    .expect("ParentRegistered for each new VF");
-                assert_eq!(signal.member, "ParentRegistered", "{signal:?}");
-                registered.push(signal.name);
-            }
-            registered.sort();
-            assert_eq!(registered, b.vf_names());
+            expect_kernel_registrations(&mut signals, b.vf_names()).await;
 
             // Each write failed with EROFS: counted, logged with the hint,
             // nothing written, and the daemon serves on.
@@ -558,16 +539,7 @@ fn the_uevent_writer_writes_for_a_daemon_on_a_read_only_sys() {
             };
             let pf_before = uevent(&b.pf_devpath);
             registry.rescan().await.expect("Rescan");
-            let mut registered = Vec::new();
-            while registered.len() < 4 {
-                let signal = next_signal(&mut signals, LONG)
-                    .await
-                    .expect("ParentRegistered for each new VF");
-                assert_eq!(signal.member, "ParentRegistered", "{signal:?}");
-                registered.push(signal.name);
-            }
-            registered.sort();
-            assert_eq!(registered, b.vf_names());
+            expect_kernel_registrations(&mut signals, b.vf_names()).await;
 
             // The synthetic change of each VF went through the writer
             // before its signal.
@@ -643,4 +615,21 @@ fn the_uevent_writer_writes_for_a_daemon_on_a_read_only_sys() {
             drop(setup);
         },
     );
+}
+
+/// Waits for one ParentRegistered signal of a kernel parent for each of
+/// `names`, in any order; any other signal first fails the test.
+async fn expect_kernel_registrations(signals: &mut zbus::MessageStream, mut names: Vec<String>) {
+    let mut registered = Vec::new();
+    while registered.len() < names.len() {
+        let signal = next_signal(signals, LONG)
+            .await
+            .expect("ParentRegistered for each new VF");
+        assert_eq!(signal.member, "ParentRegistered", "{signal:?}");
+        assert_eq!(signal.source, "kernel", "{signal:?}");
+        registered.push(signal.name);
+    }
+    registered.sort();
+    names.sort();
+    assert_eq!(registered, names);
 }

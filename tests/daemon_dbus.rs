@@ -19,7 +19,6 @@ use common::daemon::Setup;
 use common::prereq::{open_tempdir, run};
 use common::registry_client::{connect, BUS_NAME, ROOT_PATH};
 use common::sysfs_fixture::{FakeSysfs, ParentSpec};
-use common::NOBODY;
 use futures_util::StreamExt;
 use mdevreg::dbus::{Error, MdevType1Proxy, Parent1Proxy, Registry1Proxy};
 use zbus::proxy::CacheProperties;
@@ -103,17 +102,7 @@ impl Drop for Monitor {
 
 /// Runs a command (optionally as uid/gid 65534) and returns its output.
 fn command(program: &str, args: &[&str], as_nobody: bool) -> Output {
-    let mut command = if as_nobody {
-        let mut command = Command::new("setpriv");
-        command
-            .arg(format!("--reuid={NOBODY}"))
-            .arg(format!("--regid={NOBODY}"))
-            .args(["--clear-groups", "--", program]);
-        command
-    } else {
-        Command::new(program)
-    };
-    command
+    common::command_as(program, as_nobody)
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -25,7 +25,6 @@ use common::prereq;
 const BUS_NAME: &str = "org.mdevreg.Registry1";
 const ROOT_PATH: &str = "/org/mdevreg/Registry1";
 const IFACE: &str = "org.mdevreg.Registry1";
-const NOBODY: &str = "65534";
 const PARENT: &str = "policy0";
 const PARENT_PATH: &str = "/org/mdevreg/Registry1/parent/policy0";
 /// What dbus-daemon answers when its policy rejects a message.
@@ -354,18 +353,7 @@ fn policy_lets_root_own_and_mutate_and_everyone_read() {
 
 /// `mdevreg ARGS` on `address`, as root or as uid 65534.
 fn cli(address: &str, as_nobody: bool, args: &[&str]) -> Command {
-    let mut command = if as_nobody {
-        let mut command = Command::new("setpriv");
-        command.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_mdevreg"),
-        ]);
-        command
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_mdevreg"))
-    };
+    let mut command = common::command_as(env!("CARGO_BIN_EXE_mdevreg"), as_nobody);
     command
         .args(["--bus", address])
         .args(args)

@@ -471,14 +471,7 @@ impl UeventWriter {
     /// Sends `request` as it is through socat, as root or as nobody;
     /// returns the answer.
     fn ask(&self, request: &str, as_nobody: bool) -> String {
-        let mut command = if as_nobody {
-            let mut command = std::process::Command::new("setpriv");
-            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "socat"]);
-            command
-        } else {
-            std::process::Command::new("socat")
-        };
-        let mut child = command
+        let mut child = common::command_as("socat", as_nobody)
             .args(["-t", "30", "-"])
             .arg(format!("UNIX-CONNECT:{}", self.socket.display()))
             .stdin(std::process::Stdio::piped())

@@ -1,10 +1,9 @@
 //! `gdbus call` as root or as uid 65534 (through `setpriv`): a client that
 //! is not our code, for calls whose caller identity matters.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use super::registry_client::{BUS_NAME, REGISTRY_IFACE, ROOT_PATH};
-use super::NOBODY;
 
 /// `gdbus call` on `address` to `dest` `path` `method` with `args` (GVariant
 /// text), as root or (with `as_nobody`) as uid/gid 65534.
@@ -16,19 +15,7 @@ pub fn gdbus_call(
     method: &str,
     args: &[&str],
 ) -> Output {
-    let mut command = if as_nobody {
-        let mut command = Command::new("setpriv");
-        command.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            "gdbus",
-        ]);
-        command
-    } else {
-        Command::new("gdbus")
-    };
-    command
+    super::command_as("gdbus", as_nobody)
         .args(["call", "--address", address, "--dest", dest])
         .args(["--object-path", path, "--method", method])
         .args(args)

@@ -20,3 +20,18 @@ pub mod uevent_netlink;
 
 /// The unprivileged uid (and gid) that tests drop to through `setpriv`.
 pub const NOBODY: u32 = 65534;
+
+/// A command running `program`: as root, or (with `as_nobody`) as uid/gid
+/// [`NOBODY`] without supplementary groups, through `setpriv`.
+pub fn command_as(program: &str, as_nobody: bool) -> std::process::Command {
+    if as_nobody {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .args(["--clear-groups", "--", program]);
+        command
+    } else {
+        std::process::Command::new(program)
+    }
+}

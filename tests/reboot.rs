@@ -14,6 +14,7 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::bus::DbusDaemon;
@@ -65,18 +66,56 @@ async fn next_state(listener: &mut UeventListener) -> String {
         .expect("a uevent for the parent within 15 s")
 }
 
-/// Starts the daemon, subscribed (by `client`) before it owns its name, and
-/// returns it with the subscription.
-async fn start(
-    bus: &DbusDaemon,
-    options: &DaemonOptions,
-    work: &std::path::Path,
-    client: &Connection,
-) -> (Daemon, zbus::MessageStream) {
-    let signals = registry_signals(client).await;
-    let mut daemon = Daemon::spawn(bus.address(), options, work);
-    wait_ready(client, &mut daemon).await;
-    (daemon, signals)
+/// One host across boots: a fake tree, a bus, a state directory that
+/// survives reboots and a runtime directory that does not, and a client.
+struct Boots {
+    /// Held: the tree's directory lives as long as the host.
+    _tree: FakeSysfs,
+    bus: DbusDaemon,
+    work: tempfile::TempDir,
+    runtime: PathBuf,
+    options: DaemonOptions,
+    client: Connection,
+}
+
+impl Boots {
+    /// A host whose daemon injects its uevents (no netlink listening).
+    async fn new(prefix: &str) -> Boots {
+        let tree = FakeSysfs::new();
+        let bus = DbusDaemon::start_permissive();
+        let work = open_tempdir(prefix);
+        let state = work.path().join("state");
+        let runtime = work.path().join("run");
+        fs::create_dir_all(&state).expect("state dir");
+        let mut options = DaemonOptions::new(tree.root(), &state);
+        options.emit = "inject";
+        options.netlink = false;
+        options.runtime_dir = Some(runtime.clone());
+        let client = connect(bus.address()).await;
+        Boots {
+            _tree: tree,
+            bus,
+            work,
+            runtime,
+            options,
+            client,
+        }
+    }
+
+    /// Starts the daemon, subscribed (by the client) before it owns its
+    /// name, and returns it with the subscription.
+    async fn start(&self) -> (Daemon, zbus::MessageStream) {
+        let signals = registry_signals(&self.client).await;
+        let mut daemon = Daemon::spawn(self.bus.address(), &self.options, self.work.path());
+        wait_ready(&self.client, &mut daemon).await;
+        (daemon, signals)
+    }
+
+    /// A reboot: the runtime directory is empty again.
+    fn reboot(&self) {
+        fs::remove_dir_all(&self.runtime).expect("empty the runtime dir");
+        fs::create_dir_all(&self.runtime).expect("runtime dir");
+    }
 }
 
 /// The registry signals for [`PARENT`] the start sent: a `Rescan` is
@@ -102,23 +141,13 @@ fn persistent_parents_are_announced_once_per_boot() {
         "persistent_parents_are_announced_once_per_boot",
         &[],
         || async {
-            let tree = FakeSysfs::new();
-            let bus = DbusDaemon::start_permissive();
-            let work = open_tempdir("mdevreg-reboot-");
-            let state = work.path().join("state");
-            let runtime = work.path().join("run");
-            fs::create_dir_all(&state).expect("state dir");
-            let mut options = DaemonOptions::new(tree.root(), &state);
-            options.emit = "inject";
-            options.netlink = false;
-            options.runtime_dir = Some(runtime.clone());
-            let client = connect(bus.address()).await;
+            let host = Boots::new("mdevreg-reboot-").await;
             let mut listener = UeventListener::open().expect("uevent listener");
 
             // First boot: register persistent P, stop.
-            let (mut daemon, _signals) = start(&bus, &options, work.path(), &client).await;
+            let (mut daemon, _signals) = host.start().await;
             register_raw(
-                &client,
+                &host.client,
                 PARENT,
                 &lifetime("persistent"),
                 &[good_type("b-1")],
@@ -130,13 +159,11 @@ fn persistent_parents_are_announced_once_per_boot() {
             daemon
                 .wait_exit(Duration::from_secs(20))
                 .expect("mdevregd stops on SIGTERM");
-            assert!(runtime.join("boot-id").is_file(), "no boot marker");
+            assert!(host.runtime.join("boot-id").is_file(), "no boot marker");
 
-            // Reboot: the runtime directory is empty again.
-            fs::remove_dir_all(&runtime).expect("empty the runtime dir");
-            fs::create_dir_all(&runtime).expect("runtime dir");
-            let (mut daemon, mut signals) = start(&bus, &options, work.path(), &client).await;
-            let seen = signals_of_the_start(&client, &mut signals).await;
+            host.reboot();
+            let (mut daemon, mut signals) = host.start().await;
+            let seen = signals_of_the_start(&host.client, &mut signals).await;
             let members: Vec<&str> = seen.iter().map(|s| s.member.as_str()).collect();
             assert_eq!(members, ["ParentRegistered"], "{seen:?}");
             assert_eq!(seen[0].source, "userspace");
@@ -148,13 +175,13 @@ fn persistent_parents_are_announced_once_per_boot() {
 
             // A restart in the same boot: nothing new.
             let before = {
-                let (mut daemon, mut signals) = start(&bus, &options, work.path(), &client).await;
-                let seen = signals_of_the_start(&client, &mut signals).await;
+                let (mut daemon, mut signals) = host.start().await;
+                let seen = signals_of_the_start(&host.client, &mut signals).await;
                 assert!(
                     seen.is_empty(),
                     "restart in the same boot announced {seen:?}"
                 );
-                let seqnum = snapshot(&client).await.seqnum;
+                let seqnum = snapshot(&host.client).await.seqnum;
                 daemon.signal(nix::sys::signal::Signal::SIGTERM);
                 daemon
                     .wait_exit(Duration::from_secs(20))
@@ -162,8 +189,8 @@ fn persistent_parents_are_announced_once_per_boot() {
                 seqnum
             };
             // The parent is still there, with the number of its announcement.
-            let (_daemon, _signals) = start(&bus, &options, work.path(), &client).await;
-            let now = snapshot(&client).await;
+            let (_daemon, _signals) = host.start().await;
+            let now = snapshot(&host.client).await;
             assert_eq!(now.names(), [PARENT]);
             assert_eq!(now.seqnum, before);
             // No uevent for it since the announcement (the injected ones are
@@ -244,22 +271,12 @@ fn inner_reboot_at_udevd() {
         );
         let mut monitor = Monitor::new();
 
-        let tree = FakeSysfs::new();
-        let bus = DbusDaemon::start_permissive();
-        let work = open_tempdir("mdevreg-reboot-udevd-");
-        let state = work.path().join("state");
-        let runtime = work.path().join("run");
-        fs::create_dir_all(&state).expect("state dir");
-        let mut options = DaemonOptions::new(tree.root(), &state);
-        options.emit = "inject";
-        options.netlink = false;
-        options.runtime_dir = Some(runtime.clone());
-        let client = connect(bus.address()).await;
+        let host = Boots::new("mdevreg-reboot-udevd-").await;
 
         // First boot: register persistent P, stop.
-        let (daemon, _signals) = start(&bus, &options, work.path(), &client).await;
+        let (daemon, _signals) = host.start().await;
         register_raw(
-            &client,
+            &host.client,
             PARENT,
             &lifetime("persistent"),
             &[good_type("b-1")],
@@ -269,11 +286,9 @@ fn inner_reboot_at_udevd() {
         assert_eq!(states_at_udevd(&mut monitor, "1"), ["registered"]);
         stop(daemon);
 
-        // Reboot: the runtime directory is empty again.
-        fs::remove_dir_all(&runtime).expect("empty the runtime dir");
-        fs::create_dir_all(&runtime).expect("runtime dir");
-        let (daemon, mut signals) = start(&bus, &options, work.path(), &client).await;
-        let seen = signals_of_the_start(&client, &mut signals).await;
+        host.reboot();
+        let (daemon, mut signals) = host.start().await;
+        let seen = signals_of_the_start(&host.client, &mut signals).await;
         let members: Vec<&str> = seen.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(members, ["ParentRegistered"], "{seen:?}");
         assert_eq!(seen[0].source, "userspace");
@@ -281,13 +296,13 @@ fn inner_reboot_at_udevd() {
         stop(daemon);
 
         // A restart in the same boot: nothing reaches udevd.
-        let (daemon, mut signals) = start(&bus, &options, work.path(), &client).await;
-        let seen = signals_of_the_start(&client, &mut signals).await;
+        let (daemon, mut signals) = host.start().await;
+        let seen = signals_of_the_start(&host.client, &mut signals).await;
         assert!(
             seen.is_empty(),
             "restart in the same boot announced {seen:?}"
         );
-        assert_eq!(snapshot(&client).await.names(), [PARENT]);
+        assert_eq!(snapshot(&host.client).await.names(), [PARENT]);
         assert_eq!(states_at_udevd(&mut monitor, "3"), Vec::<String>::new());
         stop(daemon);
     });

@@ -1312,8 +1312,10 @@ enum LatencySide {
 #[derive(Clone, Copy, Debug, Default)]
 struct LatencyCpu {
     daemon_events: u64,
-    /// mdevregd over its own blocks (each event: the registration and the
-    /// unregistration of a parent).
+    /// mdevregd's main thread (its event loop, where a uevent is handled)
+    /// over its own blocks (each event: the registration and the
+    /// unregistration of a parent). Rescans for SEQNUM gaps (other
+    /// namespaces' uevents) run on other threads and are not counted.
     daemon_cpu_s: f64,
     bus_cpu_s_daemon: f64,
     relay_events: u64,
@@ -1336,24 +1338,17 @@ impl LatencyCpu {
     }
 }
 
-/// Run time of every thread of `pid` so far, in seconds, from
-/// `/proc/PID/task/*/schedstat` (nanoseconds; threads that exited are not
-/// counted).
+/// Run time of the main thread of `pid` so far, in seconds, from
+/// `/proc/PID/task/PID/schedstat` (nanoseconds).
 fn run_seconds(pid: u32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return f64::NAN;
-    };
-    let mut ns = 0u64;
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
-            ns += text
-                .split_whitespace()
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat"))
+        .ok()
+        .and_then(|text| {
+            text.split_whitespace()
                 .next()
                 .and_then(|field| field.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    ns as f64 / 1e9
+        })
+        .map_or(f64::NAN, |ns| ns as f64 / 1e9)
 }
 
 /// Records the signals mdevregd (unique name `owner`) sends for the
@@ -1441,6 +1436,23 @@ async fn latency_phase(
         match record_contract(tree, connection, bare, &mut emitter, results).await {
             Ok(()) => sides.push(LatencySide::Contract),
             Err(err) => results.notes.push(format!("contract relay: {err}")),
+        }
+    }
+    // Profiling aid: `MDEVREG_BENCH_LATENCY_SIDES=daemon` runs only
+    // mdevregd's blocks (a profile of the uevent path alone).
+    if let Ok(wanted) = std::env::var("MDEVREG_BENCH_LATENCY_SIDES") {
+        sides.retain(|side| {
+            let name = match side {
+                LatencySide::Daemon => "daemon",
+                LatencySide::Relay => "relay",
+                LatencySide::Contract => "contract",
+            };
+            wanted.split(',').any(|item| item.trim() == name)
+        });
+        if sides.is_empty() {
+            return Err(format!(
+                "MDEVREG_BENCH_LATENCY_SIDES={wanted} names no side"
+            ));
         }
     }
     eprintln!(
@@ -2161,6 +2173,7 @@ fn write_reports(results: &Results) -> Result<(), String> {
         || std::env::var_os("MDEVREG_BENCH_PHASES").is_some()
         || std::env::var_os("MDEVREG_BENCH_DAEMON_WRAPPER").is_some()
         || std::env::var_os("MDEVREG_BENCH_RATE_SIDES").is_some()
+        || std::env::var_os("MDEVREG_BENCH_LATENCY_SIDES").is_some()
         || std::env::var_os("MDEVREG_BENCH_TREE_DIR").is_some()
         || std::env::var_os(DAEMON_OVERRIDE).is_some();
     let (json_path, markdown_path) = if partial {
@@ -2339,7 +2352,7 @@ fn markdown(results: &Results, s: &Summary) -> String {
         row(
             "CPU per latency event (scheduler run time over each side's blocks)",
             format!(
-                "mdevregd {} µs (a parent's registration and unregistration); dbus-daemon {} µs for \
+                "mdevregd's loop thread {} µs (a parent's registration and unregistration); dbus-daemon {} µs for \
                  mdevregd's, {} µs for the bare relay's, {} µs for the contract relay's",
                 fmt(daemon, 0),
                 fmt(bus, 0),
@@ -2555,7 +2568,8 @@ fn markdown(results: &Results, s: &Summary) -> String {
          parent, as above), the relay and the contract relay (the same event about a device that \
          is no parent: mdevregd looks and finds nothing), the relay off or in the other mode \
          during the others' blocks. CPU per latency event: the scheduler's run time \
-         (`/proc/PID/task/*/schedstat`) of mdevregd and of dbus-daemon summed over each side's \
+         (`/proc/PID/task/PID/schedstat`) of mdevregd's main thread (its event loop: rescans \
+         for SEQNUM gaps run on other threads) and of dbus-daemon summed over each side's \
          blocks, divided by its events.",
         match results.bare_same_shape {
             Some(true) => "same members, signatures and body sizes",

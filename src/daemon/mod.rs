@@ -326,6 +326,11 @@ pub async fn run(
         ))
     });
     drop(sources_tx);
+    // The start-up scan's buffers and the copies of its parents the
+    // registry did not keep are freed by now, partly in the arena of a
+    // scan thread no later allocation reuses: hand the pages back (the
+    // idle trim follows inputs only).
+    trim::release_freed_memory();
 
     let result = daemon
         .run(&connection, requests_rx, sources_rx, shutdown)

@@ -448,7 +448,13 @@ impl Server {
             Node::TypesDir(name) => {
                 let mut labels: Vec<String> = registry
                     .get(name)
-                    .map(|p| p.info.types.iter().map(|t| label::escape(&t.id)).collect())
+                    .map(|p| {
+                        p.info
+                            .types
+                            .iter()
+                            .map(|t| label::escape(t.id.as_str()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 labels.sort();
                 interfaces::node_xml(&[], false, labels.iter().map(String::as_str))

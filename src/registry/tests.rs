@@ -677,6 +677,24 @@ proptest! {
     }
 
     #[test]
+    fn replaying_the_events_gives_the_same_registry(
+        inputs in prop::collection::vec(arb_input(), 0..40),
+    ) {
+        let mut r = Registry::new();
+        let mut shown = r.clone();
+        for input in inputs {
+            if let Ok(events) = r.apply(input) {
+                shown.replay(&events);
+            }
+            prop_assert_eq!(shown.seqnum(), r.seqnum());
+            prop_assert_eq!(&shown.parents, &r.parents);
+            prop_assert_eq!(&shown.counts, &r.counts);
+            prop_assert_eq!(&shown.kernel_devpaths, &r.kernel_devpaths);
+            prop_assert_eq!(shown.vendor_kernel_parents, r.vendor_kernel_parents);
+        }
+    }
+
+    #[test]
     fn snapshot_applied_twice_yields_nothing(
         prefix in prop::collection::vec(arb_input(), 0..20),
         scan in prop::collection::vec(arb_kinfo(), 0..5),

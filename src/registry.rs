@@ -397,6 +397,49 @@ impl Registry {
         Ok(events)
     }
 
+    /// Brings a copy of the registry up to date with `events`, which
+    /// another copy emitted (the registry readers see follows the one the
+    /// daemon changes, commit by commit, once each commit is shown). Each
+    /// event sets what it shows (a parent or type present, changed or
+    /// gone) whatever this copy held, so events that are never shown (a
+    /// registration taken back because it could not be saved) leave no
+    /// trace. Kernel parents waiting for a name are not tracked: they show
+    /// in no event.
+    pub fn replay(&mut self, events: &[Event]) {
+        for event in events {
+            match &event.kind {
+                EventKind::ParentRegistered { parent } => self.put(parent.clone()),
+                EventKind::ParentUpdated { after, .. } => self.put(after.clone()),
+                EventKind::ParentUnregistered { parent } => {
+                    self.take_shared(parent.name());
+                }
+                EventKind::TypeAdded { parent, mdev_type }
+                | EventKind::TypeUpdated {
+                    parent,
+                    after: mdev_type,
+                    ..
+                } => self.with_types(parent, |types| {
+                    match types.binary_search_by(|t| t.id.cmp(&mdev_type.id)) {
+                        Ok(at) => types[at] = mdev_type.clone(),
+                        Err(at) => types.insert(at, mdev_type.clone()),
+                    }
+                }),
+                EventKind::TypeRemoved { parent, mdev_type } => self.with_types(parent, |types| {
+                    types.retain(|t| t.id != mdev_type.id);
+                }),
+            }
+            self.seqnum = self.seqnum.max(event.seqnum);
+        }
+    }
+
+    /// Changes the types of parent `name` (copied first if a snapshot
+    /// shares it); nothing if there is no such parent.
+    fn with_types(&mut self, name: &str, change: impl FnOnce(&mut Vec<MdevType>)) {
+        if let Some(parent) = self.parents.get_mut(name) {
+            change(&mut Arc::make_mut(parent).info.types);
+        }
+    }
+
     fn push(&mut self, events: &mut Vec<Event>, kind: EventKind) {
         self.seqnum += 1;
         events.push(Event {

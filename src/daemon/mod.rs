@@ -19,8 +19,12 @@
 //! (a file on tmpfs, a memory copy, is written on the loop instead),
 //! and the commits that arrive during a write share the next one. The
 //! [`sink::Sink`] then carries every commit out in one fixed order — state
-//! files (written by then), uevents, signals then the reply in one write,
-//! observers — and the loop feeds back what it learnt
+//! files (written by then), uevents, signals then the reply in one write
+//! (handed to the [`sender`] task, which writes them to the bus in that
+//! order while the loop goes on), observers; readers are answered from a
+//! copy of the registry it brings up to date as it shows each commit
+//! ([`shown`]: never a registration whose state is not durable) — and the
+//! loop feeds back what it learnt
 //! ([`sink::FollowUp`]). Counters are a struct of atomics
 //! ([`counters::Counters`]) shared by all of them.
 //!
@@ -42,6 +46,8 @@ pub mod counters;
 mod event_loop;
 mod poll_timer;
 mod saves;
+mod sender;
+mod shown;
 mod sink;
 mod sources;
 #[cfg(test)]
@@ -63,7 +69,7 @@ pub use self::counters::{last_uevent_seconds, Counter, Counters, RejectKind, LAS
 pub use self::saves::{Released, SaveQueue, Step, Write, Written};
 pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
-pub use self::trim::tune_allocator;
+pub use self::trim::{release_freed_memory, tune_allocator, TRIM_AFTER_REPLY_BYTES};
 
 use self::event_loop::EventLoop;
 use crate::boot;
@@ -214,9 +220,12 @@ pub async fn run(
         .build()
         .await?;
     let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
+    // Readers are answered from their own copy, brought up to date as
+    // commits are shown (filled below, once the tree is read).
+    let shown = shown::Shown::new(&Registry::new());
     let server = Server::new(
         connection.clone(),
-        Arc::clone(&registry),
+        shown.shared(),
         Arc::clone(&counters),
         requests_tx,
         bus.clone(),
@@ -229,6 +238,7 @@ pub async fn run(
     core::log_warnings(&scan.warnings);
     let found = scan.parents.len();
     core.load_initial(scan);
+    shown.reset(&core.registry());
     log::info!(
         "found {found} kernel mdev parents under {}",
         config.sysfs_root.path().display()
@@ -236,7 +246,7 @@ pub async fn run(
     // Metrics once the registry holds the tree; a port or a file that
     // cannot be used fails the start.
     let metrics = if config.metrics.is_enabled() {
-        let view: Arc<dyn RegistryView> = registry.clone();
+        let view: Arc<dyn RegistryView> = shown.shared();
         let values = Arc::clone(&counters);
         let source = Arc::new(MetricsSource::new(view, move || counter_values(&values)));
         Some(MetricsOutputs::start(&config.metrics, source).await?)
@@ -250,8 +260,9 @@ pub async fn run(
     let mut daemon = EventLoop {
         core,
         sink: Sink {
-            connection: connection.clone(),
+            sender: sender::Sender::start(connection.clone(), Some(Arc::clone(&server))),
             registry: Arc::clone(&registry),
+            shown,
             server: Arc::clone(&server),
             uevents,
             stores: config.stores.clone(),
@@ -326,6 +337,11 @@ pub async fn run(
         ))
     });
     drop(sources_tx);
+    // The start-up scan's buffers and the copies of its parents the
+    // registry did not keep are freed by now, partly in the arena of a
+    // scan thread no later allocation reuses: hand the pages back (the
+    // idle trim follows inputs only).
+    trim::release_freed_memory();
 
     let result = daemon
         .run(&connection, requests_rx, sources_rx, shutdown)
@@ -336,8 +352,10 @@ pub async fn run(
     if let Some(task) = netlink_task {
         task.abort();
     }
-    // Callers waiting for a write are answered (their state is written).
+    // Callers waiting for a write are answered (their state is written),
+    // and what the loop handed to the sender is written to the bus.
     daemon.settle().await;
+    daemon.sink.flush().await;
     daemon.sink.save_all();
     drop(metrics);
     if result.is_ok() {

@@ -8,8 +8,14 @@
 //!    and per vendor-VFIO (un)registration (a synthetic `change` written to
 //!    the VF's `uevent` file, directly or by `mdevreg-uevent-writer`);
 //! 3. the D-Bus signals showing its events, then the reply, in one write
-//!    (a caller holding its reply has been sent every signal of it);
+//!    (a caller holding its reply has been sent every signal of it), by
+//!    the [sender](super::sender) task, first in first out: the loop does
+//!    not wait for the bus socket;
 //! 4. follow-ups: forgotten callers, the [`CommitObserver`]s.
+//!
+//! Readers are answered from the [`Shown`] registry, which takes the
+//! commit's events at step 3, before its signals are handed over: never a
+//! registration whose state file is not durable.
 //!
 //! Nothing here decides anything; a new output is one more step here (or
 //! an observer), fed by every commit.
@@ -18,10 +24,10 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use zbus::Connection;
-
 use super::commit::Commit;
 use super::counters::{Counter, Counters};
+use super::sender::Sender;
+use super::shown::Shown;
 use super::writer;
 use crate::boundary;
 use crate::dbus::{signals, Server, SharedRegistry};
@@ -52,8 +58,11 @@ pub struct FollowUp {
 
 /// Every output of the daemon.
 pub struct Sink {
-    pub connection: Connection,
+    /// Writes the signals and replies, in the order they are handed over.
+    pub sender: Sender,
     pub registry: SharedRegistry,
+    /// What readers see: each commit's events once it is carried out.
+    pub shown: Shown,
     pub server: Arc<Server>,
     pub uevents: UeventSink,
     pub stores: StateStores,
@@ -150,6 +159,9 @@ impl Sink {
         if let Some(last) = commit.events.last() {
             self.counters.show_seqnum(last.seqnum);
         }
+        // Readers see it from now on (its state is durable, its uevents are
+        // out, its signals are handed over next).
+        self.shown.show(&commit.events);
         let mut messages = signals::build(&registry.unwrap_or_else(|| self.reg()), &commit.events);
         let mut commit = commit;
         let replied_ok =
@@ -164,10 +176,9 @@ impl Sink {
             writes += usize::from(write);
             messages.extend(reply.message());
         }
-        if !messages.is_empty() {
-            signals::send(&self.connection, messages).await;
-        }
-        self.server.writes_answered(writes);
+        // Written by the sender task, in this order after what went before:
+        // the loop goes on while the socket is busy (a large reply).
+        self.sender.send(messages, writes).await;
         for caller in &commit.forget_callers {
             self.server.forget_caller(caller);
         }
@@ -227,6 +238,12 @@ impl Sink {
                 );
             }
         }
+    }
+
+    /// Returns once every signal and reply handed over so far is written
+    /// (or could not be).
+    pub async fn flush(&self) {
+        self.sender.flush().await;
     }
 
     /// Writes both state files from the registry (at start and at exit,

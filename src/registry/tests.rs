@@ -9,10 +9,10 @@ use crate::test_support::{pci_parent, user_parent};
 
 fn mtype(id: &str, avail: u32) -> MdevType {
     MdevType {
-        id: id.to_owned(),
-        name: format!("name of {id}"),
-        description: String::new(),
-        device_api: "vfio-pci".to_owned(),
+        id: id.into(),
+        name: format!("name of {id}").into(),
+        description: "".into(),
+        device_api: "vfio-pci".into(),
         available_instances: avail,
         devices: Vec::new(),
     }
@@ -673,6 +673,24 @@ proptest! {
                 Err(_) => prop_assert_eq!(&r, &before, "refused input changed the registry"),
             }
             check_invariants(&r, &sysfs);
+        }
+    }
+
+    #[test]
+    fn replaying_the_events_gives_the_same_registry(
+        inputs in prop::collection::vec(arb_input(), 0..40),
+    ) {
+        let mut r = Registry::new();
+        let mut shown = r.clone();
+        for input in inputs {
+            if let Ok(events) = r.apply(input) {
+                shown.replay(&events);
+            }
+            prop_assert_eq!(shown.seqnum(), r.seqnum());
+            prop_assert_eq!(&shown.parents, &r.parents);
+            prop_assert_eq!(&shown.counts, &r.counts);
+            prop_assert_eq!(&shown.kernel_devpaths, &r.kernel_devpaths);
+            prop_assert_eq!(shown.vendor_kernel_parents, r.vendor_kernel_parents);
         }
     }
 

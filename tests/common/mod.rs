@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests; each test crate uses a subset.
 #![allow(dead_code)]
 
+pub mod bare_reader;
 pub mod bus;
 pub mod daemon;
 pub mod gdbus;
@@ -13,6 +14,7 @@ pub mod prereq;
 pub mod prometheus;
 pub mod registry_client;
 pub mod registry_signals;
+pub mod socket_proxy;
 pub mod sysfs_fixture;
 pub mod tree_ops;
 pub mod udevd;

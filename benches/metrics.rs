@@ -82,10 +82,11 @@ fn parent_info(index: u32, n_types: u32) -> ParentInfo {
     );
     let types = (0..n_types)
         .map(|type_index| MdevType {
-            id: format!("nvidia-{}", 100 + type_index),
-            name: format!("GRID T4-{type_index}Q"),
-            description: format!("num_heads=4, framebuffer={}M", 1024 * (1 + type_index % 16)),
-            device_api: "vfio-pci".to_owned(),
+            id: format!("nvidia-{}", 100 + type_index).into(),
+            name: format!("GRID T4-{type_index}Q").into(),
+            description: format!("num_heads=4, framebuffer={}M", 1024 * (1 + type_index % 16))
+                .into(),
+            device_api: "vfio-pci".into(),
             available_instances: 16,
             devices: vec![format!(
                 "00000000-0000-4000-8000-{:012x}",

@@ -169,12 +169,12 @@ pub fn rows_for<'a>(
 
 fn add_types(rows: &mut BTreeMap<String, CapacityRow>, info: &ParentInfo) {
     for t in &info.types {
-        let row = rows.entry(t.id.clone()).or_insert_with(|| CapacityRow {
-            id: t.id.clone(),
+        let row = rows.entry(t.id.to_string()).or_insert_with(|| CapacityRow {
+            id: t.id.to_string(),
             ..CapacityRow::default()
         });
         if row.name.is_empty() {
-            row.name.clone_from(&t.name);
+            row.name = t.name.to_string();
         }
         row.creatable = row.creatable.saturating_add(t.available_instances);
         let held = u32::try_from(t.devices.len()).unwrap_or(u32::MAX);
@@ -237,9 +237,9 @@ mod tests {
 
     fn t(id: &str, name: &str, avail: u32, devices: &[&str]) -> MdevType {
         MdevType {
-            id: id.to_string(),
-            name: name.to_string(),
-            device_api: "vfio-pci".to_string(),
+            id: id.into(),
+            name: name.into(),
+            device_api: "vfio-pci".into(),
             available_instances: avail,
             devices: devices.iter().map(|d| d.to_string()).collect(),
             ..MdevType::default()

@@ -24,6 +24,7 @@ pub mod paths;
 pub mod persist;
 pub mod registry;
 pub mod report;
+pub mod shared_str;
 pub mod synth_uevent;
 pub mod sysfs;
 #[cfg(test)]

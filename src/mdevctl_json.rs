@@ -309,10 +309,10 @@ mod tests {
 
     fn mdev_type(id: &str, name: &str, description: &str, avail: u32) -> MdevType {
         MdevType {
-            id: id.to_string(),
-            name: name.to_string(),
-            description: description.to_string(),
-            device_api: "vfio-pci".to_string(),
+            id: id.into(),
+            name: name.into(),
+            description: description.into(),
+            device_api: "vfio-pci".into(),
             available_instances: avail,
             devices: Vec::new(),
         }

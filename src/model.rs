@@ -3,17 +3,24 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::shared_str::SharedStr;
+
 /// One mdev type of a parent (`<parent>/mdev_supported_types/<id>/`).
+///
+/// Its texts are [`SharedStr`]s: they repeat across the parents of one
+/// model (1000 GPUs, 1000 copies of each type's id, name, description and
+/// device API), and shared they are held once however many parents and
+/// copies (events, snapshots) there are.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MdevType {
     /// Type id, the directory name, e.g. `i915-GVTg_V5_4`.
-    pub id: String,
+    pub id: SharedStr,
     /// Contents of `name` (trimmed), empty when absent.
-    pub name: String,
+    pub name: SharedStr,
     /// Contents of `description` (trimmed), empty when absent.
-    pub description: String,
+    pub description: SharedStr,
     /// Contents of `device_api`, e.g. `vfio-pci`.
-    pub device_api: String,
+    pub device_api: SharedStr,
     /// Contents of `available_instances`.
     pub available_instances: u32,
     /// UUIDs of the mdev instances of this type, sorted.

@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::model::{Backend, MdevType, ParentInfo};
+use crate::model::{Backend, MdevType, ParentInfo, SharedStr};
 use crate::paths::{
     devpath_name, SysfsRoot, CREATABLE_VGPU_TYPES, CURRENT_VGPU_TYPE, NVIDIA_VFIO_DIR, PHYSFN_LINK,
 };
@@ -190,10 +190,10 @@ pub fn vf_types(state: &VfState, vf_name: &str, held_name: &str) -> Vec<MdevType
         .creatable
         .iter()
         .map(|t| MdevType {
-            id: type_id(t.id),
-            name: t.name.clone(),
-            description: String::new(),
-            device_api: DEVICE_API.to_string(),
+            id: type_id(t.id).into(),
+            name: t.name.as_str().into(),
+            description: SharedStr::default(),
+            device_api: DEVICE_API.into(),
             available_instances: free,
             devices: Vec::new(),
         })
@@ -203,10 +203,10 @@ pub fn vf_types(state: &VfState, vf_name: &str, held_name: &str) -> Vec<MdevType
         match types.iter_mut().find(|t| t.id == held) {
             Some(t) => t.devices = vec![vf_name.to_string()],
             None => types.push(MdevType {
-                id: held,
-                name: held_name.to_string(),
-                description: String::new(),
-                device_api: DEVICE_API.to_string(),
+                id: held.into(),
+                name: held_name.into(),
+                description: SharedStr::default(),
+                device_api: DEVICE_API.into(),
                 available_instances: 0,
                 devices: vec![vf_name.to_string()],
             }),

@@ -68,7 +68,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::model::{Backend, MdevType, ParentInfo};
+use crate::model::{Backend, MdevType, ParentInfo, SharedStr};
 use crate::nvidia_vfio;
 use crate::paths::{devpath_name, supported_types_dir, SysfsRoot, PHYSFN_LINK};
 
@@ -569,7 +569,7 @@ fn read_type(
     warnings: &mut Vec<Warning>,
 ) -> Result<MdevType, Warning> {
     let types_dir = reader.types_dir;
-    let device_api = required_attr(reader, &id, "device_api")?.to_string();
+    let device_api = SharedStr::new(required_attr(reader, &id, "device_api")?);
     let available_instances = parse_u32(required_attr(reader, &id, "available_instances")?)
         .map_err(|message| {
             Warning::new(
@@ -585,9 +585,9 @@ fn read_type(
         Instances::Skip => Vec::new(),
     };
     Ok(MdevType {
-        id,
-        name,
-        description,
+        id: id.into(),
+        name: name.into(),
+        description: description.into(),
         device_api,
         available_instances,
         devices,
@@ -1491,10 +1491,10 @@ mod tests {
         assert_eq!(
             parent.types[0],
             MdevType {
-                id: "t-good".to_string(),
-                name: "Good".to_string(),
-                description: "a, b".to_string(),
-                device_api: "vfio-pci".to_string(),
+                id: "t-good".into(),
+                name: "Good".into(),
+                description: "a, b".into(),
+                device_api: "vfio-pci".into(),
                 available_instances: 7,
                 devices: Vec::new(),
             }

@@ -11,10 +11,10 @@ use crate::registry::{Input, Registry};
 /// (made-up UUIDs, numbered from 0).
 pub(crate) fn mdev_type(id: &str, name: &str, available: u32, devices: usize) -> MdevType {
     MdevType {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        description: String::new(),
-        device_api: "vfio-pci".to_owned(),
+        id: id.into(),
+        name: name.into(),
+        description: "".into(),
+        device_api: "vfio-pci".into(),
         available_instances: available,
         devices: (0..devices)
             .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))

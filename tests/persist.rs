@@ -19,10 +19,10 @@ fn record(name: &str, lifetime: Lifetime, seqnum: u64) -> StoredRegistration {
                 backend: Default::default(),
                 physical_device: String::new(),
                 types: vec![MdevType {
-                    id: "mtty-2".to_owned(),
-                    name: "Dual-port serial".to_owned(),
-                    description: "line one, line two".to_owned(),
-                    device_api: "vfio-pci".to_owned(),
+                    id: "mtty-2".into(),
+                    name: "Dual-port serial".into(),
+                    description: "line one, line two".into(),
+                    device_api: "vfio-pci".into(),
                     available_instances: u32::MAX,
                     devices: vec!["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001".to_owned()],
                 }],
@@ -256,8 +256,8 @@ fn invalid_records_are_dropped_with_warnings() {
     let mut too_many_types = record("manytypes", Lifetime::Persistent, 7);
     too_many_types.parent.info.types = (0..1025)
         .map(|i| MdevType {
-            id: format!("t-{i}"),
-            device_api: "vfio-pci".to_owned(),
+            id: format!("t-{i}").into(),
+            device_api: "vfio-pci".into(),
             ..MdevType::default()
         })
         .collect();

@@ -69,7 +69,7 @@ pub use self::counters::{last_uevent_seconds, Counter, Counters, RejectKind, LAS
 pub use self::saves::{Released, SaveQueue, Step, Write, Written};
 pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
-pub use self::trim::tune_allocator;
+pub use self::trim::{release_freed_memory, tune_allocator, TRIM_AFTER_REPLY_BYTES};
 
 use self::event_loop::EventLoop;
 use crate::boot;
@@ -337,6 +337,11 @@ pub async fn run(
         ))
     });
     drop(sources_tx);
+    // The start-up scan's buffers and the copies of its parents the
+    // registry did not keep are freed by now, partly in the arena of a
+    // scan thread no later allocation reuses: hand the pages back (the
+    // idle trim follows inputs only).
+    trim::release_freed_memory();
 
     let result = daemon
         .run(&connection, requests_rx, sources_rx, shutdown)

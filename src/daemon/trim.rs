@@ -7,12 +7,18 @@
 //! automatic trim of the heap top never reaches.
 //!
 //! Large buffers (a `GetManagedObjects` reply of the 1000 × 32 tree is
-//! megabytes) never come from the heap: [`tune_allocator`] fixes glibc's
-//! mmap threshold, so each is its own mapping, returned to the kernel the
-//! moment it is freed. Left dynamic, glibc raises the threshold to the size
-//! of the largest block freed (up to 32 MiB), and the next replies come
-//! from the heaps of the threads that built them, where they stay as holes
-//! until a trim. It also caps the number of malloc arenas.
+//! megabytes) mostly come as mappings of their own: [`tune_allocator`]
+//! fixes glibc's mmap threshold, so a fresh one is mapped and returned to
+//! the kernel the moment it is freed. Left dynamic, glibc raises the
+//! threshold to the size of the largest block freed (up to 32 MiB), and the
+//! next replies come from the heaps of the threads that built them. Even
+//! fixed, a buffer that grows (a reply is serialized into a growing `Vec`)
+//! or one that fits the free space of an arena is carved from the heap,
+//! where it stays as a hole once freed: so the server trims after every
+//! reply of at least [`TRIM_AFTER_REPLY_BYTES`] (while it still holds the turn
+//! of large replies, so the next one is built in a trimmed heap), and the
+//! daemon once after start-up (the scan's buffers). It also caps the number
+//! of malloc arenas.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -57,6 +63,9 @@ impl IdleTrim {
         }
     }
 }
+
+/// After a reply of at least this many bytes the server trims.
+pub const TRIM_AFTER_REPLY_BYTES: usize = 1024 * 1024;
 
 /// Allocations at least this large are mappings of their own.
 pub const MMAP_THRESHOLD: usize = 256 * 1024;

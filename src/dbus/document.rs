@@ -144,7 +144,7 @@ mod tests {
             types: vec![MdevType {
                 id: "mtty-1".into(),
                 name: "Single port serial".into(),
-                description: String::new(),
+                description: "".into(),
                 device_api: "vfio-pci".into(),
                 available_instances: 24,
                 devices: Vec::new(),

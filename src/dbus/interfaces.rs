@@ -627,7 +627,7 @@ mod tests {
                 types: vec![MdevType {
                     id: "mtty-1".into(),
                     name: "Single port".into(),
-                    description: String::new(),
+                    description: "".into(),
                     device_api: "vfio-pci".into(),
                     available_instances: 3,
                     devices: vec!["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001".into()],

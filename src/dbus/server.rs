@@ -33,7 +33,7 @@ use super::readers::{self, ReaderLimits, WritersFirst, WRITERS_FIRST_MAX};
 use super::values::{self, ManagedObjects, PropMap};
 use super::{document, lock, validate, Request};
 use crate::capacity;
-use crate::daemon::Counters;
+use crate::daemon::{self, Counters};
 use crate::label;
 use crate::registry::Registry;
 
@@ -272,10 +272,19 @@ impl Server {
             Ok(None) => unknown_method(REGISTRY1.name, "(none)"),
             Err(err) => Reply::Fdo(fdo::Error::Failed(format!("reply not built: {err}"))),
         };
+        let size = match &reply {
+            Reply::Message(Ok(message)) => message.data().len(),
+            _ => 0,
+        };
         self.writers.wait_idle(WRITERS_FIRST_MAX).await;
         let bytes = self.send(&header, reply, no_reply).await;
         if bytes >= readers::READ_WHOLE_MIN_BYTES {
             self.until_the_bus_has_read_it().await;
+        }
+        if size >= daemon::TRIM_AFTER_REPLY_BYTES {
+            // Its buffers are freed now; hand their pages back before the
+            // next large reply is built (see `daemon::trim`).
+            let _ = tokio::task::spawn_blocking(daemon::release_freed_memory).await;
         }
     }
 
@@ -485,7 +494,13 @@ impl Server {
             Node::TypesDir(name) => {
                 let mut labels: Vec<String> = registry
                     .get(name)
-                    .map(|p| p.info.types.iter().map(|t| label::escape(&t.id)).collect())
+                    .map(|p| {
+                        p.info
+                            .types
+                            .iter()
+                            .map(|t| label::escape(t.id.as_str()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 labels.sort();
                 interfaces::node_xml(&[], false, labels.iter().map(String::as_str))

@@ -221,15 +221,15 @@ fn mdev_type(index: usize, entry: &HashMap<String, OwnedVariant>) -> Result<Mdev
         let what = format!("type {index}: {key}");
         match key {
             "Id" => {
-                mdev_type.id = kernel_name(string(value, &what)?, &what)?.to_owned();
+                mdev_type.id = kernel_name(string(value, &what)?, &what)?.into();
                 has_id = true;
             }
             "DeviceApi" => {
-                mdev_type.device_api = kernel_name(string(value, &what)?, &what)?.to_owned();
+                mdev_type.device_api = kernel_name(string(value, &what)?, &what)?.into();
                 has_api = true;
             }
-            "Name" => mdev_type.name = string(value, &what)?.to_owned(),
-            "Description" => mdev_type.description = string(value, &what)?.to_owned(),
+            "Name" => mdev_type.name = string(value, &what)?.into(),
+            "Description" => mdev_type.description = string(value, &what)?.into(),
             "AvailableInstances" => match &**value {
                 Variant::U32(count) => mdev_type.available_instances = *count,
                 other => {

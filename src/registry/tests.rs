@@ -9,10 +9,10 @@ use crate::test_support::{pci_parent, user_parent};
 
 fn mtype(id: &str, avail: u32) -> MdevType {
     MdevType {
-        id: id.to_owned(),
-        name: format!("name of {id}"),
-        description: String::new(),
-        device_api: "vfio-pci".to_owned(),
+        id: id.into(),
+        name: format!("name of {id}").into(),
+        description: "".into(),
+        device_api: "vfio-pci".into(),
         available_instances: avail,
         devices: Vec::new(),
     }

@@ -263,15 +263,15 @@ pub fn check_reader(root: &Path) -> Scan {
         // Everything read ends up in D-Bus strings, which cannot hold NUL.
         // (An empty device_api is kept, as mdevctl keeps it.)
         let texts = [
-            &parent.name,
+            parent.name.as_str(),
             &parent.devpath,
             &parent.subsystem,
             &parent.driver,
         ];
         let type_texts = parent.types.iter().flat_map(|t| {
-            [&t.id, &t.name, &t.description, &t.device_api]
+            [&*t.id, &*t.name, &*t.description, &*t.device_api]
                 .into_iter()
-                .chain(t.devices.iter())
+                .chain(t.devices.iter().map(String::as_str))
         });
         for text in texts.into_iter().chain(type_texts) {
             assert!(!text.contains('\0'), "NUL in {text:?}: {parent:?}");

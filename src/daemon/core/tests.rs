@@ -61,10 +61,10 @@ impl ParentReader for FakeSysfs {
 
 fn mtype(id: &str, available: u32) -> MdevType {
     MdevType {
-        id: id.to_owned(),
-        name: String::new(),
-        description: String::new(),
-        device_api: "vfio-pci".to_owned(),
+        id: id.into(),
+        name: "".into(),
+        description: "".into(),
+        device_api: "vfio-pci".into(),
         available_instances: available,
         devices: Vec::new(),
     }

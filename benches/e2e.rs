@@ -38,6 +38,9 @@ const BUS_NAME: &str = "org.mdevreg.Registry1";
 const ROOT_PATH: &str = "/org/mdevreg/Registry1";
 const MDEVREG: &str = env!("CARGO_BIN_EXE_mdevreg");
 const MDEVREGD: &str = env!("CARGO_BIN_EXE_mdevregd");
+/// Another mdevregd binary to measure (a copy of an earlier build, for a
+/// before/after comparison with the same harness); the built one when unset.
+const DAEMON_OVERRIDE: &str = "MDEVREG_TEST_DAEMON";
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const INSIDE_ARG: &str = "__inside";
 /// Receive buffer asked for the daemon's uevent socket in the flood.
@@ -152,7 +155,7 @@ fn outside() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    for binary in [MDEVREG, MDEVREGD] {
+    for binary in [MDEVREG, &daemon_binary()] {
         if !Path::new(binary).exists() {
             eprintln!("e2e: {binary} is missing; run `cargo build --release --bins`");
             return ExitCode::FAILURE;
@@ -178,6 +181,12 @@ fn outside() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The mdevregd binary measured: `MDEVREG_TEST_DAEMON` if set, else the
+/// one cargo built.
+fn daemon_binary() -> String {
+    std::env::var(DAEMON_OVERRIDE).unwrap_or_else(|_| MDEVREGD.to_owned())
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -210,6 +219,18 @@ struct Results {
     /// The bare relay: injection → its one signal.
     relay_us: Vec<f64>,
     relay_missed: usize,
+    /// The contract relay: injection → its ParentRegistered, sent after
+    /// the InterfacesAdded of the parent and its types.
+    contract_us: Vec<f64>,
+    contract_missed: usize,
+    /// What mdevregd sends for one latency event (the contract relay's
+    /// script).
+    contract_script: Option<String>,
+    /// The contract relay's messages have the members, signatures and body
+    /// sizes of mdevregd's.
+    contract_same_shape: Option<bool>,
+    /// CPU time over the latency blocks of each side.
+    latency_cpu: LatencyCpu,
     register_cycles_per_s: Vec<f64>,
     register_cycles_per_s_disk: Vec<f64>,
     echo_calls_per_s: Vec<f64>,
@@ -567,10 +588,10 @@ impl DaemonSetup<'_> {
         let mut command = match words.next() {
             Some(program) => {
                 let mut command = Command::new(program);
-                command.args(words).arg(MDEVREGD);
+                command.args(words).arg(daemon_binary());
                 command
             }
-            None => Command::new(MDEVREGD),
+            None => Command::new(daemon_binary()),
         };
         command
             .args(["--bus", &self.bus_address, "--sysfs-root"])
@@ -740,7 +761,7 @@ async fn daemon_phases(
 
 /// `mdevregd --help` mentions `flag`.
 fn daemon_has_flag(flag: &str) -> bool {
-    Command::new(MDEVREGD)
+    Command::new(daemon_binary())
         .arg("--help")
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).contains(flag))
@@ -780,7 +801,12 @@ async fn measure_with_daemon(
         }
     }
     if phase_enabled("latency") {
-        if let Err(err) = latency_phase(setup.tree, connection, bare.as_ref(), scale, results).await
+        let cpu = CpuWatch {
+            daemon: daemon.pid(),
+            bus: setup.bus_pid,
+        };
+        if let Err(err) =
+            latency_phase(setup.tree, connection, bare.as_ref(), &cpu, scale, results).await
         {
             results.notes.push(format!("latency phase: {err}"));
         }
@@ -1266,22 +1292,172 @@ async fn inject_and_wait(
         .map(|at| us(at - sent)))
 }
 
+/// Latency events of the contract relay use
+/// `latency_parent(CONTRACT_INDEX_OFFSET + i)`.
+const CONTRACT_INDEX_OFFSET: usize = 0x4000;
+/// The parent whose registration is recorded for the contract relay, and
+/// the device of the contract relay's recorded event.
+const RECORD_INDEX: usize = 0xc000;
+
+/// The sides of the latency phase, taking turns by block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LatencySide {
+    Daemon,
+    Relay,
+    Contract,
+}
+
+/// CPU time (from the scheduler, ns resolution) over each side's latency
+/// blocks.
+#[derive(Clone, Copy, Debug, Default)]
+struct LatencyCpu {
+    daemon_events: u64,
+    /// mdevregd's main thread (its event loop, where a uevent is handled)
+    /// over its own blocks (each event: the registration and the
+    /// unregistration of a parent). Rescans for SEQNUM gaps (other
+    /// namespaces' uevents) run on other threads and are not counted.
+    daemon_cpu_s: f64,
+    bus_cpu_s_daemon: f64,
+    relay_events: u64,
+    bus_cpu_s_relay: f64,
+    contract_events: u64,
+    bus_cpu_s_contract: f64,
+}
+
+impl LatencyCpu {
+    /// CPU microseconds per latency event: mdevregd's, and the bus's for
+    /// mdevregd's, the relay's and the contract relay's events.
+    fn per_event_us(&self) -> (f64, f64, f64, f64) {
+        let per = |seconds: f64, events: u64| ratio(seconds * 1e6, events as f64);
+        (
+            per(self.daemon_cpu_s, self.daemon_events),
+            per(self.bus_cpu_s_daemon, self.daemon_events),
+            per(self.bus_cpu_s_relay, self.relay_events),
+            per(self.bus_cpu_s_contract, self.contract_events),
+        )
+    }
+}
+
+/// Run time of the main thread of `pid` so far, in seconds, from
+/// `/proc/PID/task/PID/schedstat` (nanoseconds).
+fn run_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat"))
+        .ok()
+        .and_then(|text| {
+            text.split_whitespace()
+                .next()
+                .and_then(|field| field.parse::<u64>().ok())
+        })
+        .map_or(f64::NAN, |ns| ns as f64 / 1e9)
+}
+
+/// Records the signals mdevregd (unique name `owner`) sends for the
+/// `registered` uevent of a new kernel parent, and checks that the
+/// contract relay sends the same shapes for one of its events.
+async fn record_contract(
+    tree: &FakeSysfs,
+    connection: &zbus::Connection,
+    bare: &bare::Bare,
+    emitter: &mut UeventEmitter,
+    results: &mut Results,
+) -> Result<(), String> {
+    let dbus = zbus::fdo::DBusProxy::new(connection)
+        .await
+        .map_err(|err| format!("DBus proxy: {err}"))?;
+    let owner = dbus
+        .get_name_owner(BUS_NAME.try_into().expect("valid name"))
+        .await
+        .map_err(|err| format!("owner of {BUS_NAME}: {err}"))?
+        .to_string();
+    let quiet = Duration::from_millis(300);
+    let mut stream = bare::signals_of(connection, &owner).await?;
+    let _ = bare::record(&mut stream, Duration::from_millis(50)).await?;
+    let spec = latency_parent(RECORD_INDEX);
+    tree.add_parent(&spec);
+    emitter
+        .inject(&state_event(&spec, "registered"))
+        .map_err(|err| format!("inject: {err}"))?;
+    let signals = bare::record(&mut stream, quiet).await?;
+    tree.remove_parent(spec.name());
+    emitter
+        .inject(&state_event(&spec, "unregistered"))
+        .map_err(|err| format!("inject: {err}"))?;
+    let _ = bare::record(&mut stream, quiet).await?;
+    if !signals
+        .iter()
+        .any(|signal| signal.member == "ParentRegistered")
+    {
+        return Err(format!(
+            "mdevregd sent no ParentRegistered for a new kernel parent (sent: {})",
+            bare::describe_all(&signals)
+        ));
+    }
+    let shape = bare::shape_of(&signals);
+    eprintln!(
+        "e2e: mdevregd sends per kernel parent registration: {}",
+        bare::describe_all(&signals)
+    );
+    results.contract_script = Some(bare::describe_all(&signals));
+    bare.set_contract(bare::EventScript { signals });
+    // One event of the contract relay, recorded the same way (a device of
+    // the same name length: the same sizes).
+    let mut copy_stream = bare::signals_of(connection, &bare.unique_name).await?;
+    let _ = bare::record(&mut copy_stream, Duration::from_millis(50)).await?;
+    bare.set_relay(bare::RelayMode::Contract);
+    let copy_spec = latency_parent(RECORD_INDEX + 1);
+    emitter
+        .inject(&state_event(&copy_spec, "registered"))
+        .map_err(|err| format!("inject: {err}"))?;
+    let copy = bare::record(&mut copy_stream, quiet).await?;
+    bare.set_relay(bare::RelayMode::Off);
+    let same = bare::shape_of(&copy) == shape;
+    if !same {
+        results.notes.push(format!(
+            "the contract relay's messages differ from mdevregd's: {}",
+            bare::describe_all(&copy)
+        ));
+    }
+    results.contract_same_shape = Some(same);
+    Ok(())
+}
+
 async fn latency_phase(
     tree: &FakeSysfs,
     connection: &zbus::Connection,
     bare: Option<&bare::Bare>,
+    cpu: &CpuWatch,
     scale: Scale,
     results: &mut Results,
 ) -> Result<(), String> {
+    let mut emitter = UeventEmitter::open().map_err(|err| format!("emitter: {err}"))?;
+    let mut sides = vec![LatencySide::Daemon];
+    if let Some(bare) = bare {
+        sides.push(LatencySide::Relay);
+        match record_contract(tree, connection, bare, &mut emitter, results).await {
+            Ok(()) => sides.push(LatencySide::Contract),
+            Err(err) => results.notes.push(format!("contract relay: {err}")),
+        }
+    }
+    // Profiling aid: `MDEVREG_BENCH_LATENCY_SIDES=daemon` runs only
+    // mdevregd's blocks (a profile of the uevent path alone).
+    if let Ok(wanted) = std::env::var("MDEVREG_BENCH_LATENCY_SIDES") {
+        sides.retain(|side| {
+            let name = match side {
+                LatencySide::Daemon => "daemon",
+                LatencySide::Relay => "relay",
+                LatencySide::Contract => "contract",
+            };
+            wanted.split(',').any(|item| item.trim() == name)
+        });
+        if sides.is_empty() {
+            return Err(format!(
+                "MDEVREG_BENCH_LATENCY_SIDES={wanted} names no side"
+            ));
+        }
+    }
     eprintln!(
-        "e2e: latency ({} injected events for mdevregd{}, blocks of {})",
-        scale.latency_events,
-        if bare.is_some() {
-            " and as many for the bare relay"
-        } else {
-            ""
-        },
-        scale.latency_block
+        "e2e: latency ({} injected events for each of {:?}, blocks of {})",
+        scale.latency_events, sides, scale.latency_block
     );
     let mut registered = watch_signal(connection, BUS_NAME, "ParentRegistered").await?;
     let mut unregistered = watch_signal(connection, BUS_NAME, "ParentUnregistered").await?;
@@ -1290,15 +1466,15 @@ async fn latency_phase(
         None => None,
     };
     let raw = RawListener::start()?;
-    let mut emitter = UeventEmitter::open().map_err(|err| format!("emitter: {err}"))?;
     let mut injected: Vec<(String, Instant)> = Vec::new();
     let timeout = Duration::from_secs(2);
     // A stuck daemon must not hold the whole run up.
     let budget = Duration::from_secs(600);
     let phase_started = Instant::now();
-    let sides = if bare.is_some() { 2 } else { 1 };
     let block = scale.latency_block.max(1);
-    for step in 0..scale.latency_events * sides {
+    let cpu_now = || (run_seconds(cpu.daemon), run_seconds(cpu.bus));
+    let mut block_cpu = cpu_now();
+    for step in 0..scale.latency_events * sides.len() {
         if phase_started.elapsed() > budget {
             results.notes.push(format!(
                 "latency phase stopped after {step} events: over its {} s budget",
@@ -1306,46 +1482,88 @@ async fn latency_phase(
             ));
             break;
         }
-        // Blocks alternate: mdevregd's events, then the relay's.
-        let (index, relay_turn) = if sides == 2 {
-            let block_number = step / block;
-            (
-                (block_number / 2) * block + step % block,
-                block_number % 2 == 1,
-            )
-        } else {
-            (step, false)
-        };
-        if let Some(bare) = bare {
-            bare.set_relay(relay_turn);
-        }
-        if let (true, Some(relayed)) = (relay_turn, relayed.as_mut()) {
-            // Devpaths of their own (the raw listener tells events apart by
-            // devpath).
-            let spec = latency_parent(RELAY_INDEX_OFFSET + index);
-            // The same event about a device that is no parent: mdevregd
-            // looks and finds nothing, the relay sends its one signal.
-            match inject_and_wait(&mut emitter, &spec, relayed, &mut injected, timeout).await? {
-                Some(latency) => results.relay_us.push(latency),
-                None => results.relay_missed += 1,
+        // Blocks take turns: mdevregd's events, the relay's, the contract
+        // relay's.
+        let block_number = step / block;
+        let side = sides[block_number % sides.len()];
+        let index = (block_number / sides.len()) * block + step % block;
+        if step % block == 0 {
+            if let Some(bare) = bare {
+                bare.set_relay(match side {
+                    LatencySide::Daemon => bare::RelayMode::Off,
+                    LatencySide::Relay => bare::RelayMode::One,
+                    LatencySide::Contract => bare::RelayMode::Contract,
+                });
             }
-            continue;
+            block_cpu = cpu_now();
         }
-        let spec = latency_parent(index);
-        tree.add_parent(&spec);
-        match inject_and_wait(&mut emitter, &spec, &mut registered, &mut injected, timeout).await? {
-            Some(latency) => results.latency_us.push(latency),
-            None => results.latency_missed += 1,
+        match (side, relayed.as_mut()) {
+            (LatencySide::Daemon, _) | (_, None) => {
+                let spec = latency_parent(index);
+                tree.add_parent(&spec);
+                match inject_and_wait(&mut emitter, &spec, &mut registered, &mut injected, timeout)
+                    .await?
+                {
+                    Some(latency) => results.latency_us.push(latency),
+                    None => results.latency_missed += 1,
+                }
+                // Take it away again, as the kernel does, so the registry
+                // stays small.
+                tree.remove_parent(spec.name());
+                emitter
+                    .inject(&state_event(&spec, "unregistered"))
+                    .map_err(|err| format!("inject: {err}"))?;
+                let _ = wait_for_name(&mut unregistered, spec.name(), timeout).await;
+            }
+            (relay_side, Some(relayed)) => {
+                // Devpaths of their own (the raw listener tells events
+                // apart by devpath). The same event about a device that is
+                // no parent: mdevregd looks and finds nothing, the relay
+                // sends its signal(s).
+                let offset = if relay_side == LatencySide::Relay {
+                    RELAY_INDEX_OFFSET
+                } else {
+                    CONTRACT_INDEX_OFFSET
+                };
+                let spec = latency_parent(offset + index);
+                let got =
+                    inject_and_wait(&mut emitter, &spec, relayed, &mut injected, timeout).await?;
+                let (samples, missed) = if relay_side == LatencySide::Relay {
+                    (&mut results.relay_us, &mut results.relay_missed)
+                } else {
+                    (&mut results.contract_us, &mut results.contract_missed)
+                };
+                match got {
+                    Some(latency) => samples.push(latency),
+                    None => *missed += 1,
+                }
+            }
         }
-        // Take it away again, as the kernel does, so the registry stays small.
-        tree.remove_parent(spec.name());
-        emitter
-            .inject(&state_event(&spec, "unregistered"))
-            .map_err(|err| format!("inject: {err}"))?;
-        let _ = wait_for_name(&mut unregistered, spec.name(), timeout).await;
+        let block_end = (step + 1) % block == 0 || step + 1 == scale.latency_events * sides.len();
+        if block_end {
+            let (daemon, bus) = cpu_now();
+            let (daemon, bus) = (daemon - block_cpu.0, bus - block_cpu.1);
+            let events = (step % block + 1) as u64;
+            let c = &mut results.latency_cpu;
+            match side {
+                LatencySide::Daemon => {
+                    c.daemon_events += events;
+                    c.daemon_cpu_s += daemon;
+                    c.bus_cpu_s_daemon += bus;
+                }
+                LatencySide::Relay => {
+                    c.relay_events += events;
+                    c.bus_cpu_s_relay += bus;
+                }
+                LatencySide::Contract => {
+                    c.contract_events += events;
+                    c.bus_cpu_s_contract += bus;
+                }
+            }
+        }
     }
     if let Some(bare) = bare {
-        bare.set_relay(false);
+        bare.set_relay(bare::RelayMode::Off);
     }
     // Let the raw listener drain, then match its arrivals to the injections.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1368,15 +1586,25 @@ async fn latency_phase(
             .notes
             .push(format!("cannot read mdevregd Stats: {err}")),
     }
+    let (daemon_cpu, bus_daemon, bus_relay, bus_contract) = results.latency_cpu.per_event_us();
     eprintln!(
-        "e2e: latency p50 {:.0} µs p99 {:.0} µs (missed {}); relay p50 {:.0} µs p99 {:.0} µs (missed {}); raw netlink p50 {:.0} µs",
+        "e2e: latency p50 {:.0} µs p99 {:.0} µs (missed {}); relay p50 {:.0} µs p99 {:.0} µs (missed {}); \
+         contract relay p50 {:.0} µs p99 {:.0} µs (missed {}); raw netlink p50 {:.0} µs; \
+         CPU per event: mdevregd {:.0} µs, dbus-daemon {:.0} / {:.0} / {:.0} µs (mdevregd / relay / contract relay)",
         median(&results.latency_us),
         percentile(&results.latency_us, 0.99),
         results.latency_missed,
         median(&results.relay_us),
         percentile(&results.relay_us, 0.99),
         results.relay_missed,
-        median(&results.raw_netlink_us)
+        median(&results.contract_us),
+        percentile(&results.contract_us, 0.99),
+        results.contract_missed,
+        median(&results.raw_netlink_us),
+        daemon_cpu,
+        bus_daemon,
+        bus_relay,
+        bus_contract,
     );
     Ok(())
 }
@@ -1780,6 +2008,13 @@ struct Summary {
     relay_p99: f64,
     /// mdevregd's latency p50 ÷ the relay's.
     latency_ratio_vs_bare: f64,
+    contract_p50: f64,
+    contract_p99: f64,
+    /// mdevregd's latency p50 ÷ the contract relay's.
+    latency_ratio_vs_contract_relay: f64,
+    /// The contract relay's p50 ÷ the bare relay's: what the contract's
+    /// messages alone cost against one signal.
+    contract_ratio_vs_bare: f64,
     register_rate: f64,
     bare_rate: f64,
     /// mdevregd's register cycles/s ÷ the bare responder's.
@@ -1811,6 +2046,13 @@ fn summarize(results: &Results) -> Summary {
         relay_p50: median(&results.relay_us),
         relay_p99: percentile(&results.relay_us, 0.99),
         latency_ratio_vs_bare: ratio(median(&results.latency_us), median(&results.relay_us)),
+        contract_p50: median(&results.contract_us),
+        contract_p99: percentile(&results.contract_us, 0.99),
+        latency_ratio_vs_contract_relay: ratio(
+            median(&results.latency_us),
+            median(&results.contract_us),
+        ),
+        contract_ratio_vs_bare: ratio(median(&results.contract_us), median(&results.relay_us)),
         register_rate: median(&results.register_cycles_per_s),
         bare_rate: median(&results.bare_cycles_per_s),
         register_ratio_vs_bare: ratio(
@@ -1875,6 +2117,15 @@ fn write_reports(results: &Results) -> Result<(), String> {
         })
         .collect();
     let growth = scaling_growth(results);
+    let latency_cpu = {
+        let (daemon, bus, relay, contract) = results.latency_cpu.per_event_us();
+        json!({
+            "mdevregd": number(daemon),
+            "dbus_daemon_for_mdevregd": number(bus),
+            "dbus_daemon_for_relay": number(relay),
+            "dbus_daemon_for_contract_relay": number(contract),
+        })
+    };
     let document = json!({
         "machine": results.machine,
         "scan_ratio_vs_mdevctl": number(summary.scan_ratio),
@@ -1885,6 +2136,12 @@ fn write_reports(results: &Results) -> Result<(), String> {
         "relay_p50_us": number(summary.relay_p50),
         "relay_p99_us": number(summary.relay_p99),
         "latency_ratio_vs_bare": number(summary.latency_ratio_vs_bare),
+        "contract_relay_p50_us": number(summary.contract_p50),
+        "contract_relay_p99_us": number(summary.contract_p99),
+        "latency_ratio_vs_contract_relay": number(summary.latency_ratio_vs_contract_relay),
+        "contract_relay_ratio_vs_bare": number(summary.contract_ratio_vs_bare),
+        "contract_relay_same_messages": results.contract_same_shape,
+        "cpu_us_per_latency_event": latency_cpu,
         "register_cycles_per_s": number(summary.register_rate),
         "bare_register_cycles_per_s": number(summary.bare_rate),
         "register_ratio_vs_bare": number(summary.register_ratio_vs_bare),
@@ -1916,7 +2173,9 @@ fn write_reports(results: &Results) -> Result<(), String> {
         || std::env::var_os("MDEVREG_BENCH_PHASES").is_some()
         || std::env::var_os("MDEVREG_BENCH_DAEMON_WRAPPER").is_some()
         || std::env::var_os("MDEVREG_BENCH_RATE_SIDES").is_some()
-        || std::env::var_os("MDEVREG_BENCH_TREE_DIR").is_some();
+        || std::env::var_os("MDEVREG_BENCH_LATENCY_SIDES").is_some()
+        || std::env::var_os("MDEVREG_BENCH_TREE_DIR").is_some()
+        || std::env::var_os(DAEMON_OVERRIDE).is_some();
     let (json_path, markdown_path) = if partial {
         (
             target.join("results-partial.json"),
@@ -2042,9 +2301,11 @@ fn markdown(results: &Results, s: &Summary) -> String {
     row(
         "latency p50, injected `MDEV_STATE=registered` → ParentRegistered",
         format!(
-            "{} µs ({}× the bare relay's p50, `latency_ratio_vs_bare`)",
+            "{} µs ({}× the bare relay's p50, `latency_ratio_vs_bare`; {}× the contract relay's, \
+             `latency_ratio_vs_contract_relay`)",
             fmt(s.latency_p50, 0),
-            fmt(s.latency_ratio_vs_bare, 2)
+            fmt(s.latency_ratio_vs_bare, 2),
+            fmt(s.latency_ratio_vs_contract_relay, 2)
         ),
         "≤ 1.5× the relay's p50",
         s.latency_ratio_vs_bare <= 1.5,
@@ -2072,6 +2333,36 @@ fn markdown(results: &Results, s: &Summary) -> String {
         "reference",
         true,
     );
+    row(
+        "contract relay: injection → its ParentRegistered, after the InterfacesAdded of the parent and \
+         each type, then PropertiesChanged (the messages mdevregd sends for it, same sizes; no registry/sysfs)",
+        format!(
+            "p50 {} µs ({}× the bare relay's), p99 {} µs ({} events, {} missed)",
+            fmt(s.contract_p50, 0),
+            fmt(s.contract_ratio_vs_bare, 2),
+            fmt(s.contract_p99, 0),
+            results.contract_us.len() + results.contract_missed,
+            results.contract_missed
+        ),
+        "reference",
+        true,
+    );
+    {
+        let (daemon, bus, relay, contract) = results.latency_cpu.per_event_us();
+        row(
+            "CPU per latency event (scheduler run time over each side's blocks)",
+            format!(
+                "mdevregd's loop thread {} µs (a parent's registration and unregistration); dbus-daemon {} µs for \
+                 mdevregd's, {} µs for the bare relay's, {} µs for the contract relay's",
+                fmt(daemon, 0),
+                fmt(bus, 0),
+                fmt(relay, 0),
+                fmt(contract, 0)
+            ),
+            "information",
+            true,
+        );
+    }
     row(
         "raw netlink p50 (injection → plain group-1 listener)",
         format!("{} µs", fmt(s.raw_p50, 0)),
@@ -2269,16 +2560,29 @@ fn markdown(results: &Results, s: &Summary) -> String {
          built from those bodies, signals and reply written together as mdevregd writes them; \
          the same messages checked by recording one of its cycles too: {}. Per cycle: {}. Its relay \
          turns each kernel uevent with `MDEV_STATE=registered` (mdevreg's listener code) into one \
-         `ParentRegistered`-shaped signal; latency events alternate in blocks of {} between \
-         mdevregd (a new parent, as above) and the relay (the same event about a device that is \
-         no parent: mdevregd looks and finds nothing), the relay switched off during mdevregd's \
-         blocks.",
+         `ParentRegistered`-shaped signal. Its contract relay sends for each such uevent the \
+         messages mdevregd sends for a new kernel parent, in mdevregd's order, built anew from \
+         bodies recorded from mdevregd for one latency parent (ParentRegistered naming the \
+         device; names of the same length, so the same sizes): {}; checked by recording one of \
+         its events: {}. Latency events take turns in blocks of {} between mdevregd (a new \
+         parent, as above), the relay and the contract relay (the same event about a device that \
+         is no parent: mdevregd looks and finds nothing), the relay off or in the other mode \
+         during the others' blocks. CPU per latency event: the scheduler's run time \
+         (`/proc/PID/task/PID/schedstat`) of mdevregd's main thread (its event loop: rescans \
+         for SEQNUM gaps run on other threads) and of dbus-daemon summed over each side's \
+         blocks, divided by its events.",
         match results.bare_same_shape {
             Some(true) => "same members, signatures and body sizes",
             Some(false) => "**different** (see notes)",
             None => "not checked",
         },
         results.bare_script.as_deref().unwrap_or("not recorded"),
+        results.contract_script.as_deref().unwrap_or("not recorded"),
+        match results.contract_same_shape {
+            Some(true) => "same members, signatures and body sizes",
+            Some(false) => "**different** (see notes)",
+            None => "not checked",
+        },
         results_block(results)
     );
     let _ = writeln!(

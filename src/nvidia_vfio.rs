@@ -135,6 +135,22 @@ pub fn is_vendor_vf(device_dir: &Path) -> bool {
     std::fs::symlink_metadata(vfio_dir(device_dir)).is_ok_and(|meta| meta.is_dir())
 }
 
+/// `sriov_totalvfs`: the attribute of a PCI device that can have VFs.
+const SRIOV_TOTALVFS: &str = "sriov_totalvfs";
+
+/// Whether a uevent about the PCI device at `device_dir` can concern a
+/// vendor-VFIO VF while none is known: the device is a VF (`physfn`), has
+/// a `nvidia/` directory, or can have VFs (`sriov_totalvfs`). A device
+/// that is none of these (most PCI devices, every mdev parent that is no
+/// SR-IOV function) or is gone cannot; at most three `lstat`s instead of a
+/// walk of every PCI device. (A VF gets `physfn` and `nvidia/` before its
+/// driver's `bind` uevent.)
+pub fn may_concern_vfs(device_dir: &Path) -> bool {
+    [PHYSFN_LINK, NVIDIA_VFIO_DIR, SRIOV_TOTALVFS]
+        .iter()
+        .any(|name| std::fs::symlink_metadata(device_dir.join(name)).is_ok())
+}
+
 /// Reads the two files of the VF at `device_dir`; `None` when it has no
 /// `nvidia/` directory (any more). Problems go to `warnings`.
 pub fn read_vf_state(device_dir: &Path, warnings: &mut Vec<Warning>) -> Option<VfState> {
@@ -479,5 +495,27 @@ mod tests {
         assert!(types.iter().all(|t| t.available_instances == 0));
         assert_eq!(types[1].name, "B");
         assert_eq!(types[1].devices, ["vf"]);
+    }
+
+    #[test]
+    fn only_sriov_functions_and_vendor_vfs_may_concern_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir(&path).expect("device dir");
+            path
+        };
+        let plain = device("0000:00:02.0");
+        assert!(!may_concern_vfs(&plain));
+        assert!(!may_concern_vfs(&dir.path().join("gone")));
+        let pf = device("0000:41:00.0");
+        std::fs::write(pf.join("sriov_totalvfs"), "32\n").expect("write");
+        assert!(may_concern_vfs(&pf));
+        let vf = device("0000:41:00.4");
+        std::os::unix::fs::symlink("../0000:41:00.0", vf.join(PHYSFN_LINK)).expect("link");
+        assert!(may_concern_vfs(&vf));
+        let bound = device("0000:42:00.4");
+        std::fs::create_dir(bound.join(NVIDIA_VFIO_DIR)).expect("nvidia dir");
+        assert!(may_concern_vfs(&bound));
     }
 }

@@ -461,14 +461,20 @@ impl Registry {
             info.normalize();
             seen.entry(info.name.clone()).or_insert(info);
         }
-        let gone: Vec<String> = self
-            .parents
-            .values()
-            .filter(|p| {
-                p.source == Source::Kernel && covered(&p.info) && !seen.contains_key(p.name())
-            })
-            .map(|p| p.name().to_owned())
-            .collect();
+        let gone: Vec<String> = match only {
+            // None of that backend is registered: nothing can be gone, and
+            // every parent is not walked (a re-read of the vendor-VFIO
+            // parents follows every uevent about a PCI device).
+            Some(Backend::NvidiaVfio) if self.vendor_kernel_parents == 0 => Vec::new(),
+            _ => self
+                .parents
+                .values()
+                .filter(|p| {
+                    p.source == Source::Kernel && covered(&p.info) && !seen.contains_key(p.name())
+                })
+                .map(|p| p.name().to_owned())
+                .collect(),
+        };
         for name in gone {
             self.remove(&name, events);
         }

@@ -12,13 +12,22 @@
 //!   are not typed in here: [`capture`] records what mdevregd sent for one
 //!   cycle, and the responder builds new messages from those bodies for
 //!   every call, so the reference follows whatever mdevregd emits;
-//! - while its relay is on, it turns each kernel uevent with `MDEV_STATE=registered`
-//!   received on netlink group 1 (the same listener code mdevregd uses)
-//!   into one `ParentRegistered`-shaped signal (`o s s t`) naming the device.
+//! - while its relay is on ([`RelayMode::One`]), it turns each kernel uevent
+//!   with `MDEV_STATE=registered` received on netlink group 1 (the same
+//!   listener code mdevregd uses) into one `ParentRegistered`-shaped signal
+//!   (`o s s t`) naming the device;
+//! - as the "contract relay" ([`RelayMode::Contract`]) it sends for each
+//!   such uevent the messages mdevregd sends for a kernel parent's
+//!   registration, in the same order and with the same sizes — the
+//!   ObjectManager's `InterfacesAdded` for the parent and each of its types,
+//!   `ParentRegistered` (naming the device), the root's `PropertiesChanged`
+//!   — built for every event from bodies recorded from mdevregd
+//!   ([`EventScript`]), written together as mdevregd writes them. What the
+//!   contract's messages cost on the bus, without registry or sysfs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -94,6 +103,58 @@ impl Recorded {
     }
 }
 
+/// `(member, signature, body length)` of each of `signals`.
+pub fn shape_of(signals: &[Recorded]) -> Vec<(String, String, usize)> {
+    signals
+        .iter()
+        .map(|signal| {
+            (
+                signal.member.clone(),
+                signal.signature.clone(),
+                signal.body_len,
+            )
+        })
+        .collect()
+}
+
+/// `Member (signature, N B), ...` for the report.
+pub fn describe_all(signals: &[Recorded]) -> String {
+    signals
+        .iter()
+        .map(Recorded::describe)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What mdevregd sent for one kernel parent's `MDEV_STATE=registered`
+/// uevent (the contract relay's script).
+#[derive(Debug)]
+pub struct EventScript {
+    /// The signals, in order.
+    pub signals: Vec<Recorded>,
+}
+
+impl EventScript {
+    /// The messages for a uevent about `name`: the recorded ones built
+    /// anew, `ParentRegistered` naming `name` (the recorded parent's name
+    /// has the same length, so the sizes stay).
+    fn messages(&self, name: &str, seqnum: u64) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(self.signals.len());
+        for signal in &self.signals {
+            let built = if signal.member == "ParentRegistered" {
+                parent_registered(name, seqnum)
+            } else {
+                signal.build()
+            };
+            match built {
+                Ok(message) => messages.push(message),
+                Err(err) => eprintln!("e2e: contract relay: signal not built: {err}"),
+            }
+        }
+        messages
+    }
+}
+
 /// What one register + unregister cycle of mdevregd sent.
 #[derive(Debug)]
 pub struct Script {
@@ -108,33 +169,18 @@ pub struct Script {
 impl Script {
     /// One line per call for the report.
     pub fn describe(&self) -> String {
-        let list = |signals: &[Recorded]| {
-            signals
-                .iter()
-                .map(Recorded::describe)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         format!(
             "RegisterParent: {}, then the reply (o); UnregisterParent: {}, then the reply ()",
-            list(&self.register),
-            list(&self.unregister)
+            describe_all(&self.register),
+            describe_all(&self.unregister)
         )
     }
 
     /// `(member, signature, body length)` of each signal of both calls.
     pub fn shape(&self) -> Vec<(String, String, usize)> {
-        self.register
-            .iter()
-            .chain(&self.unregister)
-            .map(|signal| {
-                (
-                    signal.member.clone(),
-                    signal.signature.clone(),
-                    signal.body_len,
-                )
-            })
-            .collect()
+        let mut shape = shape_of(&self.register);
+        shape.extend(shape_of(&self.unregister));
+        shape
     }
 }
 
@@ -214,12 +260,27 @@ impl RegisterArgs<'static> {
     }
 }
 
+/// What the relay does with a kernel uevent with `MDEV_STATE=registered`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RelayMode {
+    /// Received and dropped.
+    Off = 0,
+    /// One `ParentRegistered`-shaped signal (the bare relay).
+    One = 1,
+    /// The messages mdevregd sends for it ([`EventScript`]; off until
+    /// [`Bare::set_contract`]).
+    Contract = 2,
+}
+
 /// The running responder; stopped and joined on drop.
 pub struct Bare {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Whether uevents are relayed (off: received and dropped).
-    pub relay: Arc<AtomicBool>,
+    /// A [`RelayMode`].
+    relay: Arc<AtomicU8>,
+    /// The contract relay's script.
+    contract: Arc<Mutex<Option<Arc<EventScript>>>>,
     /// Its unique name on the bus.
     pub unique_name: String,
 }
@@ -230,8 +291,12 @@ impl Bare {
     pub fn start(address: &str, script: Script) -> Result<Bare, String> {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let relay = Arc::new(AtomicBool::new(false));
-        let relay_flag = Arc::clone(&relay);
+        let relay = Arc::new(AtomicU8::new(RelayMode::Off as u8));
+        let contract = Arc::new(Mutex::new(None));
+        let relay_state = RelayState {
+            mode: Arc::clone(&relay),
+            contract: Arc::clone(&contract),
+        };
         let address = address.to_owned();
         let thread = std::thread::Builder::new()
             .name("bare-responder".into())
@@ -246,7 +311,7 @@ impl Bare {
                         return;
                     }
                 };
-                runtime.block_on(serve(address, script, relay_flag, ready_tx, stop_rx));
+                runtime.block_on(serve(address, script, relay_state, ready_tx, stop_rx));
             })
             .map_err(|err| format!("bare responder thread: {err}"))?;
         let unique_name = match ready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -258,13 +323,28 @@ impl Bare {
             stop: Some(stop_tx),
             thread: Some(thread),
             relay,
+            contract,
             unique_name,
         })
     }
 
-    pub fn set_relay(&self, on: bool) {
-        self.relay.store(on, Ordering::SeqCst);
+    pub fn set_relay(&self, mode: RelayMode) {
+        self.relay.store(mode as u8, Ordering::SeqCst);
     }
+
+    /// Gives the contract relay its script.
+    pub fn set_contract(&self, script: EventScript) {
+        *self
+            .contract
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(script));
+    }
+}
+
+/// What the relay task reads: the mode, the contract relay's script.
+struct RelayState {
+    mode: Arc<AtomicU8>,
+    contract: Arc<Mutex<Option<Arc<EventScript>>>>,
 }
 
 impl Drop for Bare {
@@ -281,7 +361,7 @@ impl Drop for Bare {
 async fn serve(
     address: String,
     script: Script,
-    relay: Arc<AtomicBool>,
+    relay: RelayState,
     ready: std::sync::mpsc::Sender<Result<String, String>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -378,13 +458,10 @@ fn error_reply(call: &Message, text: &str) -> Vec<Message> {
         .unwrap_or_default()
 }
 
-/// One `ParentRegistered`-shaped signal per kernel uevent with
-/// `MDEV_STATE=registered`, while `relay` is on.
-async fn relay_uevents(
-    connection: Connection,
-    mut listener: UeventListener,
-    relay: Arc<AtomicBool>,
-) {
+/// Per kernel uevent with `MDEV_STATE=registered`: one
+/// `ParentRegistered`-shaped signal ([`RelayMode::One`]), or the contract's
+/// messages ([`RelayMode::Contract`]).
+async fn relay_uevents(connection: Connection, mut listener: UeventListener, relay: RelayState) {
     let mut seqnum = 0u64;
     loop {
         let event = match listener.recv().await {
@@ -395,21 +472,28 @@ async fn relay_uevents(
                 return;
             }
         };
-        if !relay.load(Ordering::Relaxed) || event.get("MDEV_STATE") != Some("registered") {
+        let mode = relay.mode.load(Ordering::Relaxed);
+        if mode == RelayMode::Off as u8 || event.get("MDEV_STATE") != Some("registered") {
             continue;
         }
         seqnum += 1;
         let name = mdevreg::paths::devpath_name(&event.devpath);
-        let path = mdevreg::label::parent_path(name);
-        let signal = zbus::ObjectPath::try_from(path.as_str()).and_then(|object| {
-            Message::signal(
-                mdevreg::label::ROOT_PATH,
-                "org.mdevreg.Registry1",
-                "ParentRegistered",
-            )
-            .build(&(object, name, "kernel", seqnum))
-        });
-        match signal {
+        if mode == RelayMode::Contract as u8 {
+            let script = relay
+                .contract
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let Some(script) = script else {
+                continue;
+            };
+            let messages = script.messages(name, seqnum);
+            if let Err(err) = connection.send_all(&messages).await {
+                eprintln!("e2e: contract relay: cannot send: {err}");
+            }
+            continue;
+        }
+        match parent_registered(name, seqnum) {
             Ok(signal) => {
                 if let Err(err) = connection.send(&signal).await {
                     eprintln!("e2e: bare relay: cannot send: {err}");
@@ -418,4 +502,16 @@ async fn relay_uevents(
             Err(err) => eprintln!("e2e: bare relay: signal not built: {err}"),
         }
     }
+}
+
+/// A `ParentRegistered` signal (`o s s t`) naming the kernel parent `name`.
+fn parent_registered(name: &str, seqnum: u64) -> zbus::Result<Message> {
+    let path = mdevreg::label::parent_path(name);
+    let object = zbus::ObjectPath::try_from(path.as_str())?;
+    Message::signal(
+        mdevreg::label::ROOT_PATH,
+        "org.mdevreg.Registry1",
+        "ParentRegistered",
+    )
+    .build(&(object, name, "kernel", seqnum))
 }

@@ -40,6 +40,13 @@ pub trait ParentReader {
         None
     }
 
+    /// Whether a uevent about the PCI device at `devpath` can concern a
+    /// vendor-VFIO parent while none is registered (else the vendor-VFIO
+    /// parents are not re-read for it); a reader that cannot tell says yes.
+    fn may_concern_vendor_parents(&self, _devpath: &str) -> bool {
+        true
+    }
+
     /// The two-file check of the `known` vendor-VFIO parents
     /// ([`nvidia_vfio::poll`]), one result each.
     fn vendor_poll(&self, known: &[&ParentInfo]) -> Vec<Polled> {
@@ -60,6 +67,11 @@ impl ParentReader for SysfsRoot {
         let (parents, warnings) = nvidia_vfio::scan_root(self);
         log_warnings(&warnings);
         Some(parents)
+    }
+
+    fn may_concern_vendor_parents(&self, devpath: &str) -> bool {
+        self.devpath_to_path(devpath)
+            .is_some_and(|dir| nvidia_vfio::may_concern_vfs(&dir))
     }
 
     fn vendor_poll(&self, known: &[&ParentInfo]) -> Vec<Polled> {
@@ -185,7 +197,9 @@ impl Core {
         };
         match self.apply(input) {
             Ok(events) => {
-                log::info!(
+                // The info line is the sink's, once the registration is
+                // durable and shown (one line per transition).
+                log::debug!(
                     "registered userspace parent {name:?} for {owner} (lifetime {})",
                     lifetime.as_str()
                 );
@@ -279,7 +293,9 @@ impl Core {
         };
         match self.apply(input) {
             Ok(events) => {
-                log::info!("unregistered userspace parent {name:?} at the request of {caller}");
+                // The sink's info line names the owner; the caller may be
+                // root acting for it.
+                log::debug!("unregistered userspace parent {name:?} at the request of {caller}");
                 let mut commit = Commit::of_events(events);
                 commit
                     .replies
@@ -389,7 +405,12 @@ impl Core {
         let mut inputs = Vec::new();
         // A PCI device changed (a VF added, bound, unbound, removed, or its
         // PF): the vendor-VFIO VFs are re-read together, siblings included.
-        if devpaths.keys().any(|devpath| is_pci_devpath(devpath)) {
+        // While none is registered, only for a device that can be one or
+        // have some (not for every GPU or NIC event).
+        let vendor_known = self.has_vendor_parents();
+        if devpaths.keys().any(|devpath| {
+            is_pci_devpath(devpath) && (vendor_known || reader.may_concern_vendor_parents(devpath))
+        }) {
             inputs.extend(self.vendor_input(reader));
         }
         let mut seen = HashSet::new();

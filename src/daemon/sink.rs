@@ -93,12 +93,28 @@ impl Sink {
             start_scan: commit.start_scan,
         };
         for (parent, state, seqnum) in commit.transitions() {
-            log::info!(
-                "event {seqnum}: {} parent {:?} {}",
-                parent.source.as_str(),
-                parent.name(),
-                state.as_str()
-            );
+            // One line per transition; a userspace parent's owner and
+            // lifetime with it.
+            if parent.source == Source::Userspace {
+                log::info!(
+                    "event {seqnum}: userspace parent {:?} {} (owner {}, lifetime {})",
+                    parent.name(),
+                    state.as_str(),
+                    if parent.owner.is_empty() {
+                        "none"
+                    } else {
+                        &parent.owner
+                    },
+                    parent.lifetime.as_str()
+                );
+            } else {
+                log::info!(
+                    "event {seqnum}: {} parent {:?} {}",
+                    parent.source.as_str(),
+                    parent.name(),
+                    state.as_str()
+                );
+            }
             if parent.source == Source::Userspace {
                 // Checked again: a device may have appeared there since.
                 let location = boundary::check(

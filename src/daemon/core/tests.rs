@@ -477,3 +477,62 @@ fn the_initial_load_counts_kernel_registrations() {
     assert_eq!(counters.get(Counter::RegistrationsKernel), 2);
     assert_eq!(counters.get(Counter::UnregistrationsKernel), 0);
 }
+
+/// No mdev parents; counts the re-reads of the vendor-VFIO parents, and
+/// says which PCI devices can concern them.
+struct VendorProbe {
+    /// Devpaths of devices that are (or can have) vendor-VFIO VFs.
+    related: Vec<String>,
+    /// What a re-read of the vendor-VFIO parents finds.
+    vfs: Vec<ParentInfo>,
+    rereads: std::cell::Cell<usize>,
+}
+
+impl ParentReader for VendorProbe {
+    fn read_parent(&self, _devpath: &str) -> ParentRead {
+        ParentRead::NotAParent
+    }
+
+    fn check_location(&self, _devpath: &str, _subsystem: &str) -> Result<(), Crossing> {
+        Ok(())
+    }
+
+    fn vendor_parents(&self) -> Option<Vec<ParentInfo>> {
+        self.rereads.set(self.rereads.get() + 1);
+        Some(self.vfs.clone())
+    }
+
+    fn may_concern_vendor_parents(&self, devpath: &str) -> bool {
+        self.related.iter().any(|related| related == devpath)
+    }
+}
+
+#[test]
+fn vendor_parents_are_re_read_for_pci_devices_that_can_concern_them() {
+    let (mut core, _) = core();
+    let vf_devpath = "/devices/pci0000:40/0000:40:01.0/0000:41:00.4";
+    let mut vf = pci_parent("0000:41:00.4", "nvidia", vec![mtype("nvidia-100", 1)]);
+    vf.devpath = vf_devpath.to_owned();
+    vf.backend = Backend::NvidiaVfio;
+    let probe = VendorProbe {
+        related: vec![vf_devpath.to_owned()],
+        vfs: vec![vf],
+        rereads: std::cell::Cell::new(0),
+    };
+    // A GPU or NIC that is no SR-IOV function, none registered: not re-read.
+    let plain = "/devices/pci0000:00/0000:00:02.0";
+    assert!(core.sources(vec![hint(plain)], &probe).is_empty());
+    assert_eq!(probe.rereads.get(), 0);
+    // Not a PCI device: never.
+    core.sources(vec![hint("/devices/virtual/net/lo")], &probe);
+    assert_eq!(probe.rereads.get(), 0);
+    // The VF: re-read, found, registered.
+    let commits = core.sources(vec![hint(vf_devpath)], &probe);
+    assert_eq!(probe.rereads.get(), 1);
+    assert_eq!(kinds(&commits[0])[0], "registered");
+    assert!(core.has_vendor_parents());
+    // Once one is registered, any PCI device's uevent re-reads them (a VF
+    // that is gone has no files to look at).
+    core.sources(vec![hint(plain)], &probe);
+    assert_eq!(probe.rereads.get(), 2);
+}

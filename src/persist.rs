@@ -270,7 +270,6 @@ impl StateStore {
     /// file (or none) is still in place.
     pub fn save(&self, last_seqnum: u64, records: &[StoredRegistration]) -> io::Result<()> {
         let dir = self.dir();
-        fs::create_dir_all(dir)?;
         let contents = serde_json::to_vec_pretty(&FileOut {
             format: FORMAT_NAME,
             version: FORMAT_VERSION,
@@ -284,8 +283,15 @@ impl StateStore {
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let written =
-            write_synced(&temp_path, &contents).and_then(|()| fs::rename(&temp_path, &self.path));
+        // The directory is made only when it is missing (not a `mkdir` and
+        // a `stat` before every save of a register cycle).
+        let written = match write_synced(&temp_path, &contents) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).and_then(|()| write_synced(&temp_path, &contents))
+            }
+            other => other,
+        }
+        .and_then(|()| fs::rename(&temp_path, &self.path));
         if let Err(err) = written {
             // Best effort: the temp file is garbage either way, and the next
             // load removes it if this fails too.
@@ -507,6 +513,18 @@ fn validate_record(parent: &Parent, lifetime: Lifetime) -> Result<(), String> {
 mod tests {
     use super::*;
     use std::ffi::OsString;
+
+    #[test]
+    fn a_save_makes_a_missing_directory_and_fails_where_a_file_is() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::new(root.path().join("a/b/owner.json"), Lifetime::Owner);
+        store.save(3, &[]).expect("save into a missing directory");
+        store.save(4, &[]).expect("save again");
+        assert_eq!(store.load().last_seqnum, 4);
+        fs::write(root.path().join("file"), "").unwrap();
+        let blocked = StateStore::new(root.path().join("file/owner.json"), Lifetime::Owner);
+        assert!(blocked.save(1, &[]).is_err());
+    }
 
     #[test]
     fn parent_names() {

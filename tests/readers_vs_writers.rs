@@ -38,11 +38,14 @@ use zbus::Connection;
 /// Concurrent readers, unless `MDEVREG_RVW_READERS` says otherwise.
 const READERS: usize = 40;
 /// Asserted bound on one root RegisterParent or UnregisterParent: a
-/// regression bound. The target is 50 ms; measured maxima are
-/// 215–370 ms (one root call per large reply waits while dbus-daemon reads
-/// the 17 MiB reply ahead of it, 2 KiB per turn of its loop; RELIABILITY.md).
-/// Before the large replies went one at a time behind the writers: 1.04 s.
-const WRITE_BOUND: Duration = Duration::from_secs(2);
+/// regression bound. The target is 50 ms, below the bus's floor:
+/// dbus-daemon reads a connection 4 KiB per turn of its loop and needs 80 ms
+/// and more for one 17 MiB reply, and a write answered meanwhile waits for
+/// the rest of it; the bare responder in the same run has the same maximum
+/// (123–332 ms measured, RELIABILITY.md; 2.4 s for the debug daemon and
+/// 1.4 s for the bare responder in one run at load 10). Before the large
+/// replies went one at a time behind the writers: 1.04 s (release).
+const WRITE_BOUND: Duration = Duration::from_secs(5);
 /// Asserted bound on the daemon's peak RSS: a regression bound. The issue's
 /// target is 64 MiB; measured 64.0–79.0 MiB (release) and 69.2 MiB (debug),
 /// base 31–37 MiB plus one 17 MiB reply built (zbus serializes the body,

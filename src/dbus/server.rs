@@ -279,11 +279,38 @@ impl Server {
             _ => 0,
         };
         self.writers.wait_idle(WRITERS_FIRST_MAX).await;
-        self.send(&header, reply, no_reply).await;
+        let bytes = self.send(&header, reply, no_reply).await;
+        if bytes >= readers::READ_WHOLE_MIN_BYTES {
+            self.until_the_bus_has_read_it().await;
+        }
         if size >= daemon::TRIM_AFTER_REPLY_BYTES {
             // Its buffers are freed now; hand their pages back before the
             // next large reply is built (see `daemon::trim`).
             let _ = tokio::task::spawn_blocking(daemon::release_freed_memory).await;
+        }
+    }
+
+    /// Returns once the bus has read everything sent so far (at most
+    /// [`readers::READ_WHOLE_MAX`]): a call to the bus driver, queued behind
+    /// it on the connection, is answered only after it. A large reply keeps
+    /// its turn until then, so the next one is neither built (CPU the bus
+    /// needs to read this one) nor put on the socket (where a writer's
+    /// answer would queue behind both) before.
+    async fn until_the_bus_has_read_it(&self) {
+        let call = self.connection.call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "GetId",
+            &(),
+        );
+        match tokio::time::timeout(readers::READ_WHOLE_MAX, call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => log::debug!("GetId after a large reply: {err}"),
+            Err(_) => log::debug!(
+                "the bus has not read a large reply within {:?}",
+                readers::READ_WHOLE_MAX
+            ),
         }
     }
 
@@ -303,12 +330,18 @@ impl Server {
         }
     }
 
-    async fn send(&self, header: &Header<'_>, reply: Reply, no_reply: bool) {
+    /// Sends `reply` (unless the caller wants none); returns the bytes of
+    /// the message sent (0 for an error reply or none).
+    async fn send(&self, header: &Header<'_>, reply: Reply, no_reply: bool) -> usize {
         if no_reply {
-            return;
+            return 0;
         }
+        let mut bytes = 0;
         let result = match reply {
-            Reply::Message(Ok(message)) => self.connection.send(&message).await,
+            Reply::Message(Ok(message)) => {
+                bytes = message.data().len();
+                self.connection.send(&message).await
+            }
             Reply::Message(Err(err)) => {
                 log::warn!("cannot build a reply: {err}");
                 self.connection
@@ -318,8 +351,12 @@ impl Server {
             Reply::Fdo(err) => self.connection.reply_dbus_error(header, err).await,
             Reply::Registry(err) => self.connection.reply_dbus_error(header, err).await,
         };
-        if let Err(err) = result {
-            log::debug!("cannot send a reply: {err}");
+        match result {
+            Ok(()) => bytes,
+            Err(err) => {
+                log::debug!("cannot send a reply: {err}");
+                0
+            }
         }
     }
 

@@ -63,7 +63,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -417,37 +417,30 @@ fn read_parent_with(root: &SysfsRoot, devpath: &str, instances: Instances) -> Pa
         return ParentRead::Bad(Warning::new(devpath, "not a valid device path"));
     };
     let types_dir = supported_types_dir(&device_dir);
-    match fs::symlink_metadata(&types_dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return ParentRead::NotAParent,
-        Err(err) if is_missing(&err) => return ParentRead::NotAParent,
-        Err(err) => return ParentRead::Bad(Warning::new(types_dir, describe_io_error(&err))),
-    }
-
-    let mut warnings = Vec::new();
-    let type_entries = match list_dir_typed(&types_dir, &mut warnings) {
-        Ok(Some(entries)) => entries,
-        // Vanished between the two calls.
+    // One open: the check that it is a directory (not a link), its listing,
+    // and the descriptor each attribute is opened relative to (walking
+    // `<type>/<file>` only, not the whole path again).
+    let types_fd = match open_types_dir(&types_dir) {
+        Ok(Some(fd)) => fd,
         Ok(None) => return ParentRead::NotAParent,
         Err(warning) => return ParentRead::Bad(warning),
     };
+    let mut warnings = Vec::new();
+    let type_entries = list_fd(types_fd.as_fd(), &types_dir, true, &mut warnings);
     let subsystem = link_name_or_empty(&device_dir.join("subsystem"), &mut warnings);
     let driver = link_name_or_empty(&device_dir.join("driver"), &mut warnings);
     let physical_device = link_name_or_empty(&device_dir.join(PHYSFN_LINK), &mut warnings);
-    // Held open so each attribute open walks `<type>/<file>` only, not the
-    // whole path again; without it (it vanished) full paths are used.
-    let types_fd = open_dir_fd(&types_dir);
-    let mut reader = TypeReader::new(types_fd.as_ref(), &types_dir);
+    let mut reader = TypeReader::new(Some(types_fd.as_fd()), &types_dir);
 
     let mut types = Vec::with_capacity(type_entries.len());
-    for (id, file_type) in type_entries {
+    for (id, is_dir) in type_entries {
         // Only directories are types; mdevctl ignores other entries too.
         // The type comes from the directory entry (no system call where the
         // file system reports it) and, like `symlink_metadata`, does not
         // follow symlinks.
-        match file_type {
-            Ok(file_type) if file_type.is_dir() => {}
-            Ok(_) => continue,
+        match is_dir {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(err) if is_missing(&err) => continue,
             Err(err) => {
                 warnings.push(Warning::new(types_dir.join(&id), describe_io_error(&err)));
@@ -473,12 +466,92 @@ fn read_parent_with(root: &SysfsRoot, devpath: &str, instances: Instances) -> Pa
     ParentRead::Parent(info, warnings)
 }
 
+/// Opens a parent's `mdev_supported_types` for [`list_fd`] and
+/// [`TypeReader`]: `Ok(None)` when it is missing, not a directory, or a
+/// symlink (no parent there), as `symlink_metadata` would tell.
+fn open_types_dir(types_dir: &Path) -> Result<Option<OwnedFd>, Warning> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    match rustix::fs::openat(
+        CWD,
+        types_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        // Missing, a path component or the entry itself no directory, or a
+        // symlink (`O_NOFOLLOW`).
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+            Ok(None)
+        }
+        Err(errno) => Err(Warning::new(
+            types_dir,
+            describe_io_error(&io::Error::from(errno)),
+        )),
+    }
+}
+
+/// The entries of the directory open at `fd` (at `path`, for messages),
+/// sorted by name, each with (if `kinds`) whether it is a directory: from
+/// the directory entry (`getdents64` straight into a buffer: no
+/// `fstat`/`fcntl` of `opendir`), else an `lstat` relative to it. Names
+/// that are not UTF-8 are left out with a warning, as [`list_dir`] does.
+fn list_fd(
+    fd: BorrowedFd<'_>,
+    path: &Path,
+    kinds: bool,
+    warnings: &mut Vec<Warning>,
+) -> Vec<(String, io::Result<bool>)> {
+    use rustix::fs::{FileType, RawDir};
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(fd, &mut buf);
+    let mut named = Vec::new();
+    let mut unknown = Vec::new();
+    while let Some(entry) = entries.next() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(errno) => {
+                warnings.push(Warning::new(
+                    path,
+                    describe_io_error(&io::Error::from(errno)),
+                ));
+                // A failed read does not move on.
+                break;
+            }
+        };
+        let raw = entry.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        let Ok(name) = std::str::from_utf8(raw) else {
+            use std::os::unix::ffi::OsStrExt;
+            warnings.push(Warning::new(
+                path.join(std::ffi::OsStr::from_bytes(raw)),
+                "name is not valid UTF-8; skipped",
+            ));
+            continue;
+        };
+        match entry.file_type() {
+            FileType::Unknown if kinds => unknown.push(name.to_owned()),
+            kind => named.push((name.to_owned(), Ok(kind == FileType::Directory))),
+        }
+    }
+    // The file system did not say (`DT_UNKNOWN`): ask, without following.
+    for name in unknown {
+        let kind = rustix::fs::statat(fd, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory)
+            .map_err(io::Error::from);
+        named.push((name, kind));
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
 /// Reads the files of one parent's type directories: opens `<id>/<file>`
 /// relative to the `mdev_supported_types` descriptor and reads into one
 /// buffer, reused for every file. Nothing is allocated per file unless
 /// something is wrong (a [`Warning`] needs the full path).
 struct TypeReader<'a> {
-    types_fd: Option<&'a OwnedFd>,
+    types_fd: Option<BorrowedFd<'a>>,
     /// `mdev_supported_types`, for messages (and for opening when there is
     /// no descriptor).
     types_dir: &'a Path,
@@ -489,7 +562,7 @@ struct TypeReader<'a> {
 }
 
 impl<'a> TypeReader<'a> {
-    fn new(types_fd: Option<&'a OwnedFd>, types_dir: &'a Path) -> TypeReader<'a> {
+    fn new(types_fd: Option<BorrowedFd<'a>>, types_dir: &'a Path) -> TypeReader<'a> {
         TypeReader {
             types_fd,
             types_dir,
@@ -518,6 +591,43 @@ impl<'a> TypeReader<'a> {
         )
         .map(fs::File::from)
         .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
+    }
+
+    /// The instances in `<id>/devices/` (see [`read_type_devices`]), listed
+    /// through a descriptor opened relative to `mdev_supported_types`.
+    fn devices(&mut self, id: &str, warnings: &mut Vec<Warning>) -> Vec<String> {
+        let devices_dir = type_file_path(self.types_dir, id, "devices");
+        let Some(types_fd) = self.types_fd else {
+            return read_type_devices(&devices_dir, warnings);
+        };
+        self.rel.clear();
+        self.rel.push_str(id);
+        self.rel.push_str("/devices");
+        // Followed if a link, as `read_dir` does.
+        let opened = rustix::fs::openat(
+            types_fd,
+            self.rel.as_str(),
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        );
+        let fd = match opened {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Vec::new(),
+            Err(errno) => {
+                warnings.push(Warning::new(
+                    &devices_dir,
+                    describe_io_error(&io::Error::from(errno)),
+                ));
+                return Vec::new();
+            }
+        };
+        let names = list_fd(fd.as_fd(), &devices_dir, false, warnings)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        instance_names(&devices_dir, names, warnings)
     }
 
     /// The contents of `<id>/<file>` (see [`read_attr_bytes`]); `Ok(None)`
@@ -581,7 +691,7 @@ fn read_type(
     let description =
         read_optional_text(reader, &id, "description", normalize_description, warnings);
     let devices = match instances {
-        Instances::Read => read_type_devices(&type_file_path(types_dir, &id, "devices"), warnings),
+        Instances::Read => reader.devices(&id, warnings),
         Instances::Skip => Vec::new(),
     };
     Ok(MdevType {
@@ -672,6 +782,16 @@ fn read_type_devices(devices_dir: &Path, warnings: &mut Vec<Warning>) -> Vec<Str
             return Vec::new();
         }
     };
+    instance_names(devices_dir, names, warnings)
+}
+
+/// The UUIDs among `names` (of `devices_dir`), in order; other names with a
+/// warning.
+fn instance_names(
+    devices_dir: &Path,
+    names: Vec<String>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<String> {
     let mut devices = Vec::with_capacity(names.len());
     for name in names {
         if is_instance_name(&name) {
@@ -1255,6 +1375,61 @@ mod tests {
         assert_eq!(read_parent(&root, "/devices/none"), ParentRead::NotAParent);
         fs::create_dir_all(dir.path().join("devices/plain")).unwrap();
         assert_eq!(read_parent(&root, "/devices/plain"), ParentRead::NotAParent);
+    }
+
+    #[test]
+    fn only_a_real_types_directory_makes_a_parent_and_only_directories_in_it_types() {
+        let dir = tmp();
+        let root = SysfsRoot::new(dir.path());
+        let devices = dir.path().join("devices");
+        // `mdev_supported_types` a file, a FIFO, a link to a directory:
+        // no parent (as `symlink_metadata` tells), nothing hangs.
+        fs::create_dir_all(devices.join("file")).unwrap();
+        fs::write(devices.join("file/mdev_supported_types"), "").unwrap();
+        fs::create_dir_all(devices.join("fifo")).unwrap();
+        nix::unistd::mkfifo(
+            &devices.join("fifo/mdev_supported_types"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        let types = write_type(
+            dir.path(),
+            "t-1",
+            &[
+                ("device_api", b"vfio-pci\n"),
+                ("available_instances", b"2\n"),
+            ],
+        )
+        .parent()
+        .unwrap()
+        .to_path_buf();
+        fs::create_dir_all(devices.join("linked")).unwrap();
+        std::os::unix::fs::symlink(
+            "../p/mdev_supported_types",
+            devices.join("linked/mdev_supported_types"),
+        )
+        .unwrap();
+        for name in ["file", "fifo", "linked"] {
+            assert_eq!(
+                read_parent(&root, &format!("/devices/{name}")),
+                ParentRead::NotAParent,
+                "{name}"
+            );
+        }
+        // In a real one: a type directory is a type; a file, a link to a
+        // type directory and a FIFO are not.
+        fs::write(types.join("stray"), "").unwrap();
+        std::os::unix::fs::symlink("t-1", types.join("t-2")).unwrap();
+        nix::unistd::mkfifo(&types.join("t-3"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        match read_parent(&root, "/devices/p") {
+            ParentRead::Parent(info, warnings) => {
+                let ids: Vec<&str> = info.types.iter().map(|t| t.id.as_ref()).collect();
+                assert_eq!(ids, ["t-1"]);
+                assert_eq!(info.types[0].available_instances, 2);
+                assert!(warnings.is_empty(), "{warnings:?}");
+            }
+            other => panic!("not read as a parent: {other:?}"),
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub use self::counters::{last_uevent_seconds, Counter, Counters, RejectKind, LAS
 pub use self::saves::{Released, SaveQueue, Step, Write, Written};
 pub use self::sink::{CommitObserver, FollowUp, Sink};
 pub use self::sources::{Hint, SourceMessage};
-pub use self::trim::{release_freed_memory, tune_allocator, TRIM_AFTER_REPLY_BYTES};
+pub use self::trim::{memory_turn, release_freed_memory, tune_allocator, TRIM_AFTER_REPLY_BYTES};
 
 use self::event_loop::EventLoop;
 use crate::boot;

@@ -236,10 +236,14 @@ pub async fn read_uevents(
     }
 }
 
-/// A full sysfs scan on a blocking thread.
+/// A full sysfs scan on a blocking thread, in its memory turn
+/// ([`super::memory_turn`]: not while a large reply is being built).
 pub fn spawn_scan(root: &SysfsRoot) -> JoinHandle<sysfs::Scan> {
     let root = root.clone();
-    tokio::task::spawn_blocking(move || sysfs::scan(&root))
+    tokio::task::spawn_blocking(move || {
+        let _turn = super::memory_turn();
+        sysfs::scan(&root)
+    })
 }
 
 #[cfg(test)]

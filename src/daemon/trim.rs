@@ -21,6 +21,7 @@
 //! of malloc arenas.
 
 use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -62,6 +63,18 @@ impl IdleTrim {
             release_freed_memory();
         }
     }
+}
+
+/// Full sysfs scans and large replies being built take turns, on the
+/// blocking threads that run them: each needs megabytes while it runs (a
+/// rescan of the 1000 × 32 tree ~10 MB, a reply twice its 17 MB), and
+/// both at once is the peak the daemon's memory must hold (rescans come
+/// every few seconds while another network namespace's uevents leave
+/// gaps). The one waiting waits for one scan or one reply being built,
+/// never for a queue: large replies are built one at a time.
+pub fn memory_turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// After a reply of at least this many bytes the server trims.

@@ -262,6 +262,8 @@ impl Server {
         let server = Arc::clone(&self);
         let call = message.clone();
         let built = tokio::task::spawn_blocking(move || {
+            // Not while a full rescan runs (see `daemon::memory_turn`).
+            let _turn = daemon::memory_turn();
             let header = call.header();
             server.route(&call, &header)
         })

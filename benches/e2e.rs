@@ -2667,6 +2667,7 @@ const KEPT_SECTIONS: &[(&str, &str)] = &[
     (METRICS_SECTION_BEGIN, METRICS_SECTION_END),
     ("<!-- idle cost: begin -->", "<!-- idle cost: end -->"),
     ("<!-- state saves: begin -->", "<!-- state saves: end -->"),
+    ("<!-- memory: begin -->", "<!-- memory: end -->"),
     (PROFILE_SECTION_BEGIN, PROFILE_SECTION_END),
 ];
 /// Markers of the profile paragraph (written by hand from `perf` runs,

@@ -30,19 +30,23 @@ fn main() -> ExitCode {
     //   at BLOCKING_THREADS: full sysfs scans (which fan out on scoped
     //   threads of their own, up to the core count, while they run), and
     //   large read-only replies built from the registry snapshot (at most
-    //   `dbus::readers::TOTAL` — one — at a time, uids taking turns);
+    //   `dbus::readers::TOTAL` — one — at a time, uids taking turns); a
+    //   full scan and a large reply being built take turns
+    //   (`daemon::memory_turn`): each needs megabytes while it runs;
     // - one thread of its own writes the state files (`daemon::writer`),
     //   one grouped write at a time, so a save never waits for a pool
     //   thread; it sleeps while there is nothing to write (files on
     //   tmpfs are written on the loop: a memory copy, cheaper than the
     //   two wake-ups of the hand-over);
     // - glibc gets a fixed mmap threshold and at most 2 malloc arenas
-    //   (`daemon::tune_allocator`, first thing): a large reply is a mapping
-    //   of its own, unmapped when it is freed, never a hole in a heap;
-    // - pool threads exit after BLOCKING_KEEP_ALIVE idle; the small
-    //   allocations of a burst still leave freed pages in the arenas the
-    //   threads shared: the loop calls malloc_trim once it has been idle
-    //   for a second (`daemon::trim`), which hands them back.
+    //   (`daemon::tune_allocator`, first thing): a fresh large buffer is a
+    //   mapping of its own, unmapped when it is freed;
+    // - what still lands in the arenas (the start-up scan's buffers, a
+    //   reply's growing buffer carved from a free hole, the small
+    //   allocations of a burst) is handed back by malloc_trim: once after
+    //   start-up, after every reply of at least 1 MiB, and once the loop
+    //   has been idle for a second (`daemon::trim`). The mdev types' texts
+    //   are shared between parents (`model::SharedStr`).
     const BLOCKING_THREADS: usize = 4;
     const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -1,3 +1,13 @@
+// Hand-written rather than a crate, measured (2026-11-29, release, load 4.7-5.9):
+// `internment` 0.8.6 `ArcIntern<str>` (the kept crate that frees unused texts)
+// is 16 bytes per handle (ours 8), hashes by address, and adds ahash, dashmap 5
+// and two more hashbrowns. Daemon holding the 1000x32 tree, 4 alternating rounds
+// (`mdevregd --sysfs-root <tree> --no-netlink --emit none`, /proc/PID/status 3 s
+// after start), medians MiB, ours vs internment: VmHWM 21.8 vs 23.4, VmRSS 17.3
+// vs 19.0, RssAnon 9.6 vs 10.9; after one GetManagedObjects VmHWM 51.8 vs 53.5.
+// Interning 32,000 texts (hold, drop; median of 101): 32 distinct 25-37 vs
+// 24-32 ns/text, all distinct 46-77 vs 130-185 ns/text. `lasso`/`ustr` never
+// free texts; `arcstr` would still need this table.
 //! Shared strings: [`SharedStr`], an immutable string whose equal values
 //! share one allocation (interned in one process-wide table).
 //!

@@ -823,14 +823,7 @@ async fn start_bare(
     connection: &zbus::Connection,
     results: &mut Results,
 ) -> Result<bare::Bare, String> {
-    let dbus = zbus::fdo::DBusProxy::new(connection)
-        .await
-        .map_err(|err| format!("DBus proxy: {err}"))?;
-    let owner = dbus
-        .get_name_owner(BUS_NAME.try_into().expect("valid name"))
-        .await
-        .map_err(|err| format!("owner of {BUS_NAME}: {err}"))?
-        .to_string();
+    let owner = daemon_unique_name(connection).await?;
     let args = bare::RegisterArgs::bench();
     let registry = registry_proxy(connection, BUS_NAME, "registry").await?;
     let script = bare::capture(connection, &owner, &registry, &args).await?;
@@ -979,6 +972,18 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// A proxy for the registry object of `destination` (mdevregd's name or
 /// the bare responder's); `what` names it in the error.
+/// The unique bus name that owns [`BUS_NAME`] (mdevregd's connection).
+async fn daemon_unique_name(connection: &zbus::Connection) -> Result<String, String> {
+    let dbus = zbus::fdo::DBusProxy::new(connection)
+        .await
+        .map_err(|err| format!("DBus proxy: {err}"))?;
+    Ok(dbus
+        .get_name_owner(BUS_NAME.try_into().expect("valid name"))
+        .await
+        .map_err(|err| format!("owner of {BUS_NAME}: {err}"))?
+        .to_string())
+}
+
 async fn registry_proxy(
     connection: &zbus::Connection,
     destination: &'static str,
@@ -1361,14 +1366,7 @@ async fn record_contract(
     emitter: &mut UeventEmitter,
     results: &mut Results,
 ) -> Result<(), String> {
-    let dbus = zbus::fdo::DBusProxy::new(connection)
-        .await
-        .map_err(|err| format!("DBus proxy: {err}"))?;
-    let owner = dbus
-        .get_name_owner(BUS_NAME.try_into().expect("valid name"))
-        .await
-        .map_err(|err| format!("owner of {BUS_NAME}: {err}"))?
-        .to_string();
+    let owner = daemon_unique_name(connection).await?;
     let quiet = Duration::from_millis(300);
     let mut stream = bare::signals_of(connection, &owner).await?;
     let _ = bare::record(&mut stream, Duration::from_millis(50)).await?;

@@ -1,12 +1,15 @@
-//! Fixtures shared by the daemon's unit tests (core, saves; test builds
-//! only): a core on an empty registry in memory, a sysfs with nothing in
-//! it, a userspace registration made the usual way.
+//! Fixtures shared by the daemon's unit tests (core, saves, shown; test
+//! builds only): a core on an empty registry in memory, a sysfs with nothing
+//! in it, a userspace registration made the usual way, and how a state
+//! write ended.
 
+use std::io;
 use std::sync::{Arc, RwLock};
 
 use super::commit::Commit;
 use super::core::{Core, ParentReader};
 use super::counters::Counters;
+use super::saves::{WriteId, Written};
 use crate::boundary::Crossing;
 use crate::dbus::SharedRegistry;
 use crate::model::Lifetime;
@@ -44,4 +47,23 @@ pub(super) fn register(core: &mut Core, name: &str, owner: &str, lifetime: Lifet
         method_call("RegisterParent"),
         &NoSysfs,
     )
+}
+
+/// The state write `id` ended well.
+pub(super) fn ok(id: WriteId) -> Written {
+    Written {
+        id,
+        failed: Vec::new(),
+    }
+}
+
+/// The state write `id` failed (disk full) for the file of `lifetime`.
+pub(super) fn failed(id: WriteId, lifetime: Lifetime) -> Written {
+    Written {
+        id,
+        failed: vec![(
+            lifetime,
+            Arc::new(io::Error::new(io::ErrorKind::StorageFull, "disk full")),
+        )],
+    }
 }

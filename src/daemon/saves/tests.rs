@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use super::*;
 use crate::daemon::commit::Undo;
-use crate::daemon::test_support::{core, register};
+use crate::daemon::test_support::{core, failed, ok, register};
 use crate::model::Lifetime;
 use crate::registry::Event;
 use crate::test_support::{method_call, user_registration};
@@ -16,23 +16,6 @@ fn push(queue: &mut SaveQueue, commit: Commit) -> Step {
     queue.push(commit, || {
         panic!("the registry is read only for type events")
     })
-}
-
-fn ok(id: WriteId) -> Written {
-    Written {
-        id,
-        failed: Vec::new(),
-    }
-}
-
-fn failed(id: WriteId, lifetime: Lifetime) -> Written {
-    Written {
-        id,
-        failed: vec![(
-            lifetime,
-            Arc::new(io::Error::new(io::ErrorKind::StorageFull, "disk full")),
-        )],
-    }
 }
 
 /// (kind, parent name) of each event.

@@ -3,34 +3,16 @@
 //! as the event loop does it, with the writes told how they ended.
 
 use std::collections::VecDeque;
-use std::io;
 
 use super::*;
 use crate::daemon::commit::Commit;
 use crate::daemon::core::Core;
-use crate::daemon::saves::{Released, SaveQueue, Step, WriteId, Written};
-use crate::daemon::test_support::{core, register};
+use crate::daemon::saves::{Released, SaveQueue, Step, WriteId};
+use crate::daemon::test_support::{core, failed, ok, register};
 use crate::model::Lifetime;
 
 fn push(queue: &mut SaveQueue, core: &Core, commit: Commit) -> Step {
     queue.push(commit, || core.registry())
-}
-
-fn ok(id: WriteId) -> Written {
-    Written {
-        id,
-        failed: Vec::new(),
-    }
-}
-
-fn failed(id: WriteId, lifetime: Lifetime) -> Written {
-    Written {
-        id,
-        failed: vec![(
-            lifetime,
-            Arc::new(io::Error::new(io::ErrorKind::StorageFull, "disk full")),
-        )],
-    }
 }
 
 /// What [`crate::daemon::event_loop`] does with a step: each released

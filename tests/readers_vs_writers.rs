@@ -29,7 +29,9 @@ use common::bare_reader::{BareReader, ManagedObjects};
 use common::bus::DbusDaemon;
 use common::daemon::{daemon_binary, wait_ready, Daemon, DaemonOptions, Setup};
 use common::prereq::run;
-use common::registry_client::{connect, good_type, register_raw, unregister, Dict};
+use common::registry_client::{
+    connect, good_type, register_raw, unregister, Dict, BUS_NAME, ROOT_PATH,
+};
 use common::registry_signals::{next_signal, registry_signals};
 use common::socket_proxy::SocketProxy;
 use common::sysfs_fixture::{many_parents, FakeSysfs};
@@ -77,6 +79,20 @@ fn reader(address: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn setpriv busctl")
+}
+
+/// The daemon's whole object tree, as the raw reply message (its size is
+/// part of the report).
+async fn get_managed_objects(client: &Connection) -> zbus::Result<zbus::Message> {
+    client
+        .call_method(
+            Some(BUS_NAME),
+            ROOT_PATH,
+            Some("org.freedesktop.DBus.ObjectManager"),
+            "GetManagedObjects",
+            &(),
+        )
+        .await
 }
 
 fn vm_hwm_mib(pid: u32) -> f64 {
@@ -245,15 +261,7 @@ fn root_writes_are_answered_while_unprivileged_readers_fetch_the_tree() {
             let rss_before = vm_hwm_mib(pid);
             // The size of one reply, for the report; its body is what the
             // bare responder answers with.
-            let reply = setup
-                .client
-                .call_method(
-                    Some("org.mdevreg.Registry1"),
-                    "/org/mdevreg/Registry1",
-                    Some("org.freedesktop.DBus.ObjectManager"),
-                    "GetManagedObjects",
-                    &(),
-                )
+            let reply = get_managed_objects(&setup.client)
                 .await
                 .expect("GetManagedObjects");
             let reply_mib = reply.data().len() as f64 / (1024.0 * 1024.0);
@@ -387,17 +395,7 @@ fn the_loop_goes_on_while_a_large_reply_holds_the_bus_socket() {
             proxy.hold_after(256 * 1024);
             let reader = {
                 let client = client.clone();
-                tokio::spawn(async move {
-                    client
-                        .call_method(
-                            Some("org.mdevreg.Registry1"),
-                            "/org/mdevreg/Registry1",
-                            Some("org.freedesktop.DBus.ObjectManager"),
-                            "GetManagedObjects",
-                            &(),
-                        )
-                        .await
-                })
+                tokio::spawn(async move { get_managed_objects(&client).await })
             };
             let held_at = proxy
                 .wait_held(Duration::from_secs(120))

@@ -430,7 +430,7 @@ fn read_parent_with(root: &SysfsRoot, devpath: &str, instances: Instances) -> Pa
     let subsystem = link_name_or_empty(&device_dir.join("subsystem"), &mut warnings);
     let driver = link_name_or_empty(&device_dir.join("driver"), &mut warnings);
     let physical_device = link_name_or_empty(&device_dir.join(PHYSFN_LINK), &mut warnings);
-    let mut reader = TypeReader::new(Some(types_fd.as_fd()), &types_dir);
+    let mut reader = TypeReader::new(types_fd.as_fd(), &types_dir);
 
     let mut types = Vec::with_capacity(type_entries.len());
     for (id, is_dir) in type_entries {
@@ -551,9 +551,8 @@ fn list_fd(
 /// buffer, reused for every file. Nothing is allocated per file unless
 /// something is wrong (a [`Warning`] needs the full path).
 struct TypeReader<'a> {
-    types_fd: Option<BorrowedFd<'a>>,
-    /// `mdev_supported_types`, for messages (and for opening when there is
-    /// no descriptor).
+    types_fd: BorrowedFd<'a>,
+    /// `mdev_supported_types`, for messages.
     types_dir: &'a Path,
     /// `<id>/<file>`, rebuilt for each open.
     rel: String,
@@ -562,7 +561,7 @@ struct TypeReader<'a> {
 }
 
 impl<'a> TypeReader<'a> {
-    fn new(types_fd: Option<BorrowedFd<'a>>, types_dir: &'a Path) -> TypeReader<'a> {
+    fn new(types_fd: BorrowedFd<'a>, types_dir: &'a Path) -> TypeReader<'a> {
         TypeReader {
             types_fd,
             types_dir,
@@ -574,15 +573,12 @@ impl<'a> TypeReader<'a> {
     /// Opens `<id>/<file>` read-only, non-blocking (a planted FIFO cannot
     /// hang us).
     fn open(&mut self, id: &str, file: &str) -> io::Result<fs::File> {
-        let Some(types_fd) = self.types_fd else {
-            return open_nonblocking(&type_file_path(self.types_dir, id, file));
-        };
         self.rel.clear();
         self.rel.push_str(id);
         self.rel.push('/');
         self.rel.push_str(file);
         nix::fcntl::openat(
-            types_fd,
+            self.types_fd,
             self.rel.as_str(),
             nix::fcntl::OFlag::O_RDONLY
                 | nix::fcntl::OFlag::O_NONBLOCK
@@ -593,19 +589,17 @@ impl<'a> TypeReader<'a> {
         .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
     }
 
-    /// The instances in `<id>/devices/` (see [`read_type_devices`]), listed
-    /// through a descriptor opened relative to `mdev_supported_types`.
+    /// The UUIDs in `<id>/devices/` (see [`instance_names`]), listed
+    /// through a descriptor opened relative to `mdev_supported_types`; a
+    /// missing directory gives none.
     fn devices(&mut self, id: &str, warnings: &mut Vec<Warning>) -> Vec<String> {
         let devices_dir = type_file_path(self.types_dir, id, "devices");
-        let Some(types_fd) = self.types_fd else {
-            return read_type_devices(&devices_dir, warnings);
-        };
         self.rel.clear();
         self.rel.push_str(id);
         self.rel.push_str("/devices");
         // Followed if a link, as `read_dir` does.
         let opened = rustix::fs::openat(
-            types_fd,
+            self.types_fd,
             self.rel.as_str(),
             rustix::fs::OFlags::RDONLY
                 | rustix::fs::OFlags::DIRECTORY
@@ -771,18 +765,6 @@ fn read_optional_text(
         String::from_utf8_lossy(err.as_bytes()).into_owned()
     });
     normalize(&text)
-}
-
-/// UUIDs in `<type>/devices/`, sorted; missing directory gives none.
-fn read_type_devices(devices_dir: &Path, warnings: &mut Vec<Warning>) -> Vec<String> {
-    let names = match list_dir(devices_dir, warnings) {
-        Ok(names) => names.unwrap_or_default(),
-        Err(warning) => {
-            warnings.push(warning);
-            return Vec::new();
-        }
-    };
-    instance_names(devices_dir, names, warnings)
 }
 
 /// The UUIDs among `names` (of `devices_dir`), in order; other names with a
